@@ -1,0 +1,130 @@
+// CPU glue: checks arguments, allocates outputs, runs the large GEMMs (input projection, weight
+// gradients) through ATen once per call, and the recurrence through the core in rnn_core.h.
+#include <ATen/Dispatch.h>
+#include <ATen/Functions.h>
+#include <torch/library.h>
+
+#include "../rnn_common.h"
+#include "rnn_core.h"
+
+namespace rnnext {
+namespace {
+
+using at::Tensor;
+using c10::optional;
+
+template <typename T>
+cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor& w_hh, const Tensor* hx,
+                                   bool relu, bool reverse) {
+  return cpu::Recurrence<T>{g.T,
+                            g.H,
+                            g.batch_sizes.data(),
+                            g.offsets.data(),
+                            w_hh.data_ptr<T>(),
+                            hx != nullptr ? hx->data_ptr<T>() : nullptr,
+                            relu,
+                            reverse};
+}
+
+void check_cpu(const Tensor& input) {
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
+              "rnnext: the CPU kernels support float32 and float64, got ", input.scalar_type());
+}
+
+std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<Tensor>& batch_sizes,
+                                           const optional<Tensor>& hx, const Tensor& w_ih,
+                                           const Tensor& w_hh, const optional<Tensor>& b_ih,
+                                           const optional<Tensor>& b_hh, bool relu, bool reverse) {
+  const Geometry g = make_geometry(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh);
+  check_cpu(input);
+  auto opts = input.options();
+  Tensor out = at::empty(g.packed ? at::IntArrayRef{g.N, g.H} : at::IntArrayRef{g.T, g.B, g.H}, opts);
+  Tensor h_n = at::empty({g.B, g.H}, opts);
+  if (g.N == 0) {
+    if (hx.has_value()) h_n.copy_(*hx); else h_n.zero_();
+    return {out, h_n};
+  }
+  // Input projection for every step in one GEMM, written straight into the output buffer.
+  Tensor out2d = out.view({g.N, g.H});
+  Tensor x2d = input.reshape({g.N, g.I});
+  if (b_ih.has_value() || b_hh.has_value()) {
+    Tensor bias = b_ih.has_value() && b_hh.has_value() ? at::add(*b_ih, *b_hh)
+                  : b_ih.has_value()                  ? *b_ih
+                                                      : *b_hh;
+    at::addmm_out(out2d, bias, x2d, w_ih.t());
+  } else {
+    at::mm_out(out2d, x2d, w_ih.t());
+  }
+  Tensor w = w_hh.contiguous();
+  Tensor h0 = hx.has_value() ? hx->contiguous() : Tensor();
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_forward_cpu", [&] {
+    make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse)
+        .forward(out.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>());
+  });
+  return {out, h_n};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
+    const Tensor& grad_output, const optional<Tensor>& grad_h_n, const Tensor& input,
+    const optional<Tensor>& batch_sizes, const optional<Tensor>& hx, const Tensor& w_ih,
+    const Tensor& w_hh, const Tensor& output, bool relu, bool reverse,
+    std::array<bool, 5> output_mask) {
+  const Geometry g = make_geometry(input, batch_sizes, hx, w_ih, w_hh, {}, {});
+  check_cpu(input);
+  check_same(input, grad_output, "input", "grad_output");
+  check_same(input, output, "input", "output");
+  TORCH_CHECK(output.numel() == g.N * g.H && grad_output.sizes() == output.sizes(),
+              "rnnext: output and grad_output must have the forward output's shape [rows, ", g.H,
+              "], got ", output.sizes(), " and ", grad_output.sizes());
+  if (grad_h_n.has_value()) {
+    check_same(input, *grad_h_n, "input", "grad_h_n");
+    TORCH_CHECK(grad_h_n->dim() == 2 && grad_h_n->size(0) == g.B && grad_h_n->size(1) == g.H,
+                "rnnext: grad_h_n must have shape [", g.B, ", ", g.H, "], got ", grad_h_n->sizes());
+  }
+  auto opts = input.options();
+  const auto [want_input, want_hx, want_w_ih, want_w_hh, want_bias] = output_mask;
+  Tensor grad_hx = want_hx ? at::zeros({g.B, g.H}, opts) : at::empty({0}, opts);
+  Tensor dpre = at::empty({g.N, g.H}, opts);
+  Tensor out = output.contiguous();
+  Tensor h0 = hx.has_value() ? hx->contiguous() : Tensor();
+  if (g.N > 0) {
+    Tensor go = grad_output.contiguous();
+    Tensor ghn = grad_h_n.has_value() ? grad_h_n->contiguous() : Tensor();
+    Tensor w = w_hh.contiguous();
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_backward_cpu", [&] {
+      make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse)
+          .backward(go.data_ptr<scalar_t>(),
+                    grad_h_n.has_value() ? ghn.data_ptr<scalar_t>() : nullptr,
+                    out.data_ptr<scalar_t>(), dpre.data_ptr<scalar_t>(),
+                    want_hx ? grad_hx.data_ptr<scalar_t>() : nullptr);
+    });
+  } else if (want_hx && grad_h_n.has_value()) {
+    grad_hx.copy_(*grad_h_n);  // no step ran: h_n is hx itself
+  }
+  // Everything else is one large GEMM (or reduction) over all rows.
+  Tensor x2d = input.reshape({g.N, g.I});
+  Tensor grad_input = want_input ? at::mm(dpre, w_ih).view(input.sizes()) : at::empty({0}, opts);
+  Tensor grad_w_ih = want_w_ih ? at::mm(dpre.t(), x2d) : at::empty({0}, opts);
+  Tensor grad_w_hh = at::empty({0}, opts);
+  if (want_w_hh) {
+    Tensor h_prev = at::empty({g.N, g.H}, opts);
+    if (g.N > 0) {
+      AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_gather_prev_cpu", [&] {
+        make_recurrence<scalar_t>(g, w_hh, hx.has_value() ? &h0 : nullptr, relu, reverse)
+            .gather_prev(out.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>());
+      });
+    }
+    grad_w_hh = at::mm(dpre.t(), h_prev);
+  }
+  Tensor grad_bias = want_bias ? dpre.sum(0) : at::empty({0}, opts);
+  return {grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rnnext, CPU, m) {
+  m.impl("rnn_forward", &rnn_forward_cpu);
+  m.impl("rnn_backward", &rnn_backward_cpu);
+}
+
+}  // namespace rnnext

@@ -1,0 +1,22 @@
+// The op boundary: schemas defined once; each device registers its own implementation
+// (csrc/cpu/, csrc/cuda/). Fake kernels and autograd live in rnnext/_ops.py. See csrc/OPS.md.
+#include <Python.h>
+#include <torch/library.h>
+
+// `import rnnext._C` loads this shared library, which runs the static registrations below.
+// The module itself holds nothing: every entry point is a torch.ops.rnnext op.
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+
+TORCH_LIBRARY(rnnext, m) {
+  m.def(
+      "rnn_forward(Tensor input, Tensor? batch_sizes, Tensor? hx, Tensor w_ih, Tensor w_hh, "
+      "Tensor? b_ih, Tensor? b_hh, bool relu, bool reverse) -> (Tensor output, Tensor h_n)");
+  m.def(
+      "rnn_backward(Tensor grad_output, Tensor? grad_h_n, Tensor input, Tensor? batch_sizes, "
+      "Tensor? hx, Tensor w_ih, Tensor w_hh, Tensor output, bool relu, bool reverse, "
+      "bool[5] output_mask) -> (Tensor grad_input, Tensor grad_hx, Tensor grad_w_ih, "
+      "Tensor grad_w_hh, Tensor grad_bias)");
+}

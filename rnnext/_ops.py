@@ -1,0 +1,106 @@
+"""Python side of the op boundary: fake (meta) kernels and autograd for ``torch.ops.rnnext``.
+
+The schemas live in ``csrc/ops.cpp`` and their semantics in ``csrc/OPS.md``. Nothing here computes:
+the forward and the backward are both fused C++/CUDA ops.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from . import _C  # noqa: F401  (loading the library registers the ops)
+
+__all__ = ["rnn_forward", "rnn_backward"]
+
+_forward = torch.ops.rnnext.rnn_forward.default
+_backward = torch.ops.rnnext.rnn_backward.default
+
+
+def rnn_forward(
+    input: Tensor,
+    batch_sizes: Optional[Tensor],
+    hx: Optional[Tensor],
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Optional[Tensor],
+    b_hh: Optional[Tensor],
+    relu: bool,
+    reverse: bool,
+) -> tuple[Tensor, Tensor]:
+    """One layer, one direction: ``(output, h_n)``. See csrc/OPS.md for shapes and semantics."""
+    return _forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse)
+
+
+def rnn_backward(*args) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The fused backward of :func:`rnn_forward` (csrc/OPS.md)."""
+    return _backward(*args)
+
+
+def _batch(input: Tensor, batch_sizes: Optional[Tensor], hx: Optional[Tensor]):
+    if hx is not None:
+        return hx.shape[0]
+    if batch_sizes is None:
+        return input.shape[1]
+    # The batch is batch_sizes[0], a value: data-dependent under tracing.
+    return torch.library.get_ctx().new_dynamic_size()
+
+
+@torch.library.register_fake("rnnext::rnn_forward")
+def _forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse):
+    hidden = w_hh.shape[0]
+    if batch_sizes is None:
+        torch._check(input.dim() == 3, lambda: "rnnext: input must be 3-D [time, batch, input]")
+        out = input.new_empty((input.shape[0], input.shape[1], hidden))
+    else:
+        torch._check(input.dim() == 2, lambda: "rnnext: packed input must be 2-D [rows, input]")
+        out = input.new_empty((input.shape[0], hidden))
+    return out, input.new_empty((_batch(input, batch_sizes, hx), hidden))
+
+
+@torch.library.register_fake("rnnext::rnn_backward")
+def _backward_fake(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, relu, reverse, mask):
+    hidden, features = w_ih.shape
+    empty = input.new_empty((0,))
+    return (
+        input.new_empty(input.shape) if mask[0] else empty,
+        input.new_empty((_batch(input, batch_sizes, hx), hidden)) if mask[1] else input.new_empty((0,)),
+        input.new_empty((hidden, features)) if mask[2] else input.new_empty((0,)),
+        input.new_empty((hidden, hidden)) if mask[3] else input.new_empty((0,)),
+        input.new_empty((hidden,)) if mask[4] else input.new_empty((0,)),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse = inputs
+    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, output[0])
+    ctx.relu = relu
+    ctx.reverse = reverse
+
+
+def _backward_formula(ctx, grad_output, grad_h_n):
+    input, batch_sizes, hx, w_ih, w_hh, output = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    mask = [need[0], need[2], need[3], need[4], need[5] or need[6]]
+    if grad_output is None:
+        grad_output = torch.zeros_like(output)
+    grads = _backward(
+        grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, ctx.relu, ctx.reverse, mask
+    )
+    g_input, g_hx, g_w_ih, g_w_hh, g_bias = (g if m else None for g, m in zip(grads, mask))
+    return (
+        g_input,
+        None,
+        g_hx,
+        g_w_ih,
+        g_w_hh,
+        g_bias if need[5] else None,
+        g_bias if need[6] else None,
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd("rnnext::rnn_forward", _backward_formula, setup_context=_setup_context)
