@@ -1,0 +1,160 @@
+"""The op boundary itself: opcheck, gradcheck and semantics of torch.ops.rnnext.* (csrc/OPS.md)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import rnnext  # noqa: F401  (registers the ops)
+
+fwd = torch.ops.rnnext.rnn_forward.default
+bwd = torch.ops.rnnext.rnn_backward.default
+
+
+def reference(x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse):
+    """A plain per-row Python reference of csrc/OPS.md, independent of torch.nn."""
+    act = torch.relu if relu else torch.tanh
+    H = w_hh.shape[0]
+    if batch_sizes is None:
+        T, B = x.shape[:2]
+        sizes = [B] * T
+        rows = x.reshape(T * B, -1)
+    else:
+        sizes = batch_sizes.tolist()
+        B = sizes[0]
+        rows = x
+    offsets = [0]
+    for s in sizes:
+        offsets.append(offsets[-1] + s)
+    h = [hx[b] if hx is not None else x.new_zeros(H) for b in range(B)]
+    out = [None] * offsets[-1]
+    steps = range(len(sizes) - 1, -1, -1) if reverse else range(len(sizes))
+    h_n = [None] * B
+    for t in steps:
+        for b in range(sizes[t]):
+            if reverse and (t == len(sizes) - 1 or b >= sizes[t + 1]):
+                prev = hx[b] if hx is not None else x.new_zeros(H)
+            else:
+                prev = h[b]
+            pre = rows[offsets[t] + b] @ w_ih.T + prev @ w_hh.T
+            if b_ih is not None:
+                pre = pre + b_ih
+            if b_hh is not None:
+                pre = pre + b_hh
+            h[b] = act(pre)
+            out[offsets[t] + b] = h[b]
+            h_n[b] = h[b]
+    output = torch.stack(out)
+    if batch_sizes is None:
+        output = output.view(len(sizes), B, H)
+    return output, torch.stack(h_n)
+
+
+def make_args(packed, has_hx, bias, dtype=torch.float64, T=5, B=3, I=4, H=6, requires_grad=False):
+    g = torch.Generator().manual_seed(1234 + 7 * packed + 3 * has_hx + bias)
+
+    def rand(*shape):
+        return (torch.rand(*shape, generator=g, dtype=dtype) * 2 - 1).requires_grad_(requires_grad)
+
+    if packed:
+        batch_sizes = torch.tensor([3, 3, 2, 1, 1][:T])
+        x = rand(int(batch_sizes.sum()), I)
+    else:
+        batch_sizes = None
+        x = rand(T, B, I)
+    hx = rand(B, H) if has_hx else None
+    b_ih, b_hh = (rand(H), rand(H)) if bias else (None, None)
+    return x, batch_sizes, hx, rand(H, I), rand(H, H), b_ih, b_hh
+
+
+OPTIONS = list(itertools.product([False, True], [False, True], [False, True], [False, True], [False, True]))
+
+
+@pytest.mark.parametrize("packed,has_hx,bias,relu,reverse", OPTIONS)
+def test_forward_matches_reference(packed, has_hx, bias, relu, reverse):
+    args = make_args(packed, has_hx, bias)
+    out, h_n = fwd(*args, relu, reverse)
+    ref_out, ref_h = reference(*args, relu, reverse)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h_n, ref_h, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("packed,has_hx,bias,relu,reverse", OPTIONS)
+def test_gradcheck(packed, has_hx, bias, relu, reverse):
+    x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_args(packed, has_hx, bias, requires_grad=True)
+    if relu:  # keep pre-activations away from relu's kink, where finite differences are wrong
+        with torch.no_grad():
+            w_ih.mul_(0.5)
+
+    def f(x, hx, w_ih, w_hh, b_ih, b_hh):
+        return fwd(x, bs, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse)
+
+    assert torch.autograd.gradcheck(f, (x, hx, w_ih, w_hh, b_ih, b_hh), atol=1e-8)
+
+
+@pytest.mark.parametrize("packed,has_hx,bias,relu,reverse", OPTIONS[::3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck_forward(packed, has_hx, bias, relu, reverse, dtype):
+    args = make_args(packed, has_hx or packed, bias, dtype=dtype, requires_grad=True)
+    torch.library.opcheck(fwd, (*args, relu, reverse))
+
+
+@pytest.mark.parametrize("packed,has_hx,reverse", list(itertools.product([False, True], repeat=3)))
+@pytest.mark.parametrize("mask", [[True] * 5, [True, False, False, True, False], [False] * 5])
+def test_opcheck_backward(packed, has_hx, reverse, mask):
+    x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_args(packed, has_hx or packed, True)
+    out, h_n = fwd(x, bs, hx, w_ih, w_hh, b_ih, b_hh, False, reverse)
+    grad_out, grad_h = torch.randn_like(out), torch.randn_like(h_n)
+    torch.library.opcheck(bwd, (grad_out, grad_h, x, bs, hx, w_ih, w_hh, out, False, reverse, mask))
+
+
+def test_backward_mask_skips_outputs():
+    x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_args(False, True, True)
+    out, h_n = fwd(x, bs, hx, w_ih, w_hh, b_ih, b_hh, False, False)
+    grads = bwd(torch.randn_like(out), None, x, bs, hx, w_ih, w_hh, out, False, False, [False, True, False, False, True])
+    assert [g.numel() == 0 for g in grads] == [True, False, True, True, False]
+    assert grads[1].shape == hx.shape and grads[4].shape == b_ih.shape
+
+
+def test_noncontiguous_inputs():
+    x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_args(False, True, True, T=4, B=3, I=5, H=5)
+    xt = x.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
+    w_t = w_hh.T.contiguous().T
+    assert not xt.is_contiguous() or not w_t.is_contiguous()
+    a = fwd(x, bs, hx, w_ih, w_hh, b_ih, b_hh, False, False)
+    b = fwd(xt, bs, hx[:, :], w_ih, w_t, b_ih, b_hh, False, False)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda a: a.update(input=a["input"][0]), "must be 3-D"),
+        (lambda a: a.update(w_hh=a["w_hh"][:, :2]), "w_hh must be square"),
+        (lambda a: a.update(w_ih=a["w_ih"][:, :2]), "features but w_ih expects"),
+        (lambda a: a.update(hx=a["hx"][:2]), "hx must have shape"),
+        (lambda a: a.update(b_ih=a["b_ih"][:2]), "b_ih must have shape"),
+        (lambda a: a.update(input=a["input"].float()), "dtype"),
+        (lambda a: a.update(input=a["input"].long()), "floating point"),
+        (lambda a: a.update(batch_sizes=torch.tensor([1, 2])), "packed input must be 2-D"),
+    ],
+)
+def test_forward_errors(mutate, match):
+    x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_args(False, True, True)
+    a = dict(input=x, batch_sizes=bs, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
+    mutate(a)
+    with pytest.raises(RuntimeError, match=match):
+        fwd(*a.values(), False, False)
+
+
+@pytest.mark.parametrize(
+    "sizes,match",
+    [([1, 2], "non-increasing"), ([2, 0], "positive"), ([2, 1], "add up to"), ([2.0, 1.0], "int64")],
+)
+def test_packed_batch_size_errors(sizes, match):
+    x = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.raises(RuntimeError, match=match):
+        fwd(x, torch.tensor(sizes), None, torch.randn(2, 3, dtype=torch.float64),
+            torch.randn(2, 2, dtype=torch.float64), None, None, False, False)
