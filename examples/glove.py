@@ -157,46 +157,52 @@ def load_glove(
             if w in wanted:
                 raise ValueError(f"vocab has the word {w!r} twice (positions {wanted[w]} and {i})")
             wanted[w] = i
-    rows: dict[str, list[float]] = {}
-    file_words: list[str] = []
-    total = None  # running sums for the mean and std, in float64
-    total_sq = 0.0
-    count = 0
+    # Kept rows go into one growing tensor of the requested dtype (a Python list of floats would
+    # take ~6x the memory); the mean and spread of the whole file are running float64 sums.
+    buf: Optional[torch.Tensor] = None
+    row_of: dict[str, int] = {}  # word -> row of buf, in file order
+    total: Optional[torch.Tensor] = None
+    total_sq, count = 0.0, 0
     for word, vec in iter_glove(path):
-        if total is None:
-            total = torch.zeros(len(vec), dtype=torch.float64)
         t = torch.tensor(vec, dtype=torch.float64)
+        if total is None:
+            total = torch.zeros_like(t)
         total += t
-        total_sq += float((t * t).sum())
+        total_sq += float(t.dot(t))
         count += 1
-        if vocab is None:
-            if word not in rows:  # keep the first occurrence, as GloVe's own tools do
-                file_words.append(word)
-                rows[word] = vec
-        elif word in wanted and word not in rows:
-            rows[word] = vec
+        if word in row_of or (vocab is not None and word not in wanted):
+            continue  # keep the first occurrence of a word, as GloVe's own tools do
+        if buf is None or len(row_of) == buf.size(0):
+            cap = len(vocab) if vocab is not None else 1024
+            grown = torch.empty(max(cap, 2 * len(row_of)), t.numel(), dtype=dtype)
+            if buf is not None:
+                grown[: len(row_of)] = buf
+            buf = grown
+        buf[len(row_of)] = t
+        row_of[word] = len(row_of)
     if total is None:
         raise ValueError(f"{path}: no word vectors found (the file is empty)")
     dim = total.numel()
-    words = list(vocab) if vocab is not None else file_words
     mean = total / count
     std = math.sqrt(max(total_sq / (count * dim) - float((mean * mean).mean()), 0.0)) or 1.0
+    if vocab is None:
+        words = list(row_of)
+        return WordVectors(words=words, vectors=buf[: len(words)].clone(), found=[True] * len(words))
+    words = list(vocab)
     gen = torch.Generator().manual_seed(seed)
-    out = torch.empty(len(words), dim, dtype=torch.float64)
+    out = torch.empty(len(words), dim, dtype=dtype)
     found = []
     for i, w in enumerate(words):
-        if w in rows:
-            out[i] = torch.tensor(rows[w], dtype=torch.float64)
-            found.append(True)
+        if w in row_of:
+            out[i] = buf[row_of[w]]
+        elif unknown == "zeros":
+            out[i] = 0.0
+        elif unknown == "mean":
+            out[i] = mean
         else:
-            if unknown == "zeros":
-                out[i] = 0.0
-            elif unknown == "mean":
-                out[i] = mean
-            else:
-                out[i] = torch.randn(dim, generator=gen, dtype=torch.float64) * std
-            found.append(False)
-    return WordVectors(words=words, vectors=out.to(dtype), found=found)
+            out[i] = torch.randn(dim, generator=gen, dtype=torch.float64) * std
+        found.append(w in row_of)
+    return WordVectors(words=words, vectors=out, found=found)
 
 
 def embedding_from_glove(
