@@ -88,6 +88,8 @@ class Vocab:
 def batches(data: Tensor, seq_len: int, batch: int, seed: int) -> list[tuple[Tensor, Tensor]]:
     """One epoch: non-overlapping windows of ``seq_len`` (+1 for the targets), shuffled with ``seed``,
     grouped into ``batch``-sized (inputs, targets) pairs of shape ``[batch, seq_len]``."""
+    if data.numel() < seq_len + 2:
+        return []
     starts = torch.arange(0, data.numel() - seq_len - 1, seq_len)
     order = starts[torch.randperm(starts.numel(), generator=torch.Generator().manual_seed(seed))]
     out = []

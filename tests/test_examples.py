@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator, Optional
 
 import pytest
 import torch
@@ -29,44 +30,75 @@ def _load_glove_module():
 glove = _load_glove_module()
 
 
-def run_example(name: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / name), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        cwd=REPO,
-    )
-    assert proc.returncode == 0, f"{name} {args} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc
-
-
-# Every example and the quick arguments the tests run it with. test_every_example_is_tested keeps
-# this list complete.
+# Every example and the arguments the tests run it with (small sizes; char_lm with two layers and
+# dropout, so the two runs must also draw the same dropout masks, and a tolerance tighter than its
+# default: a short float32 run agrees to ~1e-6). test_every_example_is_tested keeps this complete.
 QUICK = {
     "glove.py": [],
-    "text_representation.py": [],
+    "text_representation.py": ["--unknown", "mean"],
     "rnn_by_hand.py": ["--seq-len", "7", "--batch", "2", "--input", "3", "--hidden", "5"],
     "rnn_vs_cell.py": ["--seq-len", "9", "--batch", "3", "--input", "5", "--hidden", "7"],
-    "char_lm.py": ["--quick"],
+    "char_lm.py": ["--quick", "--layers", "2", "--dropout", "0.3", "--progress", "--tol", "1e-4"],
 }
+
+
+class Example:
+    """One example running in a subprocess (all are started at once: most of each run is importing
+    torch, which overlaps well); ``result()`` waits for it and checks its exit status."""
+
+    def __init__(self, name: str, args: list[str], out_dir: Path) -> None:
+        self.name = name
+        self.png: Optional[Path] = None
+        self.stdout_path, self.stderr_path = out_dir / f"{name}.out", out_dir / f"{name}.err"
+        env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env.setdefault("OMP_NUM_THREADS", "1")
+        with open(self.stdout_path, "w") as out, open(self.stderr_path, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(EXAMPLES / name), *args], stdout=out, stderr=err, env=env, cwd=REPO
+            )
+
+    def result(self, timeout: float = 150) -> tuple[str, str]:
+        try:
+            rc = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        out, err = self.stdout_path.read_text(), self.stderr_path.read_text()
+        assert rc == 0, f"{self.name} failed ({rc}):\n{out}\n{err}"
+        return out, err
+
+
+@pytest.fixture(scope="module")
+def examples(tmp_path_factory) -> Iterator[dict[str, Example]]:
+    out_dir = tmp_path_factory.mktemp("examples")
+    png = out_dir / "curves.png"
+    started = {}
+    try:
+        for name, args in QUICK.items():
+            extra = ["--png", str(png)] if name == "char_lm.py" else []
+            started[name] = Example(name, args + extra, out_dir)
+        started["char_lm.py"].png = png
+        yield started
+    finally:
+        for ex in started.values():
+            if ex.proc.poll() is None:
+                ex.proc.kill()
+                ex.proc.wait()
 
 
 def test_every_example_is_tested():
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(QUICK)
 
 
-def test_glove_example():
-    out = run_example("glove.py").stdout
+def test_glove_example(examples):
+    out, _ = examples["glove.py"].result()
     assert "glove_sample.txt: 40 words, dim 8" in out
     assert re.search(r"'king'\s+found", out)
     assert re.search(r"'zebra-not-in-file'\s+unknown -> zeros\s+\[\+0\.000 \+0\.000", out)
 
 
-def test_text_representation_example():
-    out = run_example("text_representation.py", "--unknown", "mean").stdout
+def test_text_representation_example(examples):
+    out, _ = examples["text_representation.py"].result()
     assert "exactly equal" in out
     assert "not in the file -> 'mean' vector: ['an']" in out
     assert "king - man + woman is closest to: queen" in out
@@ -74,8 +106,8 @@ def test_text_representation_example():
     assert out.rstrip().endswith("text_representation: all checks passed")
 
 
-def test_rnn_by_hand_example():
-    out = run_example("rnn_by_hand.py", *QUICK["rnn_by_hand.py"]).stdout
+def test_rnn_by_hand_example(examples):
+    out, _ = examples["rnn_by_hand.py"].result()
     assert "seq-first   input [7, 2, 3] -> output [7, 2, 5], h_n [1, 2, 5]" in out
     assert "batch_first input [2, 7, 3] -> output [2, 7, 5], h_n [1, 2, 5]" in out
     diff = float(re.search(r"output vs by hand: max \|diff\| = (\S+);", out).group(1))
@@ -83,29 +115,28 @@ def test_rnn_by_hand_example():
     assert out.rstrip().endswith("rnn_by_hand: all checks passed")
 
 
-def test_rnn_vs_cell_example():
-    out = run_example("rnn_vs_cell.py", *QUICK["rnn_vs_cell.py"]).stdout
+def test_rnn_vs_cell_example(examples):
+    out, _ = examples["rnn_vs_cell.py"].result()
     assert "RNN: output [9, 3, 7], h_n [1, 3, 7];  RNNCell x 9 steps: h [3, 7]" in out
     diff = float(re.search(r"max \|h_n - h_T\| = (\S+),", out).group(1))
     assert diff < 1e-5
     assert out.rstrip().endswith("rnn_vs_cell: all checks passed")
 
 
-def test_char_lm_quick(tmp_path):
-    png = tmp_path / "curves.png"
-    # --tol tighter than the default: a short float32 run agrees to ~1e-6.
-    proc = run_example("char_lm.py", "--quick", "--png", str(png), "--progress", "--tol", "1e-4")
-    out = proc.stdout
+def test_char_lm_quick(examples):
+    ex = examples["char_lm.py"]
+    out, err = ex.result()
+    assert "num_layers=2, batch_first=True, dropout=0.3" in out
     assert "identical initial weights in both models: OK" in out
     m = re.search(r"max \|loss\(torch.nn\) - loss\(rnnext\)\| = (\S+) ", out)
     assert m and float(m.group(1)) <= 1e-4
     m = re.search(r"torch.nn.RNN (\S+) s, rnnext.RNN (\S+) s -> speedup (\S+)x", out)
     assert m and float(m.group(1)) > 0 and float(m.group(2)) > 0
     assert math.isclose(float(m.group(3)), float(m.group(1)) / float(m.group(2)), rel_tol=0.02)
-    assert "] 28/28 loss" in proc.stderr  # the progress bar reached the end
+    assert "] 28/28 loss" in err  # the progress bar reached the end
     if importlib.util.find_spec("matplotlib") is not None:
-        assert f"wrote {png}" in out
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"wrote {ex.png}" in out
+        assert ex.png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     else:
         assert "PNG skipped" in out
     assert out.rstrip().endswith("char_lm: all checks passed")
