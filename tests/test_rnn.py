@@ -67,8 +67,10 @@ GRID = list(
     GRID,
     ids=["-".join(str(v).replace("torch.", "") for v in case) for case in GRID],
 )
-def test_equivalence_grid(device, layers, bidirectional, bias, nonlinearity, batch_first, kind, with_hx, dtype):
-    T, B, I, H = 5, 3, 4, 6
+def test_equivalence_grid(
+    device, layers, bidirectional, bias, nonlinearity, batch_first, kind, with_hx, dtype
+):
+    T, B, I, H = 5, 3, 4, 6  # noqa: E741
     D = 2 if bidirectional else 1
     ref, ours = make_pair(
         I, H, layers, nonlinearity, bias, batch_first, 0.0, bidirectional, device=device, dtype=dtype
@@ -109,7 +111,7 @@ def test_equivalence_grid(device, layers, bidirectional, bias, nonlinearity, bat
     [(1, 1, 1, 1, 1), (1, 3, 2, 5, 2), (40, 2, 3, 4, 2), (7, 1, 16, 1, 3), (3, 5, 1, 33, 1)],
 )
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
-def test_shapes(device, T, B, I, H, layers, nonlinearity):
+def test_shapes(device, T, B, I, H, layers, nonlinearity):  # noqa: E741
     """Batch 1, hidden 1, sequence length 1, a longer sequence, many layers: float64, tight."""
     ref, ours = make_pair(I, H, layers, nonlinearity, bidirectional=True, dtype=torch.float64, device=device)
     x = torch.randn(T, B, I, dtype=torch.float64, device=device)
@@ -189,7 +191,7 @@ def test_eval_mode_has_no_dropout():
 def test_zero_batch(batch_first, with_hx):
     """torch.nn accepts an empty batch; so does rnnext, with the same shapes and (zero) gradients."""
     ref, ours = make_pair(4, 3, 2, bidirectional=True, batch_first=batch_first, dtype=torch.float64)
-    x = torch.randn(0, 5, 4, dtype=torch.float64) if batch_first else torch.randn(5, 0, 4, dtype=torch.float64)
+    x = torch.randn((0, 5, 4) if batch_first else (5, 0, 4), dtype=torch.float64)
     hx = torch.randn(4, 0, 3, dtype=torch.float64) if with_hx else None
     out_w = torch.randn(x.shape[:2] + (6,), dtype=torch.float64)
     h_w = torch.randn(4, 0, 3, dtype=torch.float64)
@@ -361,3 +363,57 @@ def test_functional_matches_module():
     torch.testing.assert_close(h1, cell(x1, hx[0]), rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError):
         rnnext.functional.rnn(x, hx, ref._flat_weights[:-1], num_layers=2, bidirectional=True)
+
+
+def _forbidden(name: str) -> bool:
+    """ATen's own RNN entry points (and cuDNN's / MIOpen's), which rnnext must never call."""
+    base = name.split("::")[-1].split(".")[0]
+    return base in {"rnn_tanh", "rnn_relu", "rnn_tanh_cell", "rnn_relu_cell"} or "cudnn_rnn" in base or (
+        "miopen_rnn" in base
+    )
+
+
+def test_no_aten_rnn_call(monkeypatch):
+    """Every layer and direction runs on rnnext's ops: ATen's rnn_tanh / rnn_relu (and their cells)
+    are never called, neither from Python (torch._VF) nor from C++ (seen by the profiler)."""
+    import torch._VF as VF
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("rnnext called an ATen RNN entry point")
+
+    for name in ("rnn_tanh", "rnn_relu", "rnn_tanh_cell", "rnn_relu_cell"):
+        monkeypatch.setattr(VF, name, refuse)
+    with pytest.raises(AssertionError):  # the patch is effective: torch.nn now fails
+        nn.RNN(3, 4)(torch.randn(5, 2, 3))
+
+    rnn = rnnext.RNN(3, 4, 2, nonlinearity="relu", bidirectional=True).train()
+    rnn.dropout = 0.2
+    cell = rnnext.RNNCell(3, 4)
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    packed = pack_padded_sequence(x, torch.tensor([5, 3]))
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        out, h = rnn(x)
+        (out.sum() + h.sum()).backward()
+        out, h = rnn(packed)
+        (out.data.sum() + h.sum()).backward()
+        cell(x[0]).sum().backward()
+        rnnext.functional.rnn(x, None, rnn._flat_weights, num_layers=2, bidirectional=True)
+    names = {e.name for e in prof.events()}
+    assert "rnnext::rnn_forward" in names and "rnnext::rnn_backward" in names  # the profiler sees ops
+    assert not [n for n in names if _forbidden(n)]
+    # Control: the profiler does see ATen's rnn_tanh when torch.nn calls it.
+    monkeypatch.undo()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        nn.RNN(3, 4)(torch.randn(5, 2, 3))
+    assert any(_forbidden(e.name) for e in prof.events())
+
+
+def test_meta_device():
+    """A model on the meta device (shapes only) works as torch.nn's does."""
+    ref, ours = make_pair(4, 3, 2, bidirectional=True, device="meta")
+    x = torch.randn(5, 2, 4, device="meta")
+    packed = pack_padded_sequence(torch.randn(5, 2, 4), torch.tensor([5, 2])).to("meta")
+    for inp in (x, packed):
+        (o_ref, h_ref), (o, h) = ref(inp), ours(inp)
+        o, o_ref = (o.data, o_ref.data) if isinstance(o, PackedSequence) else (o, o_ref)
+        assert o.shape == o_ref.shape and h.shape == h_ref.shape and o.device.type == "meta"
