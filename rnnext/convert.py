@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .modules import RNN, RNNCell
 
@@ -25,8 +28,21 @@ _COPIED = (
 )
 
 
-def _replacement(module: nn.Module) -> nn.Module:
-    cls = _REPLACEMENTS[type(module)]
+def _target(module: nn.Module) -> Optional[type]:
+    """The class that replaces ``module``, or None to leave it as it is."""
+    cls = type(module)
+    if cls in _REPLACEMENTS:
+        return _REPLACEMENTS[cls]
+    # torch.nn.utils.parametrize (weight_norm, spectral_norm, custom) gives each parametrized
+    # module its own subclass holding the parametrized attributes as properties: rebuild that
+    # subclass on top of the rnnext class.
+    if parametrize.is_parametrized(module) and len(cls.__bases__) == 1 and cls.__bases__[0] in _REPLACEMENTS:
+        body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+        return type(cls.__name__, (_REPLACEMENTS[cls.__bases__[0]],), body)
+    return None
+
+
+def _replacement(module: nn.Module, cls: type) -> nn.Module:
     new = cls.__new__(cls)
     state = dict(module.__dict__)
     for key in _COPIED:
@@ -55,8 +71,9 @@ def convert(module: nn.Module) -> nn.Module:
       shared, so removing a hook through a handle made before the conversion still works.
 
     A module reached through several parents (shared) gets a single replacement. Only those exact
-    types are converted; subclasses of them (which may override ``forward``), parametrized modules
-    and TorchScript modules are left as they are. The original modules should not be used
+    types are converted, and their parametrized forms (``torch.nn.utils.parametrize``, e.g.
+    ``weight_norm``), which keep their parametrizations; other subclasses (which may override
+    ``forward``) and TorchScript modules are left as they are. The original modules should not be used
     afterwards: they share their parameters and hooks with their replacements.
 
     Example::
@@ -70,13 +87,14 @@ def convert(module: nn.Module) -> nn.Module:
 
     def swap(m: nn.Module) -> nn.Module:
         if id(m) not in done:
-            done[id(m)] = _replacement(m)
+            cls = _target(m)
+            done[id(m)] = m if cls is None else _replacement(m, cls)
         return done[id(m)]
 
-    root = swap(module) if type(module) in _REPLACEMENTS else module
+    root = swap(module)
     for parent in list(root.modules()):
         children = parent._modules
         for name, child in list(children.items()):
-            if child is not None and type(child) in _REPLACEMENTS:
+            if child is not None:
                 children[name] = swap(child)
     return root

@@ -230,7 +230,7 @@ def _layers(
         # ATen (apply_layer_stack): dropout on every layer's output but the last, training only.
         if dropout != 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, p=dropout, training=True)
-    return layer_input, torch.stack(finals, 0)
+    return layer_input, finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals, 0)
 
 
 def _empty_batch(

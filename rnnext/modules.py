@@ -204,8 +204,15 @@ class RNN(nn.RNNBase):
             # rebuilding _flat_weights, which would be a module mutation inside the graph.
             weights = [getattr(self, name) for name in self._flat_weights_names]
         else:
-            self._update_flat_weights()
             weights = self._flat_weights
+            params = self._parameters
+            for name, w in zip(self._flat_weights_names, weights):
+                if params.get(name) is not w:
+                    # Something replaced a parameter without RNNBase.__setattr__ seeing it (or it
+                    # is not a plain parameter): torch.nn's full resynchronisation.
+                    self._update_flat_weights()
+                    weights = self._flat_weights
+                    break
         is_packed = isinstance(input, PackedSequence)
         is_batched = True
         batch_dim = 0 if self.batch_first else 1

@@ -212,3 +212,24 @@ def test_threads_backward():
         t.join()
     for i, g in enumerate(expected):
         torch.testing.assert_close(got[i], g, rtol=1e-10, atol=1e-10)
+
+
+def test_convert_parametrized_rnn():
+    """A parametrized torch.nn.RNN (here weight_norm on a recurrent weight) keeps its
+    parametrization on the rnnext side: same outputs and gradients."""
+    from torch.nn.utils.parametrizations import weight_norm
+
+    torch.manual_seed(0)
+    ref = weight_norm(nn.RNN(3, 4, 2, dtype=torch.float64), "weight_hh_l0")
+    model = nn.Sequential(copy.deepcopy(ref))
+    rnnext.convert(model)
+    assert isinstance(model[0], rnnext.RNN)
+    assert nn.utils.parametrize.is_parametrized(model[0], "weight_hh_l0")
+    x = torch.randn(5, 2, 3, dtype=torch.float64)
+    out_ref, out = ref(x)[0], model[0](x)[0]
+    torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-10)
+    out_ref.sum().backward()
+    out.sum().backward()
+    for (n, p), (m, q) in zip(ref.named_parameters(), model[0].named_parameters()):
+        assert n == m
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-10, atol=1e-10)

@@ -39,7 +39,9 @@ def run(module, x, hx, lengths, batch_first, enforce_sorted, out_w, h_w):
     inp = x
     if lengths is not None:
         inp = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=enforce_sorted)
-    out, h = module(inp, hx)
+    # On CUDA, torch.nn runs cuDNN, which may use TF32 for float32 unless told not to.
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        out, h = module(inp, hx)
     if lengths is not None:
         assert isinstance(out, PackedSequence)
         out, _ = pad_packed_sequence(out, batch_first=batch_first)
@@ -156,6 +158,8 @@ def test_non_contiguous_inputs():
 def test_dropout_same_masks(kind, bidirectional):
     """In training, dropout after every layer but the last draws the masks torch.nn draws."""
     ref, ours = make_pair(4, 6, 3, dropout=0.4, bidirectional=bidirectional, dtype=torch.float64)
+    ref.train()
+    ours.train()
     x = torch.randn(7, 3, 4, dtype=torch.float64)
     lengths = torch.tensor([7, 5, 2]) if kind == "packed" else None
     out_w = torch.randn(7, 3, 12 if bidirectional else 6, dtype=torch.float64)
@@ -163,8 +167,10 @@ def test_dropout_same_masks(kind, bidirectional):
     for seed in (0, 1):
         torch.manual_seed(seed)
         expected = run(ref, x, None, lengths, False, True, out_w, h_w)
+        after_ref = torch.rand(3)
         torch.manual_seed(seed)
         actual = run(ours, x, None, lengths, False, True, out_w, h_w)
+        assert torch.equal(torch.rand(3), after_ref)  # the same number of random draws
         ref.zero_grad()
         ours.zero_grad()
         for e, a in zip(expected, actual):
@@ -327,6 +333,12 @@ def test_flat_weights_stay_in_sync():
     assert torch.count_nonzero(out) == 0 and torch.count_nonzero(h) == 0
     torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
     assert in_sync(ours)
+    # Even a parameter swapped in behind RNNBase.__setattr__'s back is used, as torch.nn does.
+    other = nn.Parameter(torch.randn(4, 4))
+    ours._parameters["weight_hh_l1"] = other
+    ref._parameters["weight_hh_l1"] = other
+    torch.testing.assert_close(ours(x)[0], ref(x)[0], rtol=1e-5, atol=1e-6)
+    assert in_sync(ours) and ours._flat_weights[ours._flat_weights_names.index("weight_hh_l1")] is other
 
 
 def test_deepcopy_and_pickle_roundtrip(tmp_path):
