@@ -110,15 +110,19 @@ def test_equivalence_grid(
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "T,B,I,H,layers",
-    [(1, 1, 1, 1, 1), (1, 3, 2, 5, 2), (40, 2, 3, 4, 2), (7, 1, 16, 1, 3), (3, 5, 1, 33, 1)],
+    [(1, 1, 1, 1, 1), (1, 3, 2, 5, 2), (40, 2, 3, 4, 2), (7, 1, 16, 1, 3), (3, 5, 1, 33, 1), (300, 2, 3, 8, 1)],
 )
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
-def test_shapes(device, T, B, I, H, layers, nonlinearity):  # noqa: E741
-    """Batch 1, hidden 1, sequence length 1, a longer sequence, many layers: float64, tight."""
-    ref, ours = make_pair(I, H, layers, nonlinearity, bidirectional=True, dtype=torch.float64, device=device)
+@pytest.mark.parametrize("bias,with_hx", [(True, True), (False, False)])
+def test_shapes(device, T, B, I, H, layers, nonlinearity, bias, with_hx):  # noqa: E741
+    """Batch 1, hidden 1, sequence length 1, long sequences, many layers: float64, tight."""
+    ref, ours = make_pair(
+        I, H, layers, nonlinearity, bias, bidirectional=True, dtype=torch.float64, device=device
+    )
     x = torch.randn(T, B, I, dtype=torch.float64, device=device)
-    hx = torch.randn(2 * layers, B, H, dtype=torch.float64, device=device)
-    out_w = torch.randn(T, B, 2 * H, dtype=torch.float64, device=device)
+    hx = torch.randn(2 * layers, B, H, dtype=torch.float64, device=device) if with_hx else None
+    # Scaled so that long relu sequences stay finite and the gradients stay informative.
+    out_w = torch.randn(T, B, 2 * H, dtype=torch.float64, device=device) / T
     h_w = torch.randn(2 * layers, B, H, dtype=torch.float64, device=device)
     for e, a in zip(
         run(ref, x, hx, None, False, True, out_w, h_w), run(ours, x, hx, None, False, True, out_w, h_w)
