@@ -1,8 +1,12 @@
 r"""Drop-in modules: :class:`RNN` and :class:`RNNCell` with ``torch.nn``'s API, on rnnext's fused ops.
 
-They inherit parameter creation, initialisation, ``repr``, ``state_dict`` layout and argument checks
-from ``torch.nn`` (``RNNBase`` and ``RNNCell``), and replace only the computation. ``RNN`` derives from
-``torch.nn.RNNBase``, not ``torch.nn.RNN``: Dynamo refuses to trace instances of ``torch.nn.RNN``.
+They inherit parameter creation, initialisation, ``repr``, ``state_dict`` layout, pickling and
+``torch.nn``'s own Python argument checks from ``torch.nn`` (``RNNBase`` and ``RNNCell``), and replace
+the computation. The checks that ATen makes inside ``rnn_tanh`` / ``rnn_relu`` (devices, empty
+sequence, the dtype of ``hx``, short packed data) are made here in ATen's order, with its messages
+(or by running the very ATen ``linear`` that raises them), so every invalid call fails as with
+``torch.nn``. ``RNN`` derives from ``torch.nn.RNNBase``, not ``torch.nn.RNN``: Dynamo refuses to trace
+instances of ``torch.nn.RNN``.
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ class RNNCell(nn.RNNCell):
         - output: :math:`(N, H_{out})` or :math:`(H_{out})`
 
     Parameters, initialisation, ``repr`` and ``state_dict`` are those of :class:`torch.nn.RNNCell`
-    (this class derives from it), so weights load both ways.
+    (this class derives from it), so weights load both ways; invalid calls raise what
+    ``torch.nn.RNNCell`` raises. float16 / bfloat16 on the CPU are computed in float32 and cast back.
 
     Examples::
 
@@ -60,6 +65,7 @@ class RNNCell(nn.RNNCell):
     """
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        """One step from ``hx`` (zeros if ``None``); see the class docstring for shapes."""
         if input.dim() not in (1, 2):
             raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and hx.dim() not in (1, 2):
@@ -138,6 +144,17 @@ class RNN(nn.RNNBase):
     h_n        :math:`(D * \text{num\_layers}, H_{out})` or :math:`(D * \text{num\_layers}, N, H_{out})`
     ========== =========================================================================
 
+    Outputs are those of :class:`torch.nn.RNN` (``h_n`` holds each sequence's own final state for
+    packed input, in the caller's order for ``enforce_sorted=False``). Dropout, in training, is
+    drawn with the same calls as ``torch.nn``, so a seed gives the same masks.
+
+    Differences from ``torch.nn.RNN``: float16 / bfloat16 on the CPU are computed in float32 and
+    cast back (``torch.nn`` rounds after every step: results agree to half precision, not bit for
+    bit); ``flatten_parameters`` does nothing; on CUDA, ``torch.nn`` hands calls to cuDNN, whose
+    error messages for invalid calls are its own (rnnext raises the messages of ATen's native
+    path); TorchScript (``torch.jit.script``) is not supported, ``torch.compile`` and
+    ``torch.export`` are.
+
     Examples::
 
         >>> rnn = rnnext.RNN(10, 20, 2)
@@ -183,9 +200,9 @@ class RNN(nn.RNNBase):
         super().__init__(mode, *args, **kwargs)
 
     def flatten_parameters(self) -> None:
-        """Kept for API compatibility; a no-op off CUDA, as in ``torch.nn``. rnnext's kernels read
-        each weight where it is, so there is nothing to flatten (``torch.nn`` packs the weights into
-        one buffer for cuDNN, which rnnext does not use)."""
+        """Kept for API compatibility; does nothing. ``torch.nn`` packs the weights into one
+        buffer for cuDNN (and does nothing off CUDA); rnnext's kernels read each weight where it
+        is, so there is nothing to flatten."""
 
     @overload
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> tuple[Tensor, Tensor]: ...

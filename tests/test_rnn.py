@@ -110,7 +110,14 @@ def test_equivalence_grid(
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "T,B,I,H,layers",
-    [(1, 1, 1, 1, 1), (1, 3, 2, 5, 2), (40, 2, 3, 4, 2), (7, 1, 16, 1, 3), (3, 5, 1, 33, 1), (300, 2, 3, 8, 1)],
+    [
+        (1, 1, 1, 1, 1),
+        (1, 3, 2, 5, 2),
+        (40, 2, 3, 4, 2),
+        (7, 1, 16, 1, 3),
+        (3, 5, 1, 33, 1),
+        (300, 2, 3, 8, 1),
+    ],
 )
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("bias,with_hx", [(True, True), (False, False)])
