@@ -260,6 +260,14 @@ class RNN(nn.RNNBase):
         # so the hidden-size check, which a built zero hx always passes, is skipped then.
         if hx is None:
             self.check_input(data, batch_sizes)
+        elif is_packed and torch.compiler.is_compiling():
+            # The batch, batch_sizes[0], is a data-dependent value under tracing: check it at run
+            # time (torch._check) rather than guard on it.
+            self.check_input(data, batch_sizes)
+            expected = self.get_expected_hidden_size(data, batch_sizes)
+            if hx.dim() != 3 or hx.size(0) != expected[0] or hx.size(2) != expected[2]:
+                raise RuntimeError(f"Expected hidden size {expected}, got {list(hx.size())}")
+            torch._check(hx.size(1) == expected[1])
         else:
             self.check_forward_args(data, hx, batch_sizes)
         if is_packed:
@@ -340,6 +348,8 @@ def _check_packed(
         _raise_as_aten(data, weights[0], weights[2] if bias else None)  # linear_ih over all rows
         if hx is not None:
             _raise_as_aten(hx[0], weights[1], weights[3] if bias else None)  # the first step
+    if torch.compiler.is_compiling():
+        return data  # the row count is data-dependent there; the op checks it
     rows = int(batch_sizes.sum())
     if data.size(0) != rows:
         if data.size(0) > rows:
