@@ -205,3 +205,20 @@ def test_errors_like_torch(case, bias):
 def test_error_cases_do_raise():
     raised = [outcome(lambda c=c: c(nn.RNNCell(5, 3)))[0] != "ok" for c in ERROR_CASES.values()]
     assert sum(raised) >= 20
+
+
+def test_non_contiguous_inputs():
+    ref, ours = make_pair(5, 4, dtype=torch.float64)
+    x = torch.randn(10, 6, dtype=torch.float64)[::2, 1:]  # [5, 5], strided
+    hx = torch.randn(4, 5, dtype=torch.float64).t()  # [5, 4], transposed
+    assert not x.is_contiguous() and not hx.is_contiguous()
+    torch.testing.assert_close(ours(x, hx), ref(x, hx), rtol=1e-10, atol=1e-10)
+
+
+def test_autocast_cpu():
+    ref, ours = make_pair(5, 8)
+    x = torch.randn(3, 5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, actual = ref(x), ours(x)
+    assert actual.dtype == expected.dtype
+    torch.testing.assert_close(actual, expected, rtol=5e-2, atol=5e-2)

@@ -287,8 +287,10 @@ def test_constructor_parity(args, kwargs):
         assert p.shape == q.shape and p.dtype == q.dtype and p.device == q.device
         assert torch.equal(p, q)  # same seed, same init
     assert list(ours.state_dict().keys()) == list(ref.state_dict().keys())
-    assert [[w is p for w, p in zip(ws, ps)] for ws, ps in zip(ours.all_weights, ref.all_weights)]
-    assert [p.shape for ws in ours.all_weights for p in ws] == [p.shape for ws in ref.all_weights for p in ws]
+    assert len(ours.all_weights) == len(ref.all_weights)
+    for ws, ps in zip(ours.all_weights, ref.all_weights):
+        assert len(ws) == len(ps) and all(torch.equal(w, p) for w, p in zip(ws, ps))
+    assert all(w is getattr(ours, n) for w, n in zip(ours._flat_weights, ours._flat_weights_names))
 
 
 def test_dropout_warning_like_torch():
