@@ -1,7 +1,25 @@
-r"""Functional form of rnnext's RNN: the computation of :class:`rnnext.RNN` without module state.
+r"""Functional form of rnnext: the computation of :class:`rnnext.RNN` / :class:`rnnext.RNNCell`
+without module state.
 
-Each layer and direction is one fused op call (``torch.ops.rnnext.rnn_forward``); this module only
-walks layers and directions, concatenates directions, and applies dropout between layers.
+Every layer and direction is one call of the fused op ``torch.ops.rnnext.rnn_forward`` (its
+backward is the fused ``rnn_backward``); this module walks layers and directions, concatenates the
+two directions of a layer, and applies dropout between layers exactly where ATen does. It never
+calls ATen's ``rnn_tanh`` / ``rnn_relu``.
+
+Each layer and direction computes, for every time step :math:`t`,
+
+.. math::
+    h_t = \sigma(x_t W_{ih}^T + b_{ih} + h_{t-1} W_{hh}^T + b_{hh}),
+    \qquad \sigma = \tanh \text{ or } \mathrm{ReLU},
+
+where :math:`x_t` is the input of the first layer, or the output of the layer below (both
+directions concatenated, after dropout in training) for the others.
+
+Dtypes: float32 and float64 run natively everywhere (CUDA also float16 / bfloat16). float16 and
+bfloat16 on the CPU, which the CPU kernels do not implement, are computed in float32 and the
+results are cast back to the input's dtype (``torch.nn`` instead rounds to the low precision after
+every step, so results agree to that precision, not bit for bit). Under ``torch.autocast`` the
+float32 tensors are cast to the autocast dtype first, as ``torch.nn``'s matmuls would be.
 """
 
 from __future__ import annotations
@@ -16,6 +34,8 @@ from ._ops import rnn_forward
 
 __all__ = ["rnn", "rnn_cell"]
 
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+
 
 def _is_relu(nonlinearity: str) -> bool:
     if nonlinearity == "tanh":
@@ -23,6 +43,32 @@ def _is_relu(nonlinearity: str) -> bool:
     if nonlinearity == "relu":
         return True
     raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+
+
+def _autocast(tensors: list[Optional[Tensor]], device_type: str) -> list[Optional[Tensor]]:
+    """What autocast does to a matmul's arguments: floating tensors other than float64 take the
+    autocast dtype."""
+    dtype = torch.get_autocast_dtype(device_type)
+    return [
+        t.to(dtype) if t is not None and t.is_floating_point() and t.dtype != torch.float64 else t
+        for t in tensors
+    ]
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """``torch.is_autocast_enabled(device_type)``, False (not an error) for device types autocast
+    does not know, such as ``meta``."""
+    if not torch._C._is_any_autocast_enabled():
+        return False
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
+def _upcast(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether this dtype must be computed in float32: half types on the CPU (no CPU kernel)."""
+    return dtype in _LOW_PRECISION and device.type == "cpu"
 
 
 def rnn_cell(
@@ -34,11 +80,36 @@ def rnn_cell(
     b_hh: Optional[Tensor] = None,
     nonlinearity: str = "tanh",
 ) -> Tensor:
-    r"""One step :math:`h' = \text{act}(x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh})`.
+    r"""One Elman RNN step: :math:`h' = \sigma(x W_{ih}^T + b_{ih} + h W_{hh}^T + b_{hh})`.
 
-    ``input`` is ``[B, I]``, ``hx`` is ``[B, H]`` or None (zeros); returns ``[B, H]``.
+    ============ ==========================================
+    ``input``    :math:`(N, H_{in})`
+    ``hx``       :math:`(N, H_{out})`, or ``None`` (zeros)
+    ``w_ih``     :math:`(H_{out}, H_{in})`
+    ``w_hh``     :math:`(H_{out}, H_{out})`
+    ``b_ih``     :math:`(H_{out})` or ``None``
+    ``b_hh``     :math:`(H_{out})` or ``None``
+    returns      :math:`(N, H_{out})`
+    ============ ==========================================
+
+    ``nonlinearity`` is ``'tanh'`` or ``'relu'``. Differentiable with respect to every tensor
+    argument. No argument checks beyond the op's own: :class:`rnnext.RNNCell` validates as
+    ``torch.nn.RNNCell`` does.
     """
-    _, h = rnn_forward(input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, _is_relu(nonlinearity), False)
+    relu = _is_relu(nonlinearity)
+    if _autocast_enabled(input.device.type):
+        with torch.autocast(input.device.type, enabled=False):
+            return rnn_cell(*_autocast([input, hx, w_ih, w_hh, b_ih, b_hh], input.device.type), nonlinearity)
+    if input.size(0) == 0:
+        # An empty batch: nothing to compute; ATen's expression keeps the autograd graph.
+        h = hx if hx is not None else input.new_zeros((0, w_hh.size(0)))
+        pre = F.linear(h, w_hh, b_hh) + F.linear(input, w_ih, b_ih)
+        return torch.relu(pre) if relu else torch.tanh(pre)
+    if _upcast(input.dtype, input.device):
+        dtype = input.dtype
+        args = [t.float() if t is not None else None for t in (input, hx, w_ih, w_hh, b_ih, b_hh)]
+        return rnn_cell(*args, nonlinearity).to(dtype)
+    _, h = rnn_forward(input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, relu, False)
     return h
 
 
@@ -53,19 +124,42 @@ def rnn(
     dropout: float = 0.0,
     training: bool = False,
     bidirectional: bool = False,
+    batch_first: bool = False,
     batch_sizes: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor]:
-    r"""A stack of Elman RNN layers over a whole sequence.
+    r"""A stack of Elman RNN layers over a whole sequence (:class:`rnnext.RNN` without a module).
 
     Args:
-        input: ``[T, B, I]`` (time-major), or the ``data`` ``[N, I]`` of a packed batch with
-            ``batch_sizes`` (int64 CPU, as in :class:`torch.nn.utils.rnn.PackedSequence`).
-        hx: ``[num_layers * num_directions, B, H]`` or None (zeros).
-        weights: per layer, per direction: ``w_ih, w_hh`` and, when ``bias``, ``b_ih, b_hh``, in the
-            order of :attr:`torch.nn.RNN._flat_weights`.
+        input: the sequence: :math:`(L, N, H_{in})`, or :math:`(N, L, H_{in})` when ``batch_first``;
+            or, with ``batch_sizes``, the ``data`` :math:`(\sum_t n_t, H_{in})` of a
+            :class:`~torch.nn.utils.rnn.PackedSequence` (sorted by decreasing length).
+        hx: initial state :math:`(D \cdot \text{num\_layers}, N, H_{out})`, or ``None`` for zeros.
+        weights: per layer, per direction (forward then reverse): ``w_ih, w_hh`` and, when
+            ``bias``, ``b_ih, b_hh`` -- the order of ``torch.nn.RNN._flat_weights``.
+        num_layers: number of stacked layers.
+        nonlinearity: ``'tanh'`` or ``'relu'``.
+        bias: whether ``weights`` holds biases.
+        dropout: probability of zeroing each element of every layer's output except the last's;
+            only when ``training`` (the same ``torch.nn.functional.dropout`` calls, in the same
+            order, as ATen: the same masks under the same seed).
+        training: whether dropout applies.
+        bidirectional: whether ``weights`` holds a reverse direction for each layer.
+        batch_first: layout of a padded ``input`` and ``output`` (ignored when packed).
+        batch_sizes: the packed batch sizes (int64, CPU, non-increasing), or ``None`` (padded).
 
     Returns:
-        ``output`` (``[T, B, D*H]`` or ``[N, D*H]``) and ``h_n`` (``[num_layers * D, B, H]``).
+        ``(output, h_n)``:
+
+        ========== =========================================================================
+        output     :math:`(L, N, D \cdot H_{out})` (``batch_first``: :math:`(N, L, D \cdot H_{out})`);
+                   packed: :math:`(\sum_t n_t, D \cdot H_{out})`
+        h_n        :math:`(D \cdot \text{num\_layers}, N, H_{out})`; packed: each sequence's state
+                   at its own last step (forward) or after step 0 (reverse)
+        ========== =========================================================================
+
+        with :math:`D = 2` if ``bidirectional`` else 1. Differentiable with respect to ``input``,
+        ``hx`` and every weight. Shapes and dtypes are not validated beyond the op's own checks:
+        :class:`rnnext.RNN` validates as ``torch.nn.RNN`` does.
     """
     relu = _is_relu(nonlinearity)
     directions = 2 if bidirectional else 1
@@ -74,7 +168,53 @@ def rnn(
         raise ValueError(
             f"rnnext: expected {num_layers * directions * per} weight tensors, got {len(weights)}"
         )
-    layer_input = input
+    device_type = input.device.type
+    if _autocast_enabled(device_type):
+        cast = _autocast([input, hx, *weights], device_type)
+        with torch.autocast(device_type, enabled=False):
+            return rnn(
+                cast[0], cast[1], cast[2:], num_layers=num_layers, nonlinearity=nonlinearity, bias=bias,
+                dropout=dropout, training=training, bidirectional=bidirectional,
+                batch_first=batch_first, batch_sizes=batch_sizes,
+            )  # fmt: skip
+    if _upcast(input.dtype, input.device):
+        dtype = input.dtype
+        output, h_n = rnn(
+            input.float(), hx.float() if hx is not None else None, [w.float() for w in weights],
+            num_layers=num_layers, nonlinearity=nonlinearity, bias=bias, dropout=dropout,
+            training=training, bidirectional=bidirectional, batch_first=batch_first,
+            batch_sizes=batch_sizes,
+        )  # fmt: skip
+        return output.to(dtype), h_n.to(dtype)
+    if hx is None and batch_sizes is not None and input.device.type == "meta":
+        # The fake kernel, which also serves meta tensors, cannot read batch_sizes[0] to size h_n.
+        hx = input.new_zeros((num_layers * directions, int(batch_sizes[0]), weights[1].size(0)))
+    if batch_sizes is None and batch_first:
+        input = input.transpose(0, 1)
+    if batch_sizes is None and input.size(1) == 0:
+        output, h_n = _empty_batch(input, hx, weights, num_layers, relu, bias, dropout, training, directions)
+    else:
+        output, h_n = _layers(
+            input, hx, weights, num_layers, relu, bias, dropout, training, directions, batch_sizes
+        )
+    if batch_sizes is None and batch_first:
+        output = output.transpose(0, 1)
+    return output, h_n
+
+
+def _layers(
+    layer_input: Tensor,
+    hx: Optional[Tensor],
+    weights: Sequence[Tensor],
+    num_layers: int,
+    relu: bool,
+    bias: bool,
+    dropout: float,
+    training: bool,
+    directions: int,
+    batch_sizes: Optional[Tensor],
+) -> tuple[Tensor, Tensor]:
+    per = 4 if bias else 2
     finals = []
     for layer in range(num_layers):
         outputs = []
@@ -87,6 +227,42 @@ def rnn(
             outputs.append(out)
             finals.append(h_n)
         layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
-        if dropout > 0 and training and layer < num_layers - 1:
+        # ATen (apply_layer_stack): dropout on every layer's output but the last, training only.
+        if dropout != 0 and training and layer < num_layers - 1:
+            layer_input = F.dropout(layer_input, p=dropout, training=True)
+    return layer_input, finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals, 0)
+
+
+def _empty_batch(
+    input: Tensor,
+    hx: Optional[Tensor],
+    weights: Sequence[Tensor],
+    num_layers: int,
+    relu: bool,
+    bias: bool,
+    dropout: float,
+    training: bool,
+    directions: int,
+) -> tuple[Tensor, Tensor]:
+    """A zero-size batch, which torch.nn accepts: every tensor is empty, so this is only shape
+    arithmetic, written with differentiable ops so that backward gives the (zero) gradients
+    torch.nn gives."""
+    act = torch.relu if relu else torch.tanh
+    per = 4 if bias else 2
+    hidden = weights[1].size(0)
+    layer_input = input
+    finals = []
+    for layer in range(num_layers):
+        outputs = []
+        for direction in range(directions):
+            k = layer * directions + direction
+            w = weights[k * per : (k + 1) * per]
+            b_ih, b_hh = (w[2], w[3]) if bias else (None, None)
+            h0 = hx[k] if hx is not None else input.new_zeros((0, hidden))
+            out = act(F.linear(layer_input, w[0], b_ih) + F.linear(h0, w[1], b_hh))
+            outputs.append(out)
+            finals.append(out[0] if direction == 1 else out[-1])
+        layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
+        if dropout != 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, p=dropout, training=True)
     return layer_input, torch.stack(finals, 0)

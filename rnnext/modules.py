@@ -1,34 +1,26 @@
 r"""Drop-in modules: :class:`RNN` and :class:`RNNCell` with ``torch.nn``'s API, on rnnext's fused ops.
 
-They inherit parameter creation, initialisation, ``repr``, ``state_dict`` layout and argument checks
-from ``torch.nn`` (``RNNBase`` and ``RNNCell``), and replace only the computation. ``RNN`` derives from
-``torch.nn.RNNBase``, not ``torch.nn.RNN``: Dynamo refuses to trace instances of ``torch.nn.RNN``.
+They inherit parameter creation, initialisation, ``repr``, ``state_dict`` layout, pickling and
+``torch.nn``'s own Python argument checks from ``torch.nn`` (``RNNBase`` and ``RNNCell``), and replace
+the computation. The checks that ATen makes inside ``rnn_tanh`` / ``rnn_relu`` (devices, empty
+sequence, the dtype of ``hx``, short packed data) are made here in ATen's order, with its messages
+(or by running the very ATen ``linear`` that raises them), so every invalid call fails as with
+``torch.nn``. ``RNN`` derives from ``torch.nn.RNNBase``, not ``torch.nn.RNN``: Dynamo refuses to trace
+instances of ``torch.nn.RNN``.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Optional, Union, overload
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from . import functional
 
 __all__ = ["RNN", "RNNCell"]
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    """ATen's name of a dtype as its error messages print it: ``Float``, ``Double``, ``Long`` ..."""
-    return torch.empty((), dtype=dtype, device="meta").type().split(".")[-1][: -len("Tensor")]
-
-
-def _check_matmul_dtypes(mat1: Tensor, mat2: Tensor) -> None:
-    if mat1.dtype != mat2.dtype:
-        raise RuntimeError(
-            "mat1 and mat2 must have the same dtype, but got "
-            f"{_dtype_name(mat1.dtype)} and {_dtype_name(mat2.dtype)}"
-        )
 
 
 class RNNCell(nn.RNNCell):
@@ -60,7 +52,8 @@ class RNNCell(nn.RNNCell):
         - output: :math:`(N, H_{out})` or :math:`(H_{out})`
 
     Parameters, initialisation, ``repr`` and ``state_dict`` are those of :class:`torch.nn.RNNCell`
-    (this class derives from it), so weights load both ways.
+    (this class derives from it), so weights load both ways; invalid calls raise what
+    ``torch.nn.RNNCell`` raises. float16 / bfloat16 on the CPU are computed in float32 and cast back.
 
     Examples::
 
@@ -72,6 +65,7 @@ class RNNCell(nn.RNNCell):
     """
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        """One step from ``hx`` (zeros if ``None``); see the class docstring for shapes."""
         if input.dim() not in (1, 2):
             raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and hx.dim() not in (1, 2):
@@ -83,36 +77,34 @@ class RNNCell(nn.RNNCell):
                 hx = hx.unsqueeze(0)
         if self.nonlinearity not in ("tanh", "relu"):
             raise RuntimeError(f"Unknown nonlinearity: {self.nonlinearity}")
-        self._check_input(input, hx)
-        if input.size(0) == 0:
-            ret = input.new_zeros((0, self.hidden_size))
-        else:
-            ret = functional.rnn_cell(
-                input, hx, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, self.nonlinearity
-            )
-        return ret if is_batched else ret.squeeze(0)
-
-    def _check_input(self, input: Tensor, hx: Optional[Tensor]) -> None:
-        # The checks and messages of ATen's rnn_*_cell, in its order.
-        if input.size(1) != self.input_size:
+        w_ih, w_hh, b_ih, b_hh = self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+        # ATen's rnn_*_cell checks, in its order and words (check_rnn_cell_forward_input/hidden).
+        if input.size(1) != w_ih.size(1):
             raise RuntimeError(
-                f"input has inconsistent input_size: got {input.size(1)} expected {self.input_size}"
+                f"input has inconsistent input_size: got {input.size(1)} expected {w_ih.size(1)}"
             )
         if hx is not None:
             if input.size(0) != hx.size(0):
                 raise RuntimeError(
                     f"Input batch size {input.size(0)} doesn't match hidden0 batch size {hx.size(0)}"
                 )
-            if hx.size(1) != self.hidden_size:
+            if hx.size(1) != w_hh.size(1):
                 raise RuntimeError(
-                    f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, expected {self.hidden_size}"
+                    f"hidden0 has inconsistent hidden_size: got {hx.size(1)}, expected {w_hh.size(1)}"
                 )
-        _check_matmul_dtypes(input, self.weight_ih)
-        if hx is not None:
-            _check_matmul_dtypes(hx, self.weight_hh)
-        for t in (hx, self.weight_ih):
-            if t is not None and t.device != input.device:
-                raise RuntimeError(f"Tensor on device {t.device} is not on the expected device {input.device}!")
+        if _mismatch(input, hx, w_ih):
+            # ATen computes linear(hx, w_hh, b_hh) + linear(input, w_ih, b_ih): let those raise.
+            h = hx if hx is not None else input.new_zeros((input.size(0), w_hh.size(1)))
+            _raise_as_aten(h, w_hh, b_hh)
+            _raise_as_aten(input, w_ih, b_ih)
+        if hx is not None and hx.dim() == 3:
+            # torch.nn's 1-D input with a 2-D hx [B, H], B == H (it passes ATen's checks): every row
+            # of hx advances with the same input, and the leading 1 is squeezed away.
+            return functional.rnn_cell(
+                input.expand(hx.size(1), input.size(1)), hx[0], w_ih, w_hh, b_ih, b_hh, self.nonlinearity
+            )
+        ret = functional.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, self.nonlinearity)
+        return ret if is_batched else ret.squeeze(0)
 
 
 class RNN(nn.RNNBase):
@@ -152,6 +144,17 @@ class RNN(nn.RNNBase):
     h_n        :math:`(D * \text{num\_layers}, H_{out})` or :math:`(D * \text{num\_layers}, N, H_{out})`
     ========== =========================================================================
 
+    Outputs are those of :class:`torch.nn.RNN` (``h_n`` holds each sequence's own final state for
+    packed input, in the caller's order for ``enforce_sorted=False``). Dropout, in training, is
+    drawn with the same calls as ``torch.nn``, so a seed gives the same masks.
+
+    Differences from ``torch.nn.RNN``: float16 / bfloat16 on the CPU are computed in float32 and
+    cast back (``torch.nn`` rounds after every step: results agree to half precision, not bit for
+    bit); ``flatten_parameters`` does nothing; on CUDA, ``torch.nn`` hands calls to cuDNN, whose
+    error messages for invalid calls are its own (rnnext raises the messages of ATen's native
+    path); TorchScript (``torch.jit.script``) is not supported, ``torch.compile`` and
+    ``torch.export`` are.
+
     Examples::
 
         >>> rnn = rnnext.RNN(10, 20, 2)
@@ -160,8 +163,27 @@ class RNN(nn.RNNBase):
         >>> output, hn = rnn(input, h0)
     """
 
+    @overload
+    def __init__(
+        self,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        device=None,
+        dtype=None,
+    ) -> None: ...
+
+    @overload
+    def __init__(self, *args, **kwargs) -> None: ...
+
     def __init__(self, *args, **kwargs):
-        # torch.nn.RNN's argument handling (it cannot be called: its super() needs an nn.RNN).
+        # torch.nn.RNN.__init__'s argument handling, word for word (it cannot be called on an
+        # instance that is not a torch.nn.RNN: its zero-argument super() would raise).
         if "proj_size" in kwargs:
             raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
         if len(args) > 3:
@@ -178,22 +200,47 @@ class RNN(nn.RNNBase):
         super().__init__(mode, *args, **kwargs)
 
     def flatten_parameters(self) -> None:
-        """Kept for API compatibility. rnnext's kernels read each weight in place, so there is
-        nothing to flatten (``torch.nn`` uses this to hand cuDNN one contiguous buffer)."""
+        """Kept for API compatibility; does nothing. ``torch.nn`` packs the weights into one
+        buffer for cuDNN (and does nothing off CUDA); rnnext's kernels read each weight where it
+        is, so there is nothing to flatten."""
+
+    @overload
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> tuple[Tensor, Tensor]: ...
+
+    @overload
+    def forward(
+        self, input: PackedSequence, hx: Optional[Tensor] = None
+    ) -> tuple[PackedSequence, Tensor]: ...
 
     def forward(
         self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
     ) -> tuple[Union[Tensor, PackedSequence], Tensor]:
-        self._update_flat_weights()
-        num_directions = 2 if self.bidirectional else 1
+        """Runs the RNN over ``input`` from ``hx`` (zeros if ``None``); see the class docstring."""
+        if torch.compiler.is_compiling():
+            # Read the parameters as they are now (torch.func.functional_call, export) without
+            # rebuilding _flat_weights, which would be a module mutation inside the graph.
+            weights = [getattr(self, name) for name in self._flat_weights_names]
+        else:
+            weights = self._flat_weights
+            params = self._parameters
+            for name, w in zip(self._flat_weights_names, weights):
+                if params.get(name) is not w:
+                    # Something replaced a parameter without RNNBase.__setattr__ seeing it (or it
+                    # is not a plain parameter): torch.nn's full resynchronisation.
+                    self._update_flat_weights()
+                    weights = self._flat_weights
+                    break
         is_packed = isinstance(input, PackedSequence)
         is_batched = True
         batch_dim = 0 if self.batch_first else 1
+        sorted_indices = unsorted_indices = None
         if is_packed:
             data, batch_sizes, sorted_indices, unsorted_indices = input
-            max_batch_size = int(batch_sizes[0])
+            if hx is not None:
+                # Each batch entry of hx belongs to the sequence the user passed at that position.
+                hx = self.permute_hidden(hx, sorted_indices)
         else:
-            data, batch_sizes, sorted_indices, unsorted_indices = input, None, None, None
+            data, batch_sizes = input, None
             if data.dim() not in (2, 3):
                 raise ValueError(f"RNN: Expected input to be 2D or 3D, got {data.dim()}D tensor instead")
             is_batched = data.dim() == 3
@@ -206,33 +253,39 @@ class RNN(nn.RNNBase):
                         )
                     hx = hx.unsqueeze(1)
             elif hx is not None and hx.dim() != 3:
-                raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
-            max_batch_size = data.size(batch_dim)
+                raise RuntimeError(
+                    f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
+                )
+        # torch.nn builds a zero hx when none is given; the op takes None for it (no allocation),
+        # so the hidden-size check, which a built zero hx always passes, is skipped then.
         if hx is None:
-            hx = torch.zeros(
-                self.num_layers * num_directions,
-                max_batch_size,
-                self.hidden_size,
-                dtype=data.dtype,
-                device=data.device,
-            )
+            self.check_input(data, batch_sizes)
+        elif is_packed and torch.compiler.is_compiling():
+            # The batch, batch_sizes[0], is a data-dependent value under tracing: check it at run
+            # time (torch._check) rather than guard on it.
+            self.check_input(data, batch_sizes)
+            expected = self.get_expected_hidden_size(data, batch_sizes)
+            if hx.dim() != 3 or hx.size(0) != expected[0] or hx.size(2) != expected[2]:
+                raise RuntimeError(f"Expected hidden size {expected}, got {list(hx.size())}")
+            torch._check(hx.size(1) == expected[1])
         else:
-            hx = self.permute_hidden(hx, sorted_indices)
-        self.check_forward_args(data, hx, batch_sizes)
-        _check_matmul_dtypes(data, self._flat_weights[0])
+            self.check_forward_args(data, hx, batch_sizes)
+        if is_packed:
+            data = _check_packed(data, batch_sizes, hx, weights, self.bias)
+        else:
+            _check_padded(data, hx, weights, self.bias, 1 if self.batch_first else 0)
 
-        if not is_packed and self.batch_first:
-            data = data.transpose(0, 1)
         output, hidden = functional.rnn(
             data,
             hx,
-            self._flat_weights,
+            weights,
             num_layers=self.num_layers,
-            nonlinearity=self.nonlinearity,
+            nonlinearity="relu" if self.mode == "RNN_RELU" else "tanh",
             bias=self.bias,
             dropout=self.dropout,
             training=self.training,
             bidirectional=self.bidirectional,
+            batch_first=self.batch_first,
             batch_sizes=batch_sizes,
         )
         if is_packed:
@@ -240,9 +293,69 @@ class RNN(nn.RNNBase):
                 PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
                 self.permute_hidden(hidden, unsorted_indices),
             )
-        if self.batch_first:
-            output = output.transpose(0, 1)
         if not is_batched:
-            output = output.squeeze(batch_dim)
-            hidden = hidden.squeeze(1)
-        return output, self.permute_hidden(hidden, unsorted_indices)
+            return output.squeeze(batch_dim), hidden.squeeze(1)
+        return output, hidden
+
+
+def _mismatch(input: Tensor, hx: Optional[Tensor], weight: Tensor) -> bool:
+    """Whether input, hx and the weights disagree on dtype or device (weights agree among
+    themselves: a module's parameters share one dtype and device)."""
+    if weight.dtype != input.dtype or weight.device != input.device:
+        return True
+    return hx is not None and (hx.dtype != input.dtype or hx.device != input.device)
+
+
+def _raise_as_aten(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
+    """Runs ``linear(x, weight, bias)``, the ATen computation that torch.nn's RNN would run at this
+    point, only to let the installed torch raise its own error (dtype or device mismatch)."""
+    with torch.no_grad():
+        F.linear(x, weight, bias)
+
+
+def _check_padded(
+    data: Tensor, hx: Optional[Tensor], weights: list[Tensor], bias: bool, time_dim: int
+) -> None:
+    """The checks ATen's rnn_tanh / rnn_relu make on padded input, in its order and words."""
+    if _mismatch(data, hx, weights[0]):
+        device = data.device
+        # check_attributes: every hidden, then every parameter.
+        if hx is not None and hx.device != device:
+            raise RuntimeError(
+                "Input and hidden tensors are not at the same device, found input tensor at "
+                f"{device} and hidden tensor at {hx.device}"
+            )
+        for w in weights:
+            if w.device != device:
+                raise RuntimeError(
+                    "Input and parameter tensors are not at the same device, found input tensor at "
+                    f"{device} and parameter tensor at {w.device}"
+                )
+    if data.size(time_dim) == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    if hx is not None and hx.dtype != data.dtype:
+        # The first recurrent step computes linear(hx[0], w_hh, b_hh).
+        _raise_as_aten(hx[0], weights[1], weights[3] if bias else None)
+
+
+def _check_packed(
+    data: Tensor, batch_sizes: Tensor, hx: Optional[Tensor], weights: list[Tensor], bias: bool
+) -> Tensor:
+    """ATen's packed rnn_tanh / rnn_relu makes no upfront checks: reproduce the errors of its first
+    operations, and its tolerance of extra rows in ``data`` (it reads only sum(batch_sizes) rows).
+    Returns the rows to use."""
+    if _mismatch(data, hx, weights[0]):
+        _raise_as_aten(data, weights[0], weights[2] if bias else None)  # linear_ih over all rows
+        if hx is not None:
+            _raise_as_aten(hx[0], weights[1], weights[3] if bias else None)  # the first step
+    if torch.compiler.is_compiling():
+        return data  # the row count is data-dependent there; the op checks it
+    rows = int(batch_sizes.sum())
+    if data.size(0) != rows:
+        if data.size(0) > rows:
+            return data[:rows]
+        offset = 0
+        for size in batch_sizes.tolist():  # ATen's per-step narrow raises at the first short step
+            data.narrow(0, offset, size)
+            offset += size
+    return data
