@@ -32,16 +32,34 @@ def _sources(patterns):
     return files
 
 
+def _cuda_library_includes():
+    """cuBLAS/cuSPARSE/cuSOLVER headers (ATen/cuda/CUDAContext.h includes them) from the nvidia-*
+    pip wheels, only when the toolkit at CUDA_HOME does not carry them itself."""
+    if os.path.exists(os.path.join(CUDA_HOME, "include", "cublas_v2.h")):
+        return []
+    try:
+        import nvidia  # namespace package of the nvidia-* wheels that torch depends on
+    except ImportError:
+        return []
+    dirs = []
+    for root in list(nvidia.__path__):
+        dirs += sorted(d for d in glob.glob(os.path.join(root, "*", "include"))
+                       if os.path.exists(os.path.join(d, "cublas_v2.h")))
+    return dirs
+
+
 def _extension():
     cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden"]
     if _use_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        # No --use_fast_math: the kernels must match ATen's tanh and IEEE division.
         return CUDAExtension(
             "rnnext._C",
             _sources(["*.cpp", "cpu/*.cpp", "cuda/*.cpp", "cuda/*.cu"]),
+            include_dirs=_cuda_library_includes(),
             extra_compile_args={
                 "cxx": cxx_flags + ["-DRNNEXT_WITH_CUDA"],
-                "nvcc": ["-O3", "-std=c++20", "-DRNNEXT_WITH_CUDA", "--use_fast_math"],
+                "nvcc": ["-O3", "-std=c++20", "-DRNNEXT_WITH_CUDA", "-lineinfo"],
             },
         )
     return CppExtension("rnnext._C", _sources(["*.cpp", "cpu/*.cpp"]), extra_compile_args={"cxx": cxx_flags})
