@@ -103,6 +103,7 @@ EOF
 }
 
 cuda_tests() {
+  set -o pipefail  # the status of pytest, not of tee
   if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "CUDA is not available: tests/test_cuda.py would only skip; counted as a failure"
     return 4

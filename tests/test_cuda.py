@@ -2,8 +2,9 @@
 
 Every check compares against a reference computed at test time: the CPU op / ``torch.nn`` in
 float64, and ``torch.nn.RNN`` on the same GPU (cuDNN). The recurrence has two CUDA implementations
-(a persistent kernel with W_hh in shared memory, a per-step cuBLAS GEMM plus pointwise kernel);
-``RNNEXT_CUDA_PATH`` forces one of them, so each test runs both where it matters.
+(persistent kernels holding W_hh in registers (H <= 128) or in shared memory, and a per-step cuBLAS
+GEMM plus pointwise kernel); ``RNNEXT_CUDA_PATH`` = persistent / smem / fallback forces one of them,
+so the tests that take ``path`` run each.
 
 Tolerances: float64 1e-9 (rtol and atol); float32 1e-4 relative plus 1e-5 of each tensor's
 largest magnitude (gradients are sums over every step and batch entry); float16 / bfloat16
@@ -35,7 +36,7 @@ FWD = torch.ops.rnnext.rnn_forward.default
 BWD = torch.ops.rnnext.rnn_backward.default
 F64 = dict(rtol=1e-9, atol=1e-9)
 F32 = dict(rtol=1e-4, atol=1e-5, scaled=True)
-PATHS = ["persistent", "fallback"]
+PATHS = ["persistent", "smem", "fallback"]
 
 
 @pytest.fixture(autouse=True)
@@ -331,9 +332,10 @@ def test_module_auto_path_large_hidden_float32():
                     **F32)
 
 
-@pytest.mark.parametrize("B", [1, 8, 200])
+@pytest.mark.parametrize("B", [1, 8, 200, 1000])
 def test_module_auto_path_small_hidden_float32(B):
-    """H = 64 float32 takes the persistent kernel under the automatic choice (B up to ~16 per SM)."""
+    """H = 64 float32 takes the register persistent kernel under the automatic choice (up to 8
+    batch entries per block: B = 1000 fills 132 SMs with 8 each)."""
     T, In, H = 20, 8, 64
     x, h0, _ = _module_inputs(T, B, In, H, 1, False, False, True, None, torch.float32, seed=B)
     ref, new = _make_pair(In, H, dtype=torch.float32, device=CUDA)

@@ -7,8 +7,9 @@
 // non-blocking copy from pinned memory, and padded input needs no device-side geometry at all, so
 // the ops capture into CUDA graphs.
 //
-// RNNEXT_CUDA_PATH=persistent|fallback (environment, read per call) forces one recurrence path, for
-// tests; "persistent" still falls back when W_hh does not fit in shared memory.
+// RNNEXT_CUDA_PATH=persistent|smem|fallback (environment, read per call) forces one recurrence path,
+// for tests: "persistent" takes a persistent kernel whenever one fits, "smem" only the shared-memory
+// one; both still fall back when W_hh does not fit on chip.
 #include <ATen/Functions.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -47,6 +48,7 @@ cuda::Path path_from_env() {
   if (v == nullptr) return cuda::Path::Auto;
   if (std::strcmp(v, "persistent") == 0) return cuda::Path::Persistent;
   if (std::strcmp(v, "fallback") == 0) return cuda::Path::Fallback;
+  if (std::strcmp(v, "smem") == 0) return cuda::Path::PersistentSmem;
   return cuda::Path::Auto;
 }
 

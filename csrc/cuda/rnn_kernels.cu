@@ -1,16 +1,22 @@
 // CUDA kernels of the Elman recurrence (see rnn_kernels.h for the contract, csrc/OPS.md for the math).
 //
-// Persistent kernels: one thread block per tile of batch entries runs every time step. W_hh (or its
-// transpose, for the backward) is copied once into shared memory in the accumulation type; the
-// tile's state lives in two shared buffers (read one, write the other: one barrier per step).
-// Batch tiles are independent, so no grid-wide barrier is needed. Each output h_t[b, j] is a dot
-// product of length H computed by a group of G lanes (G a power of two <= 32, inside one warp) and
-// reduced with warp shuffles.
+// Persistent kernels: one thread block per tile of batch entries runs every time step; batch tiles
+// are independent, so no grid-wide barrier is needed. The tile's state lives in two shared buffers
+// (read one, write the other: one barrier per step). Each output h_t[b, j] is a dot product of
+// length H computed by a group of G lanes (G a power of two <= 32, inside one warp) and reduced with
+// warp shuffles. Two variants:
+//   registers (H <= 128): thread (j, lane) keeps its slice W_hh[j, lane + G*i] (i < KPT) in
+//     registers for the whole sequence and computes column j for every entry of the tile, so each
+//     step reads only the state from shared memory; the next step's projection is prefetched.
+//   shared memory (larger H, while W_hh fits): W_hh is copied once into shared memory.
+// The backward runs the same loops over the transpose of W_hh, in reverse time.
 //
 // Packed sequences: entries are sorted by length (batch sizes non-increasing), so at step t the
 // active entries are b < batch_sizes[t]. Inactive entries keep their state unchanged. With the
 // state initialised to hx (or 0) this gives every case of OPS.md at once: forward, an entry's state
 // freezes after its last step (= its h_n); reverse, an entry starts from hx at its own last step.
+// The backward's state (dpre of each entry's last processed step) freezes the same way, so after
+// the loop it holds, for every entry, the dpre of the step that started from hx: grad_hx = state @ W.
 #include <c10/cuda/CUDAException.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -18,6 +24,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "rnn_kernels.h"
 
@@ -261,48 +268,283 @@ __global__ void __launch_bounds__(1024) persistent_backward_kernel(const BwdPara
 }
 
 // ---------------------------------------------------------------------------------------------
+// Register-resident variants. Thread (j, lane): j = tid / G, lane = tid % G. The state rows have
+// stride HS = G * KPT >= H with zero padding, so the dot products need no bounds checks.
+
+constexpr int kRegMaxTile = 8;  // batch entries per block (register arrays of prefetched values)
+
+template <typename A, int KPT>
+__device__ __forceinline__ A reg_dot(const A (&w)[KPT], const A* __restrict__ h, int G) {
+  A acc0 = A(0), acc1 = A(0);
+#pragma unroll
+  for (int i = 0; i < KPT; i += 2) {
+    acc0 += w[i] * h[G * i];
+    if (i + 1 < KPT) acc1 += w[i + 1] * h[G * (i + 1)];
+  }
+  return acc0 + acc1;
+}
+
+template <typename S, int KPT>
+__global__ void __launch_bounds__(1024) persistent_forward_regs_kernel(const FwdParams<S> p) {
+  using A = Acc<S>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  A* state = reinterpret_cast<A*>(smem_raw);  // 2 buffers of [BT, HS]
+  const int H = p.H, HS = p.ldw, G = p.G;
+  const int64_t b0 = static_cast<int64_t>(blockIdx.x) * p.BT;
+  const int bt = static_cast<int>(min(static_cast<int64_t>(p.BT), p.B - b0));
+  const int tid = threadIdx.x, nthreads = blockDim.x;
+  const int lane = tid % G, j = tid / G;
+  const bool jv = j < H;
+  const int buf = p.BT * HS;
+
+  A w[KPT];
+#pragma unroll
+  for (int i = 0; i < KPT; ++i) {
+    const int k = lane + G * i;
+    w[i] = (jv && k < H) ? to_acc(p.w_hh[static_cast<int64_t>(j) * H + k]) : A(0);
+  }
+  for (int i = tid; i < 2 * buf; i += nthreads) {
+    const int r = i % buf, b = r / HS, k = r % HS;
+    A v = A(0);
+    if (i < buf && b < bt && k < H && p.hx != nullptr) v = to_acc(p.hx[(b0 + b) * H + k]);
+    state[i] = v;
+  }
+
+  // Projection of the first step (only lane 0 of a group uses it).
+  const bool loader = lane == 0 && jv;
+  int64_t t = p.reverse ? p.T - 1 : 0;
+  int64_t rows = step_rows(p.meta, p.B, t), off = step_offset(p.meta, p.T, p.B, t);
+  A pre[kRegMaxTile];
+#pragma unroll
+  for (int b = 0; b < kRegMaxTile; ++b) {
+    pre[b] = (loader && b < bt && b0 + b < rows) ? to_acc(p.out[(off + b0 + b) * H + j]) : A(0);
+  }
+  __syncthreads();
+
+  int cur = 0;
+  for (int64_t s = 0; s < p.T; ++s) {
+    // Prefetch the next step's projection; it arrives while this step computes.
+    int64_t rows_n = 0, off_n = 0;
+    if (s + 1 < p.T) {
+      const int64_t tn = p.reverse ? p.T - 2 - s : s + 1;
+      rows_n = step_rows(p.meta, p.B, tn);
+      off_n = step_offset(p.meta, p.T, p.B, tn);
+    }
+    A nxt[kRegMaxTile];
+#pragma unroll
+    for (int b = 0; b < kRegMaxTile; ++b) {
+      nxt[b] = (loader && b < bt && b0 + b < rows_n) ? to_acc(p.out[(off_n + b0 + b) * H + j]) : A(0);
+    }
+    const A* hc = state + cur * buf;
+    A* hn = state + (cur ^ 1) * buf;
+#pragma unroll
+    for (int b = 0; b < kRegMaxTile; ++b) {
+      if (b < bt) {  // uniform over the block: every lane reaches the shuffles
+        const A acc = group_sum(reg_dot<A, KPT>(w, hc + b * HS + lane, G), G);
+        if (loader) {
+          if (b0 + b < rows) {
+            const S h = from_acc<S>(activate(acc + pre[b], p.relu));
+            p.out[(off + b0 + b) * H + j] = h;
+            hn[b * HS + j] = to_acc(h);  // the state is rounded to the storage dtype each step
+          } else {
+            hn[b * HS + j] = hc[b * HS + j];
+          }
+        }
+      }
+    }
+    __syncthreads();
+    cur ^= 1;
+    rows = rows_n;
+    off = off_n;
+#pragma unroll
+    for (int b = 0; b < kRegMaxTile; ++b) pre[b] = nxt[b];
+  }
+  const A* hf = state + cur * buf;
+  for (int i = tid; i < bt * H; i += nthreads) p.h_n[b0 * H + i] = from_acc<S>(hf[(i / H) * HS + i % H]);
+}
+
+template <typename S, int KPT>
+__global__ void __launch_bounds__(1024) persistent_backward_regs_kernel(const BwdParams<S> p) {
+  using A = Acc<S>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  A* state = reinterpret_cast<A*>(smem_raw);  // 2 buffers of [BT, HS]
+  const int H = p.H, HS = p.ldw, G = p.G;
+  const int64_t b0 = static_cast<int64_t>(blockIdx.x) * p.BT;
+  const int bt = static_cast<int>(min(static_cast<int64_t>(p.BT), p.B - b0));
+  const int tid = threadIdx.x, nthreads = blockDim.x;
+  const int lane = tid % G, j = tid / G;
+  const bool jv = j < H;
+  const int buf = p.BT * HS;
+
+  A w[KPT];  // column j of W_hh: w[i] = W_hh[lane + G*i, j]
+#pragma unroll
+  for (int i = 0; i < KPT; ++i) {
+    const int k = lane + G * i;
+    w[i] = (jv && k < H) ? to_acc(p.w_hh[static_cast<int64_t>(k) * H + j]) : A(0);
+  }
+  for (int i = tid; i < 2 * buf; i += nthreads) state[i] = A(0);
+
+  const bool loader = lane == 0 && jv;
+  // g[b]: grad_output (+ grad_h_n where the entry is first processed); h[b]: the forward's h_t.
+  A g[kRegMaxTile], h[kRegMaxTile];
+  int64_t t = p.reverse ? 0 : p.T - 1;
+  int64_t rows = step_rows(p.meta, p.B, t), off = step_offset(p.meta, p.T, p.B, t);
+  int64_t prev_rows = 0;
+#pragma unroll
+  for (int b = 0; b < kRegMaxTile; ++b) {
+    g[b] = h[b] = A(0);
+    const int64_t e = b0 + b;
+    if (loader && b < bt && e < rows) {
+      const int64_t idx = (off + e) * H + j;
+      g[b] = to_acc(p.grad_out[idx]);
+      if (p.grad_h_n != nullptr && e >= prev_rows) g[b] += to_acc(p.grad_h_n[e * H + j]);
+      h[b] = to_acc(p.out[idx]);
+    }
+  }
+  __syncthreads();
+
+  int cur = 0;
+  for (int64_t s = 0; s < p.T; ++s) {
+    int64_t rows_n = 0, off_n = 0;
+    if (s + 1 < p.T) {
+      const int64_t tn = p.reverse ? s + 1 : p.T - 2 - s;
+      rows_n = step_rows(p.meta, p.B, tn);
+      off_n = step_offset(p.meta, p.T, p.B, tn);
+    }
+    A gn[kRegMaxTile], hnx[kRegMaxTile];
+#pragma unroll
+    for (int b = 0; b < kRegMaxTile; ++b) {
+      gn[b] = hnx[b] = A(0);
+      const int64_t e = b0 + b;
+      if (loader && b < bt && e < rows_n) {
+        const int64_t idx = (off_n + e) * H + j;
+        gn[b] = to_acc(p.grad_out[idx]);
+        if (p.grad_h_n != nullptr && e >= rows) gn[b] += to_acc(p.grad_h_n[e * H + j]);
+        hnx[b] = to_acc(p.out[idx]);
+      }
+    }
+    const A* dc = state + cur * buf;
+    A* dn = state + (cur ^ 1) * buf;
+#pragma unroll
+    for (int b = 0; b < kRegMaxTile; ++b) {
+      if (b < bt) {
+        const A acc = group_sum(reg_dot<A, KPT>(w, dc + b * HS + lane, G), G);
+        if (loader) {
+          const int64_t e = b0 + b;
+          if (e < rows) {
+            const A d = activate_backward(g[b] + acc, h[b], p.relu);
+            p.dpre[(off + e) * H + j] = from_acc<S>(d);
+            dn[b * HS + j] = d;
+          } else {
+            dn[b * HS + j] = dc[b * HS + j];
+          }
+        }
+      }
+    }
+    __syncthreads();
+    cur ^= 1;
+    rows = rows_n;
+    off = off_n;
+#pragma unroll
+    for (int b = 0; b < kRegMaxTile; ++b) {
+      g[b] = gn[b];
+      h[b] = hnx[b];
+    }
+  }
+  if (p.grad_hx != nullptr) {
+    const A* dc = state + cur * buf;
+#pragma unroll
+    for (int b = 0; b < kRegMaxTile; ++b) {
+      if (b < bt) {
+        const A acc = group_sum(reg_dot<A, KPT>(w, dc + b * HS + lane, G), G);
+        if (loader) p.grad_hx[(b0 + b) * H + j] = from_acc<S>(acc);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Launch planning for the persistent kernels.
 
+enum class Variant { None, Regs, Smem };
+
 struct Plan {
-  int BT = 1, G = 1, threads = 32, ldw = 1;
+  Variant variant = Variant::None;
+  int BT = 1, G = 1, KPT = 0, threads = 32, ldw = 1;
   int64_t blocks = 1;
   size_t smem = 0;
 };
 
-int pow2_ceil(int64_t x) {
-  int p = 1;
-  while (p < x && p < (1 << 30)) p <<= 1;
+int64_t pow2_ceil(int64_t x) {
+  int64_t p = 1;
+  while (p < x) p <<= 1;
+  return p;
+}
+int64_t pow2_floor(int64_t x) {
+  int64_t p = 1;
+  while (p * 2 <= x) p <<= 1;
   return p;
 }
 
-// Largest batch tile per block that the automatic choice accepts: beyond it the batch is large
-// enough for the per-step GEMM to use the GPU well.
+// Largest batch tile per block that the automatic choice accepts for the shared-memory variant:
+// beyond it the batch is large enough for the per-step GEMM to use the GPU well.
 constexpr int64_t kAutoMaxTile = 16;
+// Hidden sizes up to this use the register variant (KPT <= 16 values of W_hh per thread).
+constexpr int64_t kRegMaxHidden = 128;
 
-bool make_plan(int64_t B, int64_t H, size_t acc_size, Path path, Plan* plan) {
-  if (path == Path::Fallback || B <= 0 || H <= 0) return false;
+Plan make_plan(int64_t B, int64_t H, size_t acc_size, Path path) {
+  Plan plan;
+  if (path == Path::Fallback || B <= 0 || H <= 0) return plan;
   int device = 0, sms = 0, smem_optin = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  const int64_t ldw = H + 1;  // padded rows: lanes of different groups hit different banks
-  const int64_t w_bytes = H * ldw * static_cast<int64_t>(acc_size);
-  const int64_t entry_bytes = 2 * H * static_cast<int64_t>(acc_size);
-  if (w_bytes + entry_bytes > smem_optin) return false;
-  const int64_t max_tile = (smem_optin - w_bytes) / entry_bytes;
-  const int64_t want_tile = (B + sms - 1) / std::max(sms, 1);
-  if (path == Path::Auto && (want_tile > max_tile || want_tile > kAutoMaxTile)) return false;
-  const int64_t tile = std::max<int64_t>(1, std::min(want_tile, max_tile));
-  int G = std::min(32, pow2_ceil((H + 7) / 8));
+  sms = std::max(sms, 1);
+  const int64_t acc = static_cast<int64_t>(acc_size);
+  const int64_t want_tile = std::max<int64_t>(1, (B + sms - 1) / sms);
+
+  // Registers: G lanes per output so that H * G <= 1024 threads, about 8 values of W_hh per lane.
+  // Not for float64: its register arrays would spill (64 registers per thread at 1024 threads).
+  if (path != Path::PersistentSmem && acc == 4 && H <= kRegMaxHidden && want_tile <= kRegMaxTile) {
+    const int64_t G = std::min<int64_t>(std::min<int64_t>(32, pow2_ceil((H + 7) / 8)), pow2_floor(1024 / H));
+    const int64_t kpt = (H + G - 1) / G;
+    const int KPT = kpt <= 8 ? 8 : 16;
+    const int64_t HS = G * KPT;
+    const int64_t smem = 2 * want_tile * HS * acc;
+    if (kpt <= 16 && smem <= smem_optin) {
+      plan.variant = Variant::Regs;
+      plan.BT = static_cast<int>(want_tile);
+      plan.G = static_cast<int>(G);
+      plan.KPT = KPT;
+      plan.ldw = static_cast<int>(HS);
+      plan.threads = static_cast<int>((H * G + 31) / 32 * 32);
+      plan.blocks = (B + want_tile - 1) / want_tile;
+      plan.smem = static_cast<size_t>(smem);
+      return plan;
+    }
+  }
+
+  // Shared memory: W_hh rows padded to ldw = G (mod 32), so that the lanes of the groups of one warp
+  // (consecutive rows j, consecutive k within a group) fall in distinct banks.
+  // The tile is sized with the largest padding (ldw <= H + 31), then G and ldw are fixed.
+  const int64_t w_bytes_max = H * (H + 31) * acc;
+  const int64_t entry_bytes = 2 * H * acc;
+  if (w_bytes_max + entry_bytes > smem_optin) return plan;
+  const int64_t max_tile = (smem_optin - w_bytes_max) / entry_bytes;
+  if (path == Path::Auto && (want_tile > max_tile || want_tile > kAutoMaxTile)) return plan;
+  const int64_t tile = std::min(want_tile, max_tile);
+  int64_t G = std::min<int64_t>(32, pow2_ceil((H + 7) / 8));
   while (G > 1 && tile * H * G > 1024) G >>= 1;
-  const int64_t threads = std::min<int64_t>(1024, std::max<int64_t>(32, (tile * H * G + 31) / 32 * 32));
-  plan->BT = static_cast<int>(tile);
-  plan->G = G;
-  plan->threads = static_cast<int>(threads);
-  plan->ldw = static_cast<int>(ldw);
-  plan->blocks = (B + tile - 1) / tile;
-  plan->smem = static_cast<size_t>(w_bytes + tile * entry_bytes);
-  return true;
+  const int64_t ldw = G >= 32 ? (H + 31) / 32 * 32 : (std::max<int64_t>(H - G, 0) + 31) / 32 * 32 + G;
+  const int64_t w_bytes = H * ldw * acc;
+  plan.variant = Variant::Smem;
+  plan.BT = static_cast<int>(tile);
+  plan.G = static_cast<int>(G);
+  plan.ldw = static_cast<int>(ldw);
+  plan.threads = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(32, (tile * H * G + 31) / 32 * 32)));
+  plan.blocks = (B + tile - 1) / tile;
+  plan.smem = static_cast<size_t>(w_bytes + tile * entry_bytes);
+  return plan;
 }
 
 template <typename Kernel>
@@ -313,11 +555,18 @@ void allow_smem(Kernel kernel, size_t smem) {
   }
 }
 
+template <typename Kernel, typename Params>
+void launch(Kernel kernel, const Plan& plan, const Params& p, cudaStream_t stream) {
+  allow_smem(kernel, plan.smem);
+  kernel<<<static_cast<unsigned>(plan.blocks), plan.threads, plan.smem, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 template <typename S>
 bool persistent_forward_t(const Seq& seq, const void* w_hh, const void* hx, void* out, void* h_n,
                           bool relu, Path path, cudaStream_t stream) {
-  Plan plan;
-  if (!make_plan(seq.B, seq.H, sizeof(Acc<S>), path, &plan)) return false;
+  const Plan plan = make_plan(seq.B, seq.H, sizeof(Acc<S>), path);
+  if (plan.variant == Variant::None) return false;
   FwdParams<S> p;
   p.T = seq.T;
   p.B = seq.B;
@@ -332,10 +581,17 @@ bool persistent_forward_t(const Seq& seq, const void* w_hh, const void* hx, void
   p.hx = static_cast<const S*>(hx);
   p.out = static_cast<S*>(out);
   p.h_n = static_cast<S*>(h_n);
-  allow_smem(persistent_forward_kernel<S>, plan.smem);
-  persistent_forward_kernel<S>
-      <<<static_cast<unsigned>(plan.blocks), plan.threads, plan.smem, stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if constexpr (!std::is_same_v<S, double>) {
+    if (plan.variant == Variant::Regs) {
+      if (plan.KPT == 8) {
+        launch(persistent_forward_regs_kernel<S, 8>, plan, p, stream);
+      } else {
+        launch(persistent_forward_regs_kernel<S, 16>, plan, p, stream);
+      }
+      return true;
+    }
+  }
+  launch(persistent_forward_kernel<S>, plan, p, stream);
   return true;
 }
 
@@ -343,8 +599,8 @@ template <typename S>
 bool persistent_backward_t(const Seq& seq, const void* w_hh, const void* grad_out,
                            const void* grad_h_n, const void* out, void* dpre, void* grad_hx,
                            bool relu, Path path, cudaStream_t stream) {
-  Plan plan;
-  if (!make_plan(seq.B, seq.H, sizeof(Acc<S>), path, &plan)) return false;
+  const Plan plan = make_plan(seq.B, seq.H, sizeof(Acc<S>), path);
+  if (plan.variant == Variant::None) return false;
   BwdParams<S> p;
   p.T = seq.T;
   p.B = seq.B;
@@ -361,10 +617,17 @@ bool persistent_backward_t(const Seq& seq, const void* w_hh, const void* grad_ou
   p.out = static_cast<const S*>(out);
   p.dpre = static_cast<S*>(dpre);
   p.grad_hx = static_cast<S*>(grad_hx);
-  allow_smem(persistent_backward_kernel<S>, plan.smem);
-  persistent_backward_kernel<S>
-      <<<static_cast<unsigned>(plan.blocks), plan.threads, plan.smem, stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if constexpr (!std::is_same_v<S, double>) {
+    if (plan.variant == Variant::Regs) {
+      if (plan.KPT == 8) {
+        launch(persistent_backward_regs_kernel<S, 8>, plan, p, stream);
+      } else {
+        launch(persistent_backward_regs_kernel<S, 16>, plan, p, stream);
+      }
+      return true;
+    }
+  }
+  launch(persistent_backward_kernel<S>, plan, p, stream);
   return true;
 }
 

@@ -26,13 +26,17 @@ struct Seq {
   bool reverse = false;
 };
 
-// Which recurrence implementation to use (the glue reads RNNEXT_CUDA_PATH for tests).
-enum class Path : int { Auto = 0, Persistent = 1, Fallback = 2 };
+// Which recurrence implementation to use (the glue reads RNNEXT_CUDA_PATH for tests):
+// Auto: the persistent kernel that fits, if the batch is not too large for it, else the fallback;
+// Persistent: a persistent kernel whenever one fits (registers first, then shared memory);
+// PersistentSmem: only the shared-memory persistent kernel; Fallback: the per-step GEMM path.
+enum class Path : int { Auto = 0, Persistent = 1, Fallback = 2, PersistentSmem = 3 };
 
-// Persistent kernels: one launch runs every step, with W_hh held in shared memory across steps and
-// the state of a tile of batch entries kept on chip. They return false, launching nothing, when
-// W_hh does not fit in the device's shared memory (or, for Path::Auto, when the per-step GEMM path
-// is expected to be faster); the caller then runs the per-step fallback.
+// Persistent kernels: one launch runs every step, with W_hh held on chip across steps (in
+// registers for hidden sizes up to 128, else in shared memory) and the state of a tile of batch
+// entries in shared memory. They return false, launching nothing, when no variant fits (or, for
+// Path::Auto, when the per-step GEMM path is expected to be faster); the caller then runs the
+// per-step fallback.
 //
 // Forward: `out` [N, H] holds x W_ih^T + biases on entry and every h_t on return; h_n [B, H].
 // hx [B, H] contiguous or nullptr (zeros); w_hh [H, H] contiguous.
