@@ -235,8 +235,10 @@ def _make_pair(In, H, *, dtype, device, **kw):
     return ref, new
 
 
-def _run_module(mod, x, h0, *, packed_lengths=None, enforce_sorted=True, batch_first=False, seed=0):
-    """Forward + backward with random output weights; returns outputs and every gradient."""
+def _run_module(mod, x, h0, *, packed_lengths=None, enforce_sorted=True, batch_first=False, seed=0,
+                round_to=None):
+    """Forward + backward with random output weights (first rounded to ``round_to``, so that runs in
+    different dtypes get the same seeds); returns outputs and every gradient."""
     x = x.detach().clone().requires_grad_(True)
     h = None if h0 is None else h0.detach().clone().requires_grad_(True)
     mod.zero_grad(set_to_none=True)
@@ -246,8 +248,8 @@ def _run_module(mod, x, h0, *, packed_lengths=None, enforce_sorted=True, batch_f
     out, h_n = mod(inp, h)
     out_t = out.data if packed_lengths is not None else out
     g = _gen(seed + 99)
-    w_out = _randn(*out_t.shape, gen=g).to(out_t)
-    w_hn = _randn(*h_n.shape, gen=g).to(h_n)
+    w_out = _randn(*out_t.shape, gen=g).to(round_to or out_t.dtype).to(out_t)
+    w_hn = _randn(*h_n.shape, gen=g).to(round_to or h_n.dtype).to(h_n)
     ((out_t * w_out).sum() + (h_n * w_hn).sum()).backward()
     res = {"output": out_t, "h_n": h_n, "grad_input": x.grad}
     if h is not None:
@@ -410,7 +412,7 @@ def test_half_types(path, dtype, H, packed):
         for p in ref64.parameters():
             p.copy_(p.to(dtype).double())
     new64.load_state_dict(ref64.state_dict())
-    run = dict(packed_lengths=lengths, enforce_sorted=False)
+    run = dict(packed_lengths=lengths, enforce_sorted=False, round_to=dtype)
     truth = _run_module(ref64, x.to(CUDA), h0.to(CUDA), **run)
     new = rnnext.RNN(In, H, **kw).to(CUDA, dtype)
     new.load_state_dict(ref64.state_dict())
