@@ -68,7 +68,8 @@ def predicted_path(B: int, H: int, dtype: torch.dtype) -> str:
     tile = -(-B // sms)
     if acc == 4 and H <= 128 and tile <= 8:
         return "regs"
-    w_bytes, entry = H * (H + 31) * acc, 2 * H * acc
+    w_size = 2 if dtype in (torch.float16, torch.bfloat16) else acc  # W_hh kept in its own dtype
+    w_bytes, entry = (H * (H + 31) * w_size + 15) // 16 * 16, 2 * H * acc
     if w_bytes + entry > smem or tile > (smem - w_bytes) // entry or tile > 16:
         return "fallback"
     return "smem"

@@ -46,6 +46,17 @@ struct AccT<double> {
 template <typename S>
 using Acc = typename AccT<S>::type;
 
+// How the shared-memory kernels store W_hh: float16 / bfloat16 weights stay in their own dtype
+// (exact, half the space: H up to ~330 fits), float32 / float64 in the accumulation type.
+template <typename S>
+using WStore = std::conditional_t<sizeof(S) == 2, S, Acc<S>>;
+
+// Bytes of the W_hh region of the shared-memory kernels, rounded up so the state that follows it
+// stays aligned.
+__host__ __device__ __forceinline__ int64_t w_region_bytes(int64_t H, int64_t ldw, int64_t w_size) {
+  return (H * ldw * w_size + 15) / 16 * 16;
+}
+
 __device__ __forceinline__ float to_acc(float x) { return x; }
 __device__ __forceinline__ double to_acc(double x) { return x; }
 __device__ __forceinline__ float to_acc(__half x) { return __half2float(x); }
@@ -96,16 +107,16 @@ __device__ __forceinline__ A group_sum(A v, int G) {
 // Dot product of a shared-memory row of W (stride 1) with a shared-memory state row, split over
 // the G lanes of a group (lane, lane + G, ...), reduced over the group. Every lane of the warp must
 // call it (shuffles).
-template <typename A>
-__device__ __forceinline__ A group_dot(const A* __restrict__ w, const A* __restrict__ h, int H,
+template <typename A, typename W>
+__device__ __forceinline__ A group_dot(const W* __restrict__ w, const A* __restrict__ h, int H,
                                        int lane, int G) {
   A acc0 = A(0), acc1 = A(0);
   int k = lane;
   for (; k + G < H; k += 2 * G) {
-    acc0 += w[k] * h[k];
-    acc1 += w[k + G] * h[k + G];
+    acc0 += to_acc(w[k]) * h[k];
+    acc1 += to_acc(w[k + G]) * h[k + G];
   }
-  if (k < H) acc0 += w[k] * h[k];
+  if (k < H) acc0 += to_acc(w[k]) * h[k];
   return group_sum(acc0 + acc1, G);
 }
 
@@ -128,8 +139,9 @@ template <typename S>
 __global__ void __launch_bounds__(1024) persistent_forward_kernel(const FwdParams<S> p) {
   using A = Acc<S>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  A* w = reinterpret_cast<A*>(smem_raw);  // [H, ldw]: w[j * ldw + k] = W_hh[j, k]
-  A* state = w + static_cast<int64_t>(p.H) * p.ldw;  // 2 buffers of [BT, H]
+  using W = WStore<S>;
+  W* w = reinterpret_cast<W*>(smem_raw);  // [H, ldw]: w[j * ldw + k] = W_hh[j, k]
+  A* state = reinterpret_cast<A*>(smem_raw + w_region_bytes(p.H, p.ldw, sizeof(W)));  // 2 x [BT, H]
   const int H = p.H;
   const int64_t b0 = static_cast<int64_t>(blockIdx.x) * p.BT;
   const int bt = static_cast<int>(min(static_cast<int64_t>(p.BT), p.B - b0));
@@ -139,7 +151,7 @@ __global__ void __launch_bounds__(1024) persistent_forward_kernel(const FwdParam
 
   for (int64_t i = tid; i < static_cast<int64_t>(H) * H; i += nthreads) {
     const int64_t j = i / H, k = i % H;
-    w[j * p.ldw + k] = to_acc(p.w_hh[i]);
+    w[j * p.ldw + k] = static_cast<W>(p.w_hh[i]);
   }
   for (int i = tid; i < total; i += nthreads) {
     state[i] = p.hx != nullptr ? to_acc(p.hx[b0 * H + i]) : A(0);
@@ -201,8 +213,9 @@ template <typename S>
 __global__ void __launch_bounds__(1024) persistent_backward_kernel(const BwdParams<S> p) {
   using A = Acc<S>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  A* wt = reinterpret_cast<A*>(smem_raw);  // [H, ldw]: wt[j * ldw + k] = W_hh[k, j]
-  A* state = wt + static_cast<int64_t>(p.H) * p.ldw;
+  using W = WStore<S>;
+  W* wt = reinterpret_cast<W*>(smem_raw);  // [H, ldw]: wt[j * ldw + k] = W_hh[k, j]
+  A* state = reinterpret_cast<A*>(smem_raw + w_region_bytes(p.H, p.ldw, sizeof(W)));
   const int H = p.H;
   const int64_t b0 = static_cast<int64_t>(blockIdx.x) * p.BT;
   const int bt = static_cast<int>(min(static_cast<int64_t>(p.BT), p.B - b0));
@@ -212,7 +225,7 @@ __global__ void __launch_bounds__(1024) persistent_backward_kernel(const BwdPara
 
   for (int64_t i = tid; i < static_cast<int64_t>(H) * H; i += nthreads) {
     const int64_t k = i / H, j = i % H;  // W_hh[k, j]
-    wt[j * p.ldw + k] = to_acc(p.w_hh[i]);
+    wt[j * p.ldw + k] = static_cast<W>(p.w_hh[i]);
   }
   for (int i = tid; i < total; i += nthreads) state[i] = A(0);
   __syncthreads();
@@ -492,7 +505,7 @@ constexpr int64_t kAutoMaxTile = 16;
 // Hidden sizes up to this use the register variant (KPT <= 16 values of W_hh per thread).
 constexpr int64_t kRegMaxHidden = 128;
 
-Plan make_plan(int64_t B, int64_t H, size_t acc_size, Path path) {
+Plan make_plan(int64_t B, int64_t H, size_t acc_size, size_t w_size, Path path) {
   Plan plan;
   if (path == Path::Fallback || B <= 0 || H <= 0) return plan;
   int device = 0, sms = 0, smem_optin = 0;
@@ -527,7 +540,7 @@ Plan make_plan(int64_t B, int64_t H, size_t acc_size, Path path) {
   // Shared memory: W_hh rows padded to ldw = G (mod 32), so that the lanes of the groups of one warp
   // (consecutive rows j, consecutive k within a group) fall in distinct banks.
   // The tile is sized with the largest padding (ldw <= H + 31), then G and ldw are fixed.
-  const int64_t w_bytes_max = H * (H + 31) * acc;
+  const int64_t w_bytes_max = w_region_bytes(H, H + 31, static_cast<int64_t>(w_size));
   const int64_t entry_bytes = 2 * H * acc;
   if (w_bytes_max + entry_bytes > smem_optin) return plan;
   const int64_t max_tile = (smem_optin - w_bytes_max) / entry_bytes;
@@ -536,7 +549,7 @@ Plan make_plan(int64_t B, int64_t H, size_t acc_size, Path path) {
   int64_t G = std::min<int64_t>(32, pow2_ceil((H + 7) / 8));
   while (G > 1 && tile * H * G > 1024) G >>= 1;
   const int64_t ldw = G >= 32 ? (H + 31) / 32 * 32 : (std::max<int64_t>(H - G, 0) + 31) / 32 * 32 + G;
-  const int64_t w_bytes = H * ldw * acc;
+  const int64_t w_bytes = w_region_bytes(H, ldw, static_cast<int64_t>(w_size));
   plan.variant = Variant::Smem;
   plan.BT = static_cast<int>(tile);
   plan.G = static_cast<int>(G);
@@ -565,7 +578,7 @@ void launch(Kernel kernel, const Plan& plan, const Params& p, cudaStream_t strea
 template <typename S>
 bool persistent_forward_t(const Seq& seq, const void* w_hh, const void* hx, void* out, void* h_n,
                           bool relu, Path path, cudaStream_t stream) {
-  const Plan plan = make_plan(seq.B, seq.H, sizeof(Acc<S>), path);
+  const Plan plan = make_plan(seq.B, seq.H, sizeof(Acc<S>), sizeof(WStore<S>), path);
   if (plan.variant == Variant::None) return false;
   FwdParams<S> p;
   p.T = seq.T;
@@ -599,7 +612,7 @@ template <typename S>
 bool persistent_backward_t(const Seq& seq, const void* w_hh, const void* grad_out,
                            const void* grad_h_n, const void* out, void* dpre, void* grad_hx,
                            bool relu, Path path, cudaStream_t stream) {
-  const Plan plan = make_plan(seq.B, seq.H, sizeof(Acc<S>), path);
+  const Plan plan = make_plan(seq.B, seq.H, sizeof(Acc<S>), sizeof(WStore<S>), path);
   if (plan.variant == Variant::None) return false;
   BwdParams<S> p;
   p.T = seq.T;
