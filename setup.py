@@ -34,8 +34,10 @@ def _sources(patterns):
 
 def _cuda_library_includes():
     """cuBLAS/cuSPARSE/cuSOLVER headers (ATen/cuda/CUDAContext.h includes them) from the nvidia-*
-    pip wheels, only when the toolkit at CUDA_HOME does not carry them itself."""
-    if os.path.exists(os.path.join(CUDA_HOME, "include", "cublas_v2.h")):
+    pip wheels, for those the toolkit at CUDA_HOME does not carry itself."""
+    headers = ["cublas_v2.h", "cusparse.h", "cusolverDn.h"]
+    missing = [h for h in headers if not os.path.exists(os.path.join(CUDA_HOME, "include", h))]
+    if not missing:
         return []
     try:
         import nvidia  # namespace package of the nvidia-* wheels that torch depends on
@@ -43,8 +45,9 @@ def _cuda_library_includes():
         return []
     dirs = []
     for root in list(nvidia.__path__):
-        dirs += sorted(d for d in glob.glob(os.path.join(root, "*", "include"))
-                       if os.path.exists(os.path.join(d, "cublas_v2.h")))
+        for d in sorted(glob.glob(os.path.join(root, "*", "include"))):
+            if d not in dirs and any(os.path.exists(os.path.join(d, h)) for h in missing):
+                dirs.append(d)
     return dirs
 
 
