@@ -59,12 +59,13 @@ def _extension():
         return CUDAExtension(
             "rnnext._C",
             _sources(["*.cpp", "cpu/*.cpp", "cuda/*.cpp", "cuda/*.cu"]),
-            include_dirs=_cuda_library_includes(),
             # cublasGemmEx (the per-step fallback). Without the toolkit's libcublas.so the symbol
             # still resolves at import: libtorch_cuda, a dependency, loads libcublas.
             libraries=["cublas"] if os.path.exists(os.path.join(CUDA_HOME, "lib64", "libcublas.so")) else [],
             extra_compile_args={
-                "cxx": cxx_flags + ["-DRNNEXT_WITH_CUDA"],
+                # -idirafter: searched after the toolkit's own headers, so nothing is shadowed.
+                "cxx": cxx_flags + ["-DRNNEXT_WITH_CUDA"]
+                + [f for d in _cuda_library_includes() for f in ("-idirafter", d)],
                 "nvcc": ["-O3", "-std=c++20", "-DRNNEXT_WITH_CUDA", "-lineinfo"],
             },
         )
