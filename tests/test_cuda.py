@@ -28,7 +28,7 @@ import rnnext
 # RNNEXT_CUDA_TESTS_ON_CPU=1 runs this file's harness on the CPU ops instead (a self-check of the
 # tests themselves on a machine without a GPU; the GPU-only tests are skipped). It tests no CUDA code.
 _ON_CPU = os.environ.get("RNNEXT_CUDA_TESTS_ON_CPU") == "1"
-pytestmark = pytest.mark.skipif(not (_ON_CPU or torch.cuda.is_available()), reason="CUDA is not available")
+_HAVE_DEVICE = _ON_CPU or torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(_ON_CPU, reason="needs a GPU (harness self-check on the CPU)")
 
 CUDA = "cpu" if _ON_CPU else "cuda"
@@ -37,6 +37,13 @@ BWD = torch.ops.rnnext.rnn_backward.default
 F64 = dict(rtol=1e-9, atol=1e-9)
 F32 = dict(rtol=1e-4, atol=1e-5, scaled=True)
 PATHS = ["persistent", "smem", "fallback"]
+
+
+@pytest.fixture(autouse=True)
+def _require_cuda(request):
+    """Every test here needs a GPU, except the algorithm check (plain CPU arithmetic)."""
+    if not _HAVE_DEVICE and not request.node.name.startswith("test_algorithm"):
+        pytest.skip("CUDA is not available")
 
 
 @pytest.fixture(autouse=True)
@@ -572,3 +579,66 @@ def test_opcheck_cuda(packed):
     bwd_args = (torch.randn_like(out), torch.randn_like(hn), x, bs, h0, w_ih, w_hh, out, False, False,
                 [True, True, True, True, True])
     torch.library.opcheck(BWD, bwd_args)
+
+
+# ---------------------------------------------------------------------------------------------
+# The persistent kernels' algorithm, emulated in float64 on the CPU (runs without a GPU): every
+# batch entry's state starts as hx and is updated only while the entry is active (b < batch_sizes[t]),
+# which must reproduce OPS.md for packed input in both directions; the backward adds grad_h_n where
+# an entry is processed first and reads grad_hx from the frozen state. Checked against the CPU op.
+
+
+def _emulate_persistent(x, bs, hx, w_ih, w_hh, b, relu, reverse, go, ghn):
+    T = len(bs)
+    off = [0]
+    for n in bs:
+        off.append(off[-1] + n)
+    out = x @ w_ih.T + b
+    state = hx.clone()
+    for s in range(T):
+        t = T - 1 - s if reverse else s
+        n = bs[t]
+        pre = out[off[t]:off[t] + n] + state[:n] @ w_hh.T
+        h = torch.relu(pre) if relu else torch.tanh(pre)
+        out[off[t]:off[t] + n] = h
+        state = state.clone()
+        state[:n] = h
+    d = torch.zeros_like(hx)
+    dpre = torch.zeros_like(out)
+    prev = 0
+    for s in range(T):
+        t = s if reverse else T - 1 - s
+        n = bs[t]
+        g = go[off[t]:off[t] + n] + d[:n] @ w_hh
+        first = torch.arange(n) >= prev
+        g[first] += ghn[:n][first]
+        h = out[off[t]:off[t] + n]
+        dd = g * (h > 0) if relu else g * (1 - h * h)
+        dpre[off[t]:off[t] + n] = dd
+        d = d.clone()
+        d[:n] = dd
+        prev = n
+    return out, state, dpre, d @ w_hh
+
+
+def test_algorithm_of_persistent_kernels_matches_cpu_op():
+    g = _gen(77)
+    for trial in range(24):
+        T, B, H, In = 1 + trial % 6, 1 + trial % 5, 4, 3
+        lengths = sorted([T] + [int(torch.randint(1, T + 1, (1,), generator=g)) for _ in range(B - 1)],
+                         reverse=True)
+        bs = _batch_sizes(lengths)
+        x = _randn(int(bs.sum()), In, gen=g)
+        hx = _randn(B, 4, gen=g)
+        w_ih, w_hh, b = _randn(H, In, gen=g), _randn(H, H, gen=g, scale=0.5), _randn(H, gen=g)
+        relu, reverse = bool(trial % 2), bool((trial // 2) % 2)
+        out, h_n = FWD(x, bs, hx, w_ih, w_hh, b, None, relu, reverse)
+        go, ghn = _randn(*out.shape, gen=g), _randn(*h_n.shape, gen=g)
+        grads = BWD(go, ghn, x, bs, hx, w_ih, w_hh, out, relu, reverse, [True] * 5)
+        e_out, e_hn, e_dpre, e_ghx = _emulate_persistent(x, bs.tolist(), hx, w_ih, w_hh, b, relu, reverse,
+                                                          go, ghn)
+        torch.testing.assert_close(e_out, out, **F64)
+        torch.testing.assert_close(e_hn, h_n, **F64)
+        torch.testing.assert_close(e_ghx, grads[1], **F64)
+        torch.testing.assert_close(e_dpre @ w_ih, grads[0], **F64)
+        torch.testing.assert_close(e_dpre.sum(0), grads[4], **F64)
