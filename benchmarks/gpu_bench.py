@@ -65,14 +65,19 @@ def predicted_path(B: int, H: int, dtype: torch.dtype) -> str:
     smem = getattr(props, "shared_memory_per_block_optin", 227 * 1024)
     sms = props.multi_processor_count
     acc = 8 if dtype == torch.float64 else 4
-    tile = -(-B // sms)
-    if acc == 4 and H <= 128 and tile <= 8:
+    if acc == 4 and H <= 128 and -(-B // sms) <= 8:
         return "regs"
     w_size = 2 if dtype in (torch.float16, torch.bfloat16) else acc  # W_hh kept in its own dtype
-    w_bytes, entry = (H * (H + 31) * w_size + 15) // 16 * 16, 2 * H * acc
-    if w_bytes + entry > smem or tile > (smem - w_bytes) // entry or tile > 16:
-        return "fallback"
-    return "smem"
+    for C in (1, 2, 4, 8) if props.major >= 9 else (1,):
+        R = -(-H // C)
+        tile = -(-B * C // sms)
+        w_bytes, entry = (R * (H + 31) * w_size + 15) // 16 * 16, 2 * H * acc
+        if w_bytes + entry > smem:
+            continue
+        if tile > (smem - w_bytes) // entry or tile > 16:
+            continue
+        return "smem" if C == 1 else f"cluster{C}"
+    return "fallback"
 
 
 def flops(c: dict, rows: int) -> float:

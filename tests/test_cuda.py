@@ -2,9 +2,10 @@
 
 Every check compares against a reference computed at test time: the CPU op / ``torch.nn`` in
 float64, and ``torch.nn.RNN`` on the same GPU (cuDNN). The recurrence has two CUDA implementations
-(persistent kernels holding W_hh in registers (H <= 128) or in shared memory, and a per-step cuBLAS
-GEMM plus pointwise kernel); ``RNNEXT_CUDA_PATH`` = persistent / smem / fallback forces one of them,
-so the tests that take ``path`` run each.
+(persistent kernels holding W_hh in registers (H <= 128), in shared memory, or split over a
+thread-block cluster (sm_90), and a per-step cuBLAS GEMM plus pointwise kernel);
+``RNNEXT_CUDA_PATH`` = persistent / smem / cluster / fallback forces one of them, so the tests that
+take ``path`` run each (on a GPU without clusters, "cluster" runs the fallback).
 
 Tolerances: float64 1e-9 (rtol and atol); float32 1e-4 relative plus 1e-5 of each tensor's
 largest magnitude (gradients are sums over every step and batch entry); float16 / bfloat16
@@ -36,7 +37,7 @@ FWD = torch.ops.rnnext.rnn_forward.default
 BWD = torch.ops.rnnext.rnn_backward.default
 F64 = dict(rtol=1e-9, atol=1e-9)
 F32 = dict(rtol=1e-4, atol=1e-5, scaled=True)
-PATHS = ["persistent", "smem", "fallback"]
+PATHS = ["persistent", "smem", "cluster", "fallback"]
 
 
 @pytest.fixture(autouse=True)
@@ -306,7 +307,7 @@ def _module_inputs(T, B, In, H, layers, bidirectional, batch_first, hx, packed, 
 
 
 @pytest.mark.parametrize("layers,bidirectional,nonlinearity,bias,batch_first,hx,packed", MODULE_CASES)
-@pytest.mark.parametrize("H", [16, 300])  # 300: W_hh does not fit on chip in float64 -> fallback
+@pytest.mark.parametrize("H", [16, 300])  # 300: W_hh exceeds one SM: cluster kernel (sm_90) or fallback
 def test_module_matches_torch_nn(layers, bidirectional, nonlinearity, bias, batch_first, hx, packed, H):
     T, B, In = 6, 4, 5
     kw = dict(num_layers=layers, bidirectional=bidirectional, nonlinearity=nonlinearity, bias=bias,

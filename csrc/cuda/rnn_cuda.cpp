@@ -7,9 +7,10 @@
 // non-blocking copy from pinned memory, and padded input needs no device-side geometry at all, so
 // the ops capture into CUDA graphs.
 //
-// RNNEXT_CUDA_PATH=persistent|smem|fallback (environment, read per call) forces one recurrence path,
-// for tests: "persistent" takes a persistent kernel whenever one fits, "smem" only the shared-memory
-// one; both still fall back when W_hh does not fit on chip.
+// RNNEXT_CUDA_PATH=persistent|smem|cluster|fallback (environment, read per call) forces one
+// recurrence path, for tests: "persistent" takes a persistent kernel whenever one fits, "smem" only
+// the single-CTA shared-memory one, "cluster" only the thread-block-cluster one (sm_90); each still
+// falls back to the per-step path when its kernel cannot run.
 #include <ATen/Functions.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -49,6 +50,7 @@ cuda::Path path_from_env() {
   if (std::strcmp(v, "persistent") == 0) return cuda::Path::Persistent;
   if (std::strcmp(v, "fallback") == 0) return cuda::Path::Fallback;
   if (std::strcmp(v, "smem") == 0) return cuda::Path::PersistentSmem;
+  if (std::strcmp(v, "cluster") == 0) return cuda::Path::PersistentCluster;
   return cuda::Path::Auto;
 }
 

@@ -20,6 +20,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -127,6 +128,7 @@ template <typename S>
 struct FwdParams {
   int64_t T, B;
   int H, BT, G, ldw;
+  int C = 1, R = 0;  // cluster variant: CTAs per cluster, rows of W_hh per CTA
   const int64_t* meta;
   bool reverse, relu;
   const S* w_hh;  // [H, H]
@@ -199,6 +201,7 @@ template <typename S>
 struct BwdParams {
   int64_t T, B;
   int H, BT, G, ldw;
+  int C = 1, R = 0;
   const int64_t* meta;
   bool reverse, relu;
   const S* w_hh;      // [H, H]
@@ -278,6 +281,160 @@ __global__ void __launch_bounds__(1024) persistent_backward_kernel(const BwdPara
       if (valid && lane == 0) p.grad_hx[(b0 + b) * H + j] = from_acc<S>(acc);
     }
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cluster variants (sm_90): W_hh too large for one SM's shared memory is split by rows over the C
+// CTAs of a thread-block cluster; each CTA keeps the whole state of the tile and computes its R rows
+// (outputs j in [rank*R, rank*R + R)), writing each new value into the state of every CTA of the
+// cluster (distributed shared memory). One cluster barrier per step orders it all.
+
+template <typename S>
+__global__ void __launch_bounds__(1024) persistent_forward_cluster_kernel(const FwdParams<S> p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  using A = Acc<S>;
+  using W = WStore<S>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int H = p.H, R = p.R, C = p.C;
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int j0 = rank * R;
+  const int rl = max(0, min(R, H - j0));  // rows of W_hh held here
+  W* w = reinterpret_cast<W*>(smem_raw);  // [R, ldw]: w[jl * ldw + k] = W_hh[j0 + jl, k]
+  A* state = reinterpret_cast<A*>(smem_raw + w_region_bytes(R, p.ldw, sizeof(W)));  // 2 x [BT, H]
+  const int64_t b0 = static_cast<int64_t>(blockIdx.x / C) * p.BT;
+  const int bt = static_cast<int>(min(static_cast<int64_t>(p.BT), p.B - b0));
+  const int total = bt * rl;
+  const int tid = threadIdx.x, nthreads = blockDim.x;
+  const int G = p.G, lane = tid % G, group = tid / G, ngroups = nthreads / G;
+
+  for (int64_t i = tid; i < static_cast<int64_t>(rl) * H; i += nthreads) {
+    const int64_t jl = i / H, k = i % H;
+    w[jl * p.ldw + k] = static_cast<W>(p.w_hh[(j0 + jl) * H + k]);
+  }
+  for (int i = tid; i < bt * H; i += nthreads) {
+    state[i] = p.hx != nullptr ? to_acc(p.hx[b0 * H + i]) : A(0);
+  }
+  cluster.sync();  // every CTA runs and is initialised before any remote write
+
+  int cur = 0;
+  for (int64_t s = 0; s < p.T; ++s) {
+    const int64_t t = p.reverse ? p.T - 1 - s : s;
+    const int64_t rows = step_rows(p.meta, p.B, t);
+    const int64_t off = step_offset(p.meta, p.T, p.B, t);
+    const A* hc = state + cur * p.BT * H;
+    A* hn = state + (cur ^ 1) * p.BT * H;
+    for (int base = 0; base < total; base += ngroups) {
+      const int o = base + group;
+      const bool valid = o < total;
+      const int b = valid ? o / rl : 0, jl = valid ? o % rl : 0, j = j0 + jl;
+      const bool active = valid && b0 + b < rows;
+      A pre = A(0);
+      if (active && lane == 0) pre = to_acc(p.out[(off + b0 + b) * H + j]);
+      const A acc = group_dot(w + static_cast<int64_t>(jl) * p.ldw, hc + b * H, H, lane, G);
+      if (valid && lane == 0) {
+        A v;
+        if (active) {
+          const S h = from_acc<S>(activate(acc + pre, p.relu));
+          p.out[(off + b0 + b) * H + j] = h;
+          v = to_acc(h);
+        } else {
+          v = hc[b * H + j];
+        }
+        for (int r = 0; r < C; ++r) cluster.map_shared_rank(hn, r)[b * H + j] = v;
+      }
+    }
+    cluster.sync();
+    cur ^= 1;
+  }
+  const A* hf = state + cur * p.BT * H;
+  for (int i = tid; i < total; i += nthreads) {
+    const int b = i / rl, j = j0 + i % rl;
+    p.h_n[(b0 + b) * H + j] = from_acc<S>(hf[b * H + j]);
+  }
+#else
+  __trap();  // never launched: the host checks the binary's architecture first
+#endif
+}
+
+template <typename S>
+__global__ void __launch_bounds__(1024) persistent_backward_cluster_kernel(const BwdParams<S> p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  namespace cg = cooperative_groups;
+  cg::cluster_group cluster = cg::this_cluster();
+  using A = Acc<S>;
+  using W = WStore<S>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int H = p.H, R = p.R, C = p.C;
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int j0 = rank * R;
+  const int rl = max(0, min(R, H - j0));
+  W* wt = reinterpret_cast<W*>(smem_raw);  // [R, ldw]: wt[jl * ldw + k] = W_hh[k, j0 + jl]
+  A* state = reinterpret_cast<A*>(smem_raw + w_region_bytes(R, p.ldw, sizeof(W)));
+  const int64_t b0 = static_cast<int64_t>(blockIdx.x / C) * p.BT;
+  const int bt = static_cast<int>(min(static_cast<int64_t>(p.BT), p.B - b0));
+  const int total = bt * rl;
+  const int tid = threadIdx.x, nthreads = blockDim.x;
+  const int G = p.G, lane = tid % G, group = tid / G, ngroups = nthreads / G;
+
+  for (int64_t i = tid; i < static_cast<int64_t>(rl) * H; i += nthreads) {
+    const int64_t jl = i / H, k = i % H;
+    wt[jl * p.ldw + k] = static_cast<W>(p.w_hh[k * H + j0 + jl]);
+  }
+  for (int i = tid; i < 2 * p.BT * H; i += nthreads) state[i] = A(0);
+  cluster.sync();
+
+  int cur = 0;
+  int64_t prev_rows = 0;
+  for (int64_t s = 0; s < p.T; ++s) {
+    const int64_t t = p.reverse ? s : p.T - 1 - s;
+    const int64_t rows = step_rows(p.meta, p.B, t);
+    const int64_t off = step_offset(p.meta, p.T, p.B, t);
+    const A* dc = state + cur * p.BT * H;
+    A* dn = state + (cur ^ 1) * p.BT * H;
+    for (int base = 0; base < total; base += ngroups) {
+      const int o = base + group;
+      const bool valid = o < total;
+      const int b = valid ? o / rl : 0, jl = valid ? o % rl : 0, j = j0 + jl;
+      const int64_t e = b0 + b;
+      const bool active = valid && e < rows;
+      const int64_t idx = (off + e) * H + j;
+      A g = A(0), h = A(0);
+      if (active && lane == 0) {
+        g = to_acc(p.grad_out[idx]);
+        if (p.grad_h_n != nullptr && e >= prev_rows) g += to_acc(p.grad_h_n[e * H + j]);
+        h = to_acc(p.out[idx]);
+      }
+      const A acc = group_dot(wt + static_cast<int64_t>(jl) * p.ldw, dc + b * H, H, lane, G);
+      if (valid && lane == 0) {
+        A v;
+        if (active) {
+          v = activate_backward(g + acc, h, p.relu);
+          p.dpre[idx] = from_acc<S>(v);
+        } else {
+          v = dc[b * H + j];
+        }
+        for (int r = 0; r < C; ++r) cluster.map_shared_rank(dn, r)[b * H + j] = v;
+      }
+    }
+    cluster.sync();
+    cur ^= 1;
+    prev_rows = rows;
+  }
+  if (p.grad_hx != nullptr) {
+    const A* dc = state + cur * p.BT * H;
+    for (int base = 0; base < total; base += ngroups) {
+      const int o = base + group;
+      const bool valid = o < total;
+      const int b = valid ? o / rl : 0, jl = valid ? o % rl : 0;
+      const A acc = group_dot(wt + static_cast<int64_t>(jl) * p.ldw, dc + b * H, H, lane, G);
+      if (valid && lane == 0) p.grad_hx[(b0 + b) * H + j0 + jl] = from_acc<S>(acc);
+    }
+  }
+#else
+  __trap();
+#endif
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -479,11 +636,11 @@ __global__ void __launch_bounds__(1024) persistent_backward_regs_kernel(const Bw
 // ---------------------------------------------------------------------------------------------
 // Launch planning for the persistent kernels.
 
-enum class Variant { None, Regs, Smem };
+enum class Variant { None, Regs, Smem, Cluster };
 
 struct Plan {
   Variant variant = Variant::None;
-  int BT = 1, G = 1, KPT = 0, threads = 32, ldw = 1;
+  int BT = 1, G = 1, KPT = 0, threads = 32, ldw = 1, C = 1, R = 0;
   int64_t blocks = 1;
   size_t smem = 0;
 };
@@ -499,32 +656,74 @@ int64_t pow2_floor(int64_t x) {
   return p;
 }
 
-// Largest batch tile per block that the automatic choice accepts for the shared-memory variant:
+// Largest batch tile per block that the automatic choice accepts for the shared-memory variants:
 // beyond it the batch is large enough for the per-step GEMM to use the GPU well.
 constexpr int64_t kAutoMaxTile = 16;
 // Hidden sizes up to this use the register variant (KPT <= 16 values of W_hh per thread).
 constexpr int64_t kRegMaxHidden = 128;
 
-Plan make_plan(int64_t B, int64_t H, size_t acc_size, size_t w_size, Path path) {
+struct Device {
+  int sms = 1, smem_optin = 0, major = 0;
+};
+
+Device device_info() {
+  Device d;
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device));
+  d.sms = std::max(d.sms, 1);
+  return d;
+}
+
+// Shared-memory variant with R rows of W_hh per CTA and C CTAs per cluster (C = 1, R = H: one CTA
+// holds all of W_hh). W_hh rows are padded to ldw = G (mod 32), so that the lanes of the groups of
+// one warp (consecutive rows, consecutive k within a group) fall in distinct banks; the tile is
+// sized with the largest padding (ldw <= H + 31), then G and ldw are fixed.
+bool plan_smem(int64_t B, int64_t H, int64_t R, int C, int64_t acc, int64_t w_size, const Device& d,
+               bool auto_choice, Plan* plan) {
+  const int64_t want_tile = std::max<int64_t>(1, (B * C + d.sms - 1) / d.sms);
+  const int64_t w_bytes_max = w_region_bytes(R, H + 31, w_size);
+  const int64_t entry_bytes = 2 * H * acc;
+  if (w_bytes_max + entry_bytes > d.smem_optin) return false;
+  const int64_t max_tile = (d.smem_optin - w_bytes_max) / entry_bytes;
+  if (auto_choice && (want_tile > max_tile || want_tile > kAutoMaxTile)) return false;
+  const int64_t tile = std::min(want_tile, max_tile);
+  int64_t G = std::min<int64_t>(32, pow2_ceil((H + 7) / 8));
+  while (G > 1 && tile * R * G > 1024) G >>= 1;
+  const int64_t ldw = G >= 32 ? (H + 31) / 32 * 32 : (std::max<int64_t>(H - G, 0) + 31) / 32 * 32 + G;
+  plan->variant = C > 1 ? Variant::Cluster : Variant::Smem;
+  plan->BT = static_cast<int>(tile);
+  plan->G = static_cast<int>(G);
+  plan->ldw = static_cast<int>(ldw);
+  plan->C = C;
+  plan->R = static_cast<int>(R);
+  plan->threads = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(32, (tile * R * G + 31) / 32 * 32)));
+  plan->blocks = C * ((B + tile - 1) / tile);
+  plan->smem = static_cast<size_t>(w_region_bytes(R, ldw, w_size) + tile * entry_bytes);
+  return true;
+}
+
+// cluster_ok: the device and the compiled cluster kernel support thread-block clusters (sm_90+).
+Plan make_plan(int64_t B, int64_t H, size_t acc_size, size_t w_size, Path path, bool cluster_ok) {
   Plan plan;
   if (path == Path::Fallback || B <= 0 || H <= 0) return plan;
-  int device = 0, sms = 0, smem_optin = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  sms = std::max(sms, 1);
-  const int64_t acc = static_cast<int64_t>(acc_size);
-  const int64_t want_tile = std::max<int64_t>(1, (B + sms - 1) / sms);
+  const Device d = device_info();
+  const int64_t acc = static_cast<int64_t>(acc_size), ws = static_cast<int64_t>(w_size);
+  const bool auto_choice = path == Path::Auto;
+  const int64_t want_tile = std::max<int64_t>(1, (B + d.sms - 1) / d.sms);
 
   // Registers: G lanes per output so that H * G <= 1024 threads, about 8 values of W_hh per lane.
   // Not for float64: its register arrays would spill (64 registers per thread at 1024 threads).
-  if (path != Path::PersistentSmem && acc == 4 && H <= kRegMaxHidden && want_tile <= kRegMaxTile) {
+  if ((path == Path::Auto || path == Path::Persistent) && acc == 4 && H <= kRegMaxHidden &&
+      want_tile <= kRegMaxTile) {
     const int64_t G = std::min<int64_t>(std::min<int64_t>(32, pow2_ceil((H + 7) / 8)), pow2_floor(1024 / H));
     const int64_t kpt = (H + G - 1) / G;
     const int KPT = kpt <= 8 ? 8 : 16;
     const int64_t HS = G * KPT;
     const int64_t smem = 2 * want_tile * HS * acc;
-    if (kpt <= 16 && smem <= smem_optin) {
+    if (kpt <= 16 && smem <= d.smem_optin) {
       plan.variant = Variant::Regs;
       plan.BT = static_cast<int>(want_tile);
       plan.G = static_cast<int>(G);
@@ -536,28 +735,21 @@ Plan make_plan(int64_t B, int64_t H, size_t acc_size, size_t w_size, Path path) 
       return plan;
     }
   }
+  if (path != Path::PersistentCluster && plan_smem(B, H, H, 1, acc, ws, d, auto_choice, &plan)) {
+    return plan;
+  }
+  if (path != Path::PersistentSmem && cluster_ok && d.major >= 9) {
+    for (int C : {2, 4, 8}) {
+      if (plan_smem(B, H, (H + C - 1) / C, C, acc, ws, d, auto_choice, &plan)) return plan;
+    }
+  }
+  return Plan{};
+}
 
-  // Shared memory: W_hh rows padded to ldw = G (mod 32), so that the lanes of the groups of one warp
-  // (consecutive rows j, consecutive k within a group) fall in distinct banks.
-  // The tile is sized with the largest padding (ldw <= H + 31), then G and ldw are fixed.
-  const int64_t w_bytes_max = w_region_bytes(H, H + 31, static_cast<int64_t>(w_size));
-  const int64_t entry_bytes = 2 * H * acc;
-  if (w_bytes_max + entry_bytes > smem_optin) return plan;
-  const int64_t max_tile = (smem_optin - w_bytes_max) / entry_bytes;
-  if (path == Path::Auto && (want_tile > max_tile || want_tile > kAutoMaxTile)) return plan;
-  const int64_t tile = std::min(want_tile, max_tile);
-  int64_t G = std::min<int64_t>(32, pow2_ceil((H + 7) / 8));
-  while (G > 1 && tile * H * G > 1024) G >>= 1;
-  const int64_t ldw = G >= 32 ? (H + 31) / 32 * 32 : (std::max<int64_t>(H - G, 0) + 31) / 32 * 32 + G;
-  const int64_t w_bytes = w_region_bytes(H, ldw, static_cast<int64_t>(w_size));
-  plan.variant = Variant::Smem;
-  plan.BT = static_cast<int>(tile);
-  plan.G = static_cast<int>(G);
-  plan.ldw = static_cast<int>(ldw);
-  plan.threads = static_cast<int>(std::min<int64_t>(1024, std::max<int64_t>(32, (tile * H * G + 31) / 32 * 32)));
-  plan.blocks = (B + tile - 1) / tile;
-  plan.smem = static_cast<size_t>(w_bytes + tile * entry_bytes);
-  return plan;
+bool cluster_kernel_ok(const void* kernel) {
+  cudaFuncAttributes attr;
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  return attr.binaryVersion >= 90;
 }
 
 template <typename Kernel>
@@ -575,12 +767,39 @@ void launch(Kernel kernel, const Plan& plan, const Params& p, cudaStream_t strea
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// Launches a cluster kernel; false (nothing launched) when the clusters cannot be scheduled.
+template <typename Params>
+bool launch_cluster(void (*kernel)(Params), const Plan& plan, const Params& p, cudaStream_t stream) {
+  allow_smem(kernel, plan.smem);
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(plan.blocks));
+  cfg.blockDim = dim3(static_cast<unsigned>(plan.threads));
+  cfg.dynamicSmemBytes = plan.smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeClusterDimension;
+  attr[0].val.clusterDim.x = static_cast<unsigned>(plan.C);
+  attr[0].val.clusterDim.y = 1;
+  attr[0].val.clusterDim.z = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  int clusters = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg));
+  if (clusters < 1) return false;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return true;
+}
+
 template <typename S>
 bool persistent_forward_t(const Seq& seq, const void* w_hh, const void* hx, void* out, void* h_n,
                           bool relu, Path path, cudaStream_t stream) {
-  const Plan plan = make_plan(seq.B, seq.H, sizeof(Acc<S>), sizeof(WStore<S>), path);
+  const Plan plan = make_plan(seq.B, seq.H, sizeof(Acc<S>), sizeof(WStore<S>), path,
+                              cluster_kernel_ok(reinterpret_cast<const void*>(persistent_forward_cluster_kernel<S>)));
   if (plan.variant == Variant::None) return false;
   FwdParams<S> p;
+  p.C = plan.C;
+  p.R = plan.R;
   p.T = seq.T;
   p.B = seq.B;
   p.H = static_cast<int>(seq.H);
@@ -604,6 +823,7 @@ bool persistent_forward_t(const Seq& seq, const void* w_hh, const void* hx, void
       return true;
     }
   }
+  if (plan.variant == Variant::Cluster) return launch_cluster(persistent_forward_cluster_kernel<S>, plan, p, stream);
   launch(persistent_forward_kernel<S>, plan, p, stream);
   return true;
 }
@@ -612,9 +832,12 @@ template <typename S>
 bool persistent_backward_t(const Seq& seq, const void* w_hh, const void* grad_out,
                            const void* grad_h_n, const void* out, void* dpre, void* grad_hx,
                            bool relu, Path path, cudaStream_t stream) {
-  const Plan plan = make_plan(seq.B, seq.H, sizeof(Acc<S>), sizeof(WStore<S>), path);
+  const Plan plan = make_plan(seq.B, seq.H, sizeof(Acc<S>), sizeof(WStore<S>), path,
+                              cluster_kernel_ok(reinterpret_cast<const void*>(persistent_backward_cluster_kernel<S>)));
   if (plan.variant == Variant::None) return false;
   BwdParams<S> p;
+  p.C = plan.C;
+  p.R = plan.R;
   p.T = seq.T;
   p.B = seq.B;
   p.H = static_cast<int>(seq.H);
@@ -640,6 +863,7 @@ bool persistent_backward_t(const Seq& seq, const void* w_hh, const void* grad_ou
       return true;
     }
   }
+  if (plan.variant == Variant::Cluster) return launch_cluster(persistent_backward_cluster_kernel<S>, plan, p, stream);
   launch(persistent_backward_kernel<S>, plan, p, stream);
   return true;
 }

@@ -29,12 +29,14 @@ struct Seq {
 // Which recurrence implementation to use (the glue reads RNNEXT_CUDA_PATH for tests):
 // Auto: the persistent kernel that fits, if the batch is not too large for it, else the fallback;
 // Persistent: a persistent kernel whenever one fits (registers first, then shared memory);
-// PersistentSmem: only the shared-memory persistent kernel; Fallback: the per-step GEMM path.
-enum class Path : int { Auto = 0, Persistent = 1, Fallback = 2, PersistentSmem = 3 };
+// PersistentSmem: only the single-CTA shared-memory persistent kernel; PersistentCluster: only the
+// thread-block-cluster kernel (sm_90); Fallback: the per-step GEMM path.
+enum class Path : int { Auto = 0, Persistent = 1, Fallback = 2, PersistentSmem = 3, PersistentCluster = 4 };
 
 // Persistent kernels: one launch runs every step, with W_hh held on chip across steps (in
-// registers for hidden sizes up to 128, else in shared memory) and the state of a tile of batch
-// entries in shared memory. They return false, launching nothing, when no variant fits (or, for
+// registers for hidden sizes up to 128, else in shared memory, split over the CTAs of a cluster
+// on sm_90 when one SM's shared memory is too small) and the state of a tile of batch entries in
+// shared memory. They return false, launching nothing, when no variant fits (or, for
 // Path::Auto, when the per-step GEMM path is expected to be faster); the caller then runs the
 // per-step fallback.
 //
