@@ -705,8 +705,16 @@ bool plan_smem(int64_t B, int64_t H, int64_t R, int C, int64_t acc, int64_t w_si
   return true;
 }
 
-// cluster_ok: the device and the compiled cluster kernel support thread-block clusters (sm_90+).
-Plan make_plan(int64_t B, int64_t H, size_t acc_size, size_t w_size, Path path, bool cluster_ok) {
+bool cluster_kernel_ok(const void* kernel) {
+  cudaFuncAttributes attr;
+  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  return attr.binaryVersion >= 90;
+}
+
+// cluster_kernel: the cluster variant to use if W_hh does not fit one SM; it is used only if the
+// device and the kernel's compiled binary support thread-block clusters (sm_90+).
+Plan make_plan(int64_t B, int64_t H, size_t acc_size, size_t w_size, Path path,
+               const void* cluster_kernel) {
   Plan plan;
   if (path == Path::Fallback || B <= 0 || H <= 0) return plan;
   const Device d = device_info();
@@ -738,7 +746,7 @@ Plan make_plan(int64_t B, int64_t H, size_t acc_size, size_t w_size, Path path, 
   if (path != Path::PersistentCluster && plan_smem(B, H, H, 1, acc, ws, d, auto_choice, &plan)) {
     return plan;
   }
-  if (path != Path::PersistentSmem && cluster_ok && d.major >= 9) {
+  if (path != Path::PersistentSmem && d.major >= 9 && cluster_kernel_ok(cluster_kernel)) {
     for (int C : {2, 4, 8}) {
       if (plan_smem(B, H, (H + C - 1) / C, C, acc, ws, d, auto_choice, &plan)) return plan;
     }
@@ -746,11 +754,6 @@ Plan make_plan(int64_t B, int64_t H, size_t acc_size, size_t w_size, Path path, 
   return Plan{};
 }
 
-bool cluster_kernel_ok(const void* kernel) {
-  cudaFuncAttributes attr;
-  C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
-  return attr.binaryVersion >= 90;
-}
 
 template <typename Kernel>
 void allow_smem(Kernel kernel, size_t smem) {
@@ -795,7 +798,7 @@ template <typename S>
 bool persistent_forward_t(const Seq& seq, const void* w_hh, const void* hx, void* out, void* h_n,
                           bool relu, Path path, cudaStream_t stream) {
   const Plan plan = make_plan(seq.B, seq.H, sizeof(Acc<S>), sizeof(WStore<S>), path,
-                              cluster_kernel_ok(reinterpret_cast<const void*>(persistent_forward_cluster_kernel<S>)));
+                              reinterpret_cast<const void*>(persistent_forward_cluster_kernel<S>));
   if (plan.variant == Variant::None) return false;
   FwdParams<S> p;
   p.C = plan.C;
@@ -833,7 +836,7 @@ bool persistent_backward_t(const Seq& seq, const void* w_hh, const void* grad_ou
                            const void* grad_h_n, const void* out, void* dpre, void* grad_hx,
                            bool relu, Path path, cudaStream_t stream) {
   const Plan plan = make_plan(seq.B, seq.H, sizeof(Acc<S>), sizeof(WStore<S>), path,
-                              cluster_kernel_ok(reinterpret_cast<const void*>(persistent_backward_cluster_kernel<S>)));
+                              reinterpret_cast<const void*>(persistent_backward_cluster_kernel<S>));
   if (plan.variant == Variant::None) return false;
   BwdParams<S> p;
   p.C = plan.C;
