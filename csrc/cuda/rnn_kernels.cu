@@ -708,7 +708,9 @@ bool plan_smem(int64_t B, int64_t H, int64_t R, int C, int64_t acc, int64_t w_si
 bool cluster_kernel_ok(const void* kernel) {
   cudaFuncAttributes attr;
   C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
-  return attr.binaryVersion >= 90;
+  // ptxVersion: the virtual architecture the code was compiled for (a compute_80 PTX JIT-compiled
+  // on an sm_90 device reports binaryVersion 90 but holds the __trap() body).
+  return attr.binaryVersion >= 90 && attr.ptxVersion >= 90;
 }
 
 // cluster_kernel: the cluster variant to use if W_hh does not fit one SM; it is used only if the
@@ -753,7 +755,6 @@ Plan make_plan(int64_t B, int64_t H, size_t acc_size, size_t w_size, Path path,
   }
   return Plan{};
 }
-
 
 template <typename Kernel>
 void allow_smem(Kernel kernel, size_t smem) {
