@@ -261,7 +261,7 @@ def smoke() -> None:
     compute-sanitizer (memcheck / racecheck) runs."""
     fwd, bwd = torch.ops.rnnext.rnn_forward.default, torch.ops.rnnext.rnn_backward.default
     torch.manual_seed(0)
-    for path in ("persistent", "fallback"):
+    for path in ("persistent", "smem", "cluster", "fallback"):
         with _ForcedPath(path):
             for dtype in (torch.float32, torch.float16):
                 for packed in (False, True):
