@@ -13,7 +13,7 @@
 #   bench      benchmarks/gpu_bench.py: rnnext vs nn.RNN (cuDNN), fp32 and bf16, fwd and fwd+bwd
 #   racecheck  compute-sanitizer --tool racecheck (shared-memory hazards) on a smoke run of every kernel
 #   memcheck   compute-sanitizer --tool memcheck on the same smoke run
-#   cpu-tests  the rest of the test suite
+#   other-tests the rest of the test suite (its device-parametrized tests also run on CUDA)
 # Output goes to $OUT if set, else benchmarks/results/: gpu_check.log (everything printed),
 # test_cuda.txt / test_cuda.xml (pytest output, JUnit), gpu_bench_<gpu>.json / .md (benchmark),
 # gpu_check_summary.md (one line per stage). Exit status 0 only if every stage passed.
@@ -136,12 +136,12 @@ sanitize() {
   "$SANITIZER" --tool "$tool" --error-exitcode 9 "$PY" benchmarks/gpu_bench.py --smoke
 }
 
-cpu_tests() {
+other_tests() {
   "$PY" -m pytest -q -x -p no:cacheprovider tests --ignore=tests/test_cuda.py
 }
 
 export PY RESULTS SANITIZER
-export -f info build register cuda_tests bench sanitize cpu_tests
+export -f info build register cuda_tests bench sanitize other_tests
 
 run_stage info 30 info
 run_stage build 240 build
@@ -150,7 +150,7 @@ run_stage cuda-tests 200 cuda_tests
 run_stage bench 120 bench
 run_stage racecheck 60 sanitize racecheck
 run_stage memcheck 60 sanitize memcheck
-run_stage cpu-tests 60 cpu_tests
+run_stage other-tests 90 other_tests
 
 {
   echo "# gpu_check summary ($(date -u '+%Y-%m-%d %H:%M:%S') UTC, $((SECONDS - START)) s in total)"
