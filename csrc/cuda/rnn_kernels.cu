@@ -25,7 +25,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
 #include <type_traits>
+#include <utility>
 
 #include "rnn_kernels.h"
 
@@ -705,12 +709,30 @@ bool plan_smem(int64_t B, int64_t H, int64_t R, int C, int64_t acc, int64_t w_si
   return true;
 }
 
+// Per-device caches of the cluster queries, so that a call captured into a CUDA graph after a
+// warm-up makes no query at all.
+std::mutex& cache_mutex() {
+  static std::mutex m;
+  return m;
+}
+
 bool cluster_kernel_ok(const void* kernel) {
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  static std::map<std::pair<int, const void*>, bool> cache;
+  {
+    std::lock_guard<std::mutex> lock(cache_mutex());
+    auto it = cache.find({device, kernel});
+    if (it != cache.end()) return it->second;
+  }
   cudaFuncAttributes attr;
   C10_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
   // ptxVersion: the virtual architecture the code was compiled for (a compute_80 PTX JIT-compiled
   // on an sm_90 device reports binaryVersion 90 but holds the __trap() body).
-  return attr.binaryVersion >= 90 && attr.ptxVersion >= 90;
+  const bool ok = attr.binaryVersion >= 90 && attr.ptxVersion >= 90;
+  std::lock_guard<std::mutex> lock(cache_mutex());
+  cache[{device, kernel}] = ok;
+  return ok;
 }
 
 // cluster_kernel: the cluster variant to use if W_hh does not fit one SM; it is used only if the
@@ -787,8 +809,22 @@ bool launch_cluster(void (*kernel)(Params), const Plan& plan, const Params& p, c
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  int clusters = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg));
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  static std::map<std::tuple<int, const void*, int, int, size_t>, int> cache;
+  const auto key = std::make_tuple(device, reinterpret_cast<const void*>(kernel), plan.C, plan.threads,
+                                   plan.smem);
+  int clusters = -1;
+  {
+    std::lock_guard<std::mutex> lock(cache_mutex());
+    auto it = cache.find(key);
+    if (it != cache.end()) clusters = it->second;
+  }
+  if (clusters < 0) {
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg));
+    std::lock_guard<std::mutex> lock(cache_mutex());
+    cache[key] = clusters;
+  }
   if (clusters < 1) return false;
   C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
