@@ -3,7 +3,7 @@
 PYTHON := $(shell scripts/python_env.sh)
 export MAX_JOBS ?= 2
 
-.PHONY: build test bench lint clean
+.PHONY: build test bench lint clean cuda-check
 
 build:
 	$(PYTHON) setup.py -q build_ext --inplace
@@ -13,6 +13,10 @@ test: build
 
 bench: build
 	$(PYTHON) benchmarks/demo.py
+
+# Compile-only nvcc check of csrc/cuda (no GPU needed): scripts/cuda_compile_check.sh.
+cuda-check:
+	PYTHON=$(PYTHON) scripts/cuda_compile_check.sh
 
 lint:
 	$(PYTHON) -m ruff check rnnext tests benchmarks setup.py

@@ -32,16 +32,41 @@ def _sources(patterns):
     return files
 
 
+def _cuda_library_includes():
+    """cuBLAS/cuSPARSE/cuSOLVER headers (ATen/cuda/CUDAContext.h includes them) from the nvidia-*
+    pip wheels, for those the toolkit at CUDA_HOME does not carry itself."""
+    headers = ["cublas_v2.h", "cusparse.h", "cusolverDn.h"]
+    missing = [h for h in headers if not os.path.exists(os.path.join(CUDA_HOME, "include", h))]
+    if not missing:
+        return []
+    try:
+        import nvidia  # namespace package of the nvidia-* wheels that torch depends on
+    except ImportError:
+        return []
+    dirs = []
+    for root in list(nvidia.__path__):
+        for d in sorted(glob.glob(os.path.join(root, "*", "include"))):
+            if d not in dirs and any(os.path.exists(os.path.join(d, h)) for h in missing):
+                dirs.append(d)
+    return dirs
+
+
 def _extension():
     cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden"]
     if _use_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        # No --use_fast_math: the kernels must match ATen's tanh and IEEE division.
         return CUDAExtension(
             "rnnext._C",
             _sources(["*.cpp", "cpu/*.cpp", "cuda/*.cpp", "cuda/*.cu"]),
+            # cublasGemmEx (the per-step fallback). Without the toolkit's libcublas.so the symbol
+            # still resolves at import: libtorch_cuda, a dependency, loads libcublas.
+            libraries=["cublas"] if os.path.exists(os.path.join(CUDA_HOME, "lib64", "libcublas.so")) else [],
             extra_compile_args={
-                "cxx": cxx_flags + ["-DRNNEXT_WITH_CUDA"],
-                "nvcc": ["-O3", "-std=c++20", "-DRNNEXT_WITH_CUDA", "--use_fast_math"],
+                # -idirafter: searched after the toolkit's own headers, so nothing is shadowed.
+                "cxx": cxx_flags + ["-DRNNEXT_WITH_CUDA"]
+                + [f for d in _cuda_library_includes() for f in ("-idirafter", d)],
+                "nvcc": ["-O3", "-std=c++20", "-DRNNEXT_WITH_CUDA", "-lineinfo"],
             },
         )
     return CppExtension("rnnext._C", _sources(["*.cpp", "cpu/*.cpp"]), extra_compile_args={"cxx": cxx_flags})
