@@ -109,7 +109,7 @@ cuda_tests() {
     echo "CUDA is not available: tests/test_cuda.py would only skip; counted as a failure"
     return 4
   fi
-  "$PY" -m pytest -q --maxfail=5 -rfEs --durations=15 -p no:cacheprovider \
+  "$PY" -m pytest -q --maxfail=${GPU_CHECK_MAXFAIL:-5} ${GPU_CHECK_PYTEST_ARGS:-} -rfEs --durations=15 -p no:cacheprovider \
     --junitxml="$RESULTS/test_cuda.xml" tests/test_cuda.py | tee "$RESULTS/test_cuda.txt"
 }
 
@@ -137,7 +137,7 @@ sanitize() {
 }
 
 other_tests() {
-  "$PY" -m pytest -q -x -p no:cacheprovider tests --ignore=tests/test_cuda.py
+  "$PY" -m pytest -q ${GPU_CHECK_OTHER_ARGS:--x} -p no:cacheprovider tests --ignore=tests/test_cuda.py
 }
 
 export PY RESULTS SANITIZER
