@@ -33,6 +33,14 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-16}
 export PYTHONUNBUFFERED=1
+# The lent H100 image sets CXX=/opt/gcc/bin/g++; an extension built with it crashed the process
+# whenever an op raised (any TORCH_CHECK), while one built with the system g++ raised cleanly
+# (benchmarks/results/h100/README.md). Prefer the system compiler; RNNEXT_CXX overrides.
+if [ -n "${RNNEXT_CXX:-}" ]; then
+  export CXX=$RNNEXT_CXX
+elif [ -x /usr/bin/g++ ]; then
+  export CXX=/usr/bin/g++ CC=/usr/bin/gcc
+fi
 unset RNNEXT_CUDA_PATH
 
 NAMES=()

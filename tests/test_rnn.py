@@ -39,13 +39,14 @@ def run(module, x, hx, lengths, batch_first, enforce_sorted, out_w, h_w):
     inp = x
     if lengths is not None:
         inp = pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=enforce_sorted)
-    # On CUDA, torch.nn runs cuDNN, which may use TF32 for float32 unless told not to.
+    # On CUDA, torch.nn runs cuDNN, which may use TF32 for float32 unless told not to: in its
+    # forward and in its backward, so both run inside the block.
     with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
         out, h = module(inp, hx)
-    if lengths is not None:
-        assert isinstance(out, PackedSequence)
-        out, _ = pad_packed_sequence(out, batch_first=batch_first)
-    (out * out_w[tuple(slice(0, s) for s in out.shape)]).sum().add((h * h_w).sum()).backward()
+        if lengths is not None:
+            assert isinstance(out, PackedSequence)
+            out, _ = pad_packed_sequence(out, batch_first=batch_first)
+        (out * out_w[tuple(slice(0, s) for s in out.shape)]).sum().add((h * h_w).sum()).backward()
     return [out.detach(), h.detach()] + grads(module, x, hx)
 
 
