@@ -102,7 +102,8 @@ def _inputs(c: Config, gen: torch.Generator):
     x = torch.randn(shape, generator=gen, dtype=torch.float64)
     hx = None
     if c.with_hx:
-        hshape = (c.num_layers * d, c.hidden_size) if c.unbatched else (c.num_layers * d, c.batch, c.hidden_size)
+        lead = (c.num_layers * d,) if c.unbatched else (c.num_layers * d, c.batch)
+        hshape = (*lead, c.hidden_size)
         hx = torch.randn(hshape, generator=gen, dtype=torch.float64)
     lengths = None
     if c.packed:
@@ -175,7 +176,9 @@ def test_rnn_matches_torch_nn(c: Config) -> None:
     unbatched=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_rnn_cell_matches_torch_nn(bias, input_size, hidden_size, batch, nonlinearity, with_hx, unbatched, seed):
+def test_rnn_cell_matches_torch_nn(
+    bias, input_size, hidden_size, batch, nonlinearity, with_hx, unbatched, seed
+) -> None:
     ref = nn.RNNCell(input_size, hidden_size, bias=bias, nonlinearity=nonlinearity, dtype=torch.float64)
     ours = rnnext.RNNCell(input_size, hidden_size, bias=bias, nonlinearity=nonlinearity, dtype=torch.float64)
     ours.load_state_dict(ref.state_dict())
