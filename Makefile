@@ -3,7 +3,7 @@
 PYTHON := $(shell scripts/python_env.sh)
 export MAX_JOBS ?= 2
 
-.PHONY: build test bench lint clean
+.PHONY: build test bench lint clean sanitize
 
 build:
 	$(PYTHON) setup.py -q build_ext --inplace
@@ -13,6 +13,11 @@ test: build
 
 bench: build
 	$(PYTHON) benchmarks/demo.py
+
+# ASan + UBSan build of the extension (out of place, in build/sanitize/) and the CPU test suite run
+# against it; not in CI (slow). PYTEST_ARGS narrows the run, e.g. PYTEST_ARGS=tests/test_ops.py.
+sanitize:
+	PYTHON=$(PYTHON) scripts/sanitize.sh $(PYTEST_ARGS)
 
 lint:
 	$(PYTHON) -m ruff check rnnext tests benchmarks setup.py
