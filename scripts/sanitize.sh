@@ -24,7 +24,10 @@ SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-fram
 
 CXX_BIN=${CXX:-c++}
 LIBASAN=$("$CXX_BIN" -print-file-name=libasan.so)
-[ -e "$LIBASAN" ] || { echo "sanitize: libasan.so not found (got '$LIBASAN')" >&2; exit 2; }
+LIBSTDCXX=$("$CXX_BIN" -print-file-name=libstdc++.so.6)
+for lib in "$LIBASAN" "$LIBSTDCXX"; do
+  [ -e "$lib" ] || { echo "sanitize: $lib not found" >&2; exit 2; }
+done
 
 echo "sanitize: building rnnext._C with $SAN into $OUT" >&2
 mkdir -p "$OUT/lib" "$OUT/tmp" "$OUT/pkg/rnnext"
@@ -38,7 +41,9 @@ cp -f "$SO" "$OUT/pkg/rnnext/"
 nm -D "$OUT/pkg/rnnext/$(basename "$SO")" | grep -q __asan_init \
   || { echo "sanitize: the built extension is not instrumented" >&2; exit 2; }
 
-export LD_PRELOAD="$LIBASAN${LD_PRELOAD:+:$LD_PRELOAD}"
+# libstdc++ is preloaded too: python does not link it, and ASan resolves the real __cxa_throw when
+# it starts; without it the first C++ exception (any TORCH_CHECK) dies in asan_interceptors.cpp.
+export LD_PRELOAD="$LIBASAN:$LIBSTDCXX${LD_PRELOAD:+:$LD_PRELOAD}"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_init_order=1:check_initialization_order=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 # Several tests start subprocesses (distributed, crash checks); they inherit the above.
@@ -54,5 +59,7 @@ PY
 
 if [ $# -eq 0 ]; then set -- tests; fi
 echo "sanitize: running pytest $* under ASan+UBSan" >&2
-"$PYTHON" -P -m pytest -q -p no:cacheprovider -o pythonpath="$ROOT/$OUT/pkg" "$@"
+# --capture=sys: pytest's default fd capture would swallow a report written to fd 2 just before
+# the abort; this way it reaches the terminal.
+"$PYTHON" -P -m pytest -q -p no:cacheprovider --capture=sys -o pythonpath="$ROOT/$OUT/pkg" "$@"
 echo "sanitize: clean (no ASan/UBSan report, tests passed)" >&2
