@@ -117,9 +117,11 @@ def _run(module: nn.Module, c: Config, x: torch.Tensor, hx, lengths, gen_out: to
     """Forward + backward of a random linear functional of (output, h_n); returns values and grads."""
     x = x.detach().clone().requires_grad_(True)
     h = hx.detach().clone().requires_grad_(True) if hx is not None else None
-    inp = pack_padded_sequence(x, lengths, batch_first=c.batch_first, enforce_sorted=c.enforce_sorted) if (
-        c.packed
-    ) else x
+    inp = (
+        pack_padded_sequence(x, lengths, batch_first=c.batch_first, enforce_sorted=c.enforce_sorted)
+        if (c.packed)
+        else x
+    )
     out, h_n = module(inp, h)
     if c.packed:
         assert isinstance(out, PackedSequence)

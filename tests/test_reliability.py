@@ -61,8 +61,8 @@ def _fwd_bwd(module: nn.Module, x, hx=None, lengths=None, enforce_sorted=True, s
     out, h_n = module(inp, h)
     out_t = out.data if lengths is not None else out
     gen = torch.Generator().manual_seed(seed)
-    w_out = torch.randn(out_t.shape, generator=gen, dtype=out_t.dtype)
-    w_h = torch.randn(h_n.shape, generator=gen, dtype=h_n.dtype)
+    w_out = torch.randn(out_t.shape, generator=gen, dtype=out_t.dtype).to(out_t.device)
+    w_h = torch.randn(h_n.shape, generator=gen, dtype=h_n.dtype).to(h_n.device)
     ((out_t * w_out).sum() + (h_n * w_h).sum()).backward()
     grads = [x.grad, h.grad if h is not None else None] + [p.grad for p in module.parameters()]
     return [out_t.detach(), h_n.detach()] + grads
@@ -291,12 +291,16 @@ def test_concurrent_calls_match_serial_calls(dtype) -> None:
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("packed", [False, True])
-def test_two_identical_runs_are_bitwise_identical(kwargs, dtype, packed) -> None:
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))],
+)
+def test_two_identical_runs_are_bitwise_identical(kwargs, dtype, packed, device) -> None:
     def run():
         torch.manual_seed(1234)
-        rnn = rnnext.RNN(10, 24, dtype=dtype, **kwargs)
-        x = torch.randn(*((7, 30) if rnn.batch_first else (30, 7)), 10, dtype=dtype)
-        hx = torch.randn(rnn.num_layers * (2 if rnn.bidirectional else 1), 7, 24, dtype=dtype)
+        rnn = rnnext.RNN(10, 24, dtype=dtype, device=device, **kwargs)
+        x = torch.randn(*((7, 30) if rnn.batch_first else (30, 7)), 10, dtype=dtype, device=device)
+        hx = torch.randn(rnn.num_layers * (2 if rnn.bidirectional else 1), 7, 24, dtype=dtype, device=device)
         lengths = torch.tensor([30, 3, 17, 30, 1, 22, 9]) if packed else None
         return _fwd_bwd(rnn, x, hx, lengths, enforce_sorted=False, seed=5)
 
