@@ -13,7 +13,7 @@
 # the process, which fails the run.
 #
 # Usage: scripts/sanitize.sh [pytest args...]   (default: the whole tests/ directory, CUDA tests
-# skip without a GPU). Environment: PYTHON (default: scripts/python_env.sh), MAX_JOBS (default 1).
+# are skipped: CUDA_VISIBLE_DEVICES is emptied). Environment: PYTHON (default: scripts/python_env.sh), MAX_JOBS (default 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -46,6 +46,8 @@ nm -D "$OUT/pkg/rnnext/$(basename "$SO")" | grep -q __asan_init \
 export LD_PRELOAD="$LIBASAN:$LIBSTDCXX${LD_PRELOAD:+:$LD_PRELOAD}"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:strict_init_order=1:check_initialization_order=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
+# The CPU suite: the build has no CUDA kernels, so hide any GPU and let the CUDA tests skip.
+export CUDA_VISIBLE_DEVICES=""
 # Several tests start subprocesses (distributed, crash checks); they inherit the above.
 export RNNEXT_EXPECT_C="$ROOT/$OUT/pkg/rnnext"
 
