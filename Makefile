@@ -3,7 +3,7 @@
 PYTHON := $(shell scripts/python_env.sh)
 export MAX_JOBS ?= 2
 
-.PHONY: build test bench lint clean cuda-check
+.PHONY: build test bench lint clean cuda-check sanitize
 
 build:
 	$(PYTHON) setup.py -q build_ext --inplace
@@ -17,6 +17,11 @@ bench: build
 # Compile-only nvcc check of csrc/cuda (no GPU needed): scripts/cuda_compile_check.sh.
 cuda-check:
 	PYTHON=$(PYTHON) scripts/cuda_compile_check.sh
+
+# ASan + UBSan build of the extension (out of place, in build/sanitize/) and the CPU test suite run
+# against it; not in CI (slow). PYTEST_ARGS narrows the run, e.g. PYTEST_ARGS=tests/test_ops.py.
+sanitize:
+	PYTHON=$(PYTHON) scripts/sanitize.sh $(PYTEST_ARGS)
 
 lint:
 	$(PYTHON) -m ruff check rnnext tests benchmarks setup.py

@@ -48,8 +48,24 @@ def _batch(input: Tensor, batch_sizes: Optional[Tensor], hx: Optional[Tensor]):
     return torch.library.get_ctx().new_dynamic_size()
 
 
+def _check_devices(input: Tensor, batch_sizes: Optional[Tensor], **tensors: Optional[Tensor]) -> None:
+    # The Meta dispatch key wins over CPU/CUDA, so a call mixing meta and real tensors lands here:
+    # without this check it would return uninitialized real tensors instead of an error.
+    for name, t in tensors.items():
+        if t is not None and t.device != input.device:
+            raise RuntimeError(
+                f"rnnext: {name} is on {t.device} but input is on {input.device}; "
+                "all tensors must be on one device"
+            )
+    if batch_sizes is not None and batch_sizes.device.type != "cpu":
+        raise RuntimeError(
+            f"rnnext: batch_sizes must be a 1-D int64 CPU tensor, got one on {batch_sizes.device}"
+        )
+
+
 @torch.library.register_fake("rnnext::rnn_forward")
 def _forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse):
+    _check_devices(input, batch_sizes, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
     hidden = w_hh.shape[0]
     if batch_sizes is None:
         torch._check(input.dim() == 3, lambda: "rnnext: input must be 3-D [time, batch, input]")
@@ -62,6 +78,8 @@ def _forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse)
 
 @torch.library.register_fake("rnnext::rnn_backward")
 def _backward_fake(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, relu, reverse, mask):
+    _check_devices(input, batch_sizes, grad_output=grad_output, grad_h_n=grad_h_n, hx=hx)
+    _check_devices(input, None, w_ih=w_ih, w_hh=w_hh, output=output)
     hidden, features = w_ih.shape
     empty = input.new_empty((0,))
     return (

@@ -119,7 +119,8 @@ struct Recurrence {
   }
   void activate_backward(T* g, const T* h, int64_t n) const {
     if (relu) {
-      for (int64_t j = 0; j < n; ++j) g[j] = h[j] > T(0) ? g[j] : T(0);
+      // As torch (threshold_backward on the result): zero where h <= 0, so a NaN h passes g.
+      for (int64_t j = 0; j < n; ++j) g[j] = h[j] <= T(0) ? T(0) : g[j];
     } else {
       for (int64_t j = 0; j < n; ++j) g[j] *= T(1) - h[j] * h[j];
     }
