@@ -11,8 +11,10 @@ build:
 test: build
 	$(PYTHON) -m pytest -q
 
+# The benchmark suite (python -m benchmarks --help): writes benchmarks/results/<machine>.{json,md,png}.
+# Options pass through BENCH_ARGS, e.g. make bench BENCH_ARGS="--quick" or BENCH_ARGS="--cases tutorial".
 bench: build
-	$(PYTHON) benchmarks/demo.py
+	$(PYTHON) -m benchmarks $(BENCH_ARGS)
 
 lint:
 	$(PYTHON) -m ruff check rnnext tests benchmarks setup.py
