@@ -10,6 +10,7 @@ so a smoke run never overwrites a full one; ``--machine`` sets it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import platform
@@ -97,6 +98,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--machine", default=None, help="results file name (default: see the module docstring)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile(nn.RNN)")
     p.add_argument("--compile", action="store_true", help="include torch.compile(nn.RNN) under --quick too")
+    p.add_argument("--compile-max-steps", type=int, default=20,
+                   help="compile only cases with T*layers*directions up to this (Inductor unrolls the "
+                   "sequence; compile time grows with it) (default: %(default)s)")
     p.add_argument("--compile-timeout", type=float, default=120.0,
                    help="after a compile slower than this many seconds, skip torch.compile for the rest "
                    "of the run (default: %(default)s)")
@@ -180,7 +184,8 @@ def run_case(
     inputs = impls_mod.make_inputs(case, dtype, device)
     use_compile = state["compile"] and dname == "cpu"
     impls, skipped_impls = impls_mod.build_impls(
-        case, ref, inputs, threads=state["threads"], compile_=use_compile, onnx=not args.no_onnx
+        case, ref, inputs, threads=state["threads"], compile_=use_compile, onnx=not args.no_onnx,
+        compile_max_steps=args.compile_max_steps,
     )
     for name, reason in skipped_impls:
         if name == impls_mod.COMPILE_IMPL and not use_compile:
@@ -268,8 +273,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     selected = cases_mod.select(args.cases, args.quick)
     cfg = timing.TimingConfig.quick() if args.quick else timing.TimingConfig()
     if args.budget is not None or args.min_rounds is not None:
-        cfg = timing.TimingConfig(
-            block_s=cfg.block_s, warmup_calls=cfg.warmup_calls, max_rounds=cfg.max_rounds,
+        cfg = dataclasses.replace(
+            cfg,
             budget_s=args.budget if args.budget is not None else cfg.budget_s,
             min_rounds=args.min_rounds if args.min_rounds is not None else cfg.min_rounds,
         )
@@ -339,8 +344,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         modes=args.modes,
         cases=[dict(name=c.name, shape=c.shape(), note=c.note, **c.params()) for c in selected],
         timing=dict(cfg.__dict__),
-        command="python -m benchmarks " + " ".join(shlex.quote(a) for a in (argv if argv is not None
-                                                                              else sys.argv[1:])),
+        command=" ".join(["python -m benchmarks"] + [shlex.quote(a) for a in (argv if argv is not None
+                                                                                else sys.argv[1:])]),
         started=started.strftime("%Y-%m-%d %H:%M UTC"),
         duration_s=round(time.perf_counter() - t_start, 1),
         loadavg_start=load0,
@@ -350,6 +355,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         skipped=skipped,
         rows=rows,
     )
+    busy = _busy_note(load0, result["loadavg_end"])
+    if busy:
+        result["notes"].append(busy)
     base = args.out / machine
     report.write_json(result, base.with_suffix(".json"))
     why_not = report.plot(result, base.with_suffix(".png"))
@@ -364,6 +372,18 @@ def main(argv: Optional[list[str]] = None) -> int:
     if why_not:
         print(f"note: {why_not}", file=sys.stderr)
     return 0
+
+
+def _busy_note(*loads: Optional[str]) -> Optional[str]:
+    """A warning when the 1-minute load average exceeded ~3/4 of the CPUs at the start or the end."""
+    ncpu = os.cpu_count() or 1
+    worst = max((float(x.split()[0]) for x in loads if x), default=0.0)
+    if worst <= 0.75 * ncpu:
+        return None
+    return (f"the machine was busy (1-minute load average up to {worst:.1f} on {ncpu} CPUs: other processes "
+            "shared the cores), so the timings are noisy and multi-threaded implementations lose most "
+            "(their threads wait for each other); compare implementations within a row (they were "
+            "interleaved), and re-run on an idle machine before drawing conclusions")
 
 
 def _loadavg() -> Optional[str]:

@@ -154,9 +154,15 @@ def _cell_from(cls: type, ref: nn.RNN) -> nn.RNNCell:
     return cell
 
 
-def _compiled(ref: nn.RNN, case: Case) -> Impl:
+def _compiled(ref: nn.RNN, case: Case, max_steps: int) -> Impl:
     if ref.weight_ih_l0.device.type != "cpu":
         raise Skip("CPU only in this suite")
+    steps = case.T * case.layers * case.directions
+    if steps > max_steps:
+        raise Skip(
+            f"not compiled: Inductor unrolls the recurrence (T*layers*directions = {steps} steps > "
+            f"--compile-max-steps {max_steps}) and builds C++ kernels for it, minutes per case here"
+        )
     torch._dynamo.config.allow_rnn = True
     torch._dynamo.reset()  # a fresh cache per case: no recompile limit, no cross-case reuse
     compiled = torch.compile(ref, dynamic=False)
@@ -209,6 +215,7 @@ def build_impls(
     threads: int,
     compile_: bool,
     onnx: bool,
+    compile_max_steps: int = 20,
 ) -> tuple[list[Impl], list[tuple[str, str]]]:
     """All implementations for ``case``, on ``ref``'s weights; returns (impls, [(impl, skip reason)])."""
     impls = [Impl(BASELINE, _rnn_forward(ref), list(ref.parameters()))]
@@ -222,7 +229,7 @@ def build_impls(
             cell = _cell_from(cls, ref)
             impls.append(Impl(name, _cell_forward(cell), list(cell.parameters())))
     extras: list[tuple[str, bool, Callable[[], Impl]]] = [
-        (COMPILE_IMPL, compile_, lambda: _compiled(ref, case)),
+        (COMPILE_IMPL, compile_, lambda: _compiled(ref, case, compile_max_steps)),
         (ORT_IMPL, onnx, lambda: _onnxruntime(ref, case, inputs, threads)),
     ]
     for name, enabled, build in extras:

@@ -20,12 +20,16 @@ COLUMNS = (
 )
 
 
+NOISY = 0.5  # IQR above this share of the median: the cell is marked "~" (noisy)
+
+
 def _ms(row: Optional[dict]) -> str:
     if row is None:
         return "—"
     m, q = row["median_ms"], row["iqr_ms"]
     digits = 3 if m < 10 else (2 if m < 100 else 1)
-    return f"{m:.{digits}f} ±{q:.{digits}f}"
+    mark = " ~" if q > NOISY * m else ""
+    return f"{m:.{digits}f} ±{q:.{digits}f}{mark}"
 
 
 def _ratio(num: Optional[dict], den: Optional[dict]) -> str:
@@ -63,7 +67,12 @@ def markdown(result: dict) -> str:
                      f"(start {g['start']:.1f}, end {g['end']:.1f}; the higher is used)")
     lines.append("- method: outputs (inference) or all gradients (training) checked against torch.nn.RNN "
                  "before timing; warm-up; torch.utils.benchmark.Timer blocks, implementations "
-                 "interleaved across rounds; cells are median ±IQR in ms per call")
+                 "interleaved across rounds; cells are median ±IQR in ms per call, `~` where the IQR "
+                 f"exceeds {NOISY:.0%} of the median (noisy)")
+    lines.append("- speedup = torch.nn.RNN ms / rnnext.RNN ms (cell speedup: the same for the RNNCell "
+                 "loops); rnnext GFLOP/s counts 2*T*B*(I*H + H*H) per layer and direction forward, 3x "
+                 "that for training; % GEMM = that rate over the GEMM rate = floor ms / rnnext ms, "
+                 "where floor ms is the case's FLOPs at the GEMM rate")
     for note in result.get("notes", []):
         lines.append(f"- note: {note}")
     lines.append("")
@@ -99,6 +108,33 @@ def markdown(result: dict) -> str:
         for (impl, reason), places in where.items():
             lines.append(f"- {impl}: {reason}: {', '.join(places)}")
         lines.append("")
+    return "\n".join(lines)
+
+
+def compact(result: dict, device: str = "cpu", dtype: str = "float32") -> str:
+    """A narrower markdown table for the README: medians in ms, speedups, rnnext's GEMM share."""
+    cases = _groups(result["rows"]).get((device, dtype))
+    if not cases:
+        return f"(no {device}/{dtype} rows)"
+    head = ["case", "shape", "mode", "torch.nn.RNN ms", "rnnext.RNN ms", "speedup", "rnnext % GEMM",
+            "RNNCell loop ms (torch.nn / rnnext)", "torch.compile ms", "onnxruntime ms"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def ms(r: Optional[dict]) -> str:
+        if r is None:
+            return "—"
+        m = r["median_ms"]
+        return f"{m:.3f}" if m < 10 else (f"{m:.2f}" if m < 100 else f"{m:.1f}")
+
+    for (case, mode), impls in cases.items():
+        new = impls.get("rnnext.RNN")
+        tc, nc = impls.get("torch.nn.RNNCell loop"), impls.get("rnnext.RNNCell loop")
+        cells = [case, next(iter(impls.values()))["shape"], mode, ms(impls.get("torch.nn.RNN")), ms(new),
+                 _ratio(impls.get("torch.nn.RNN"), new),
+                 f"{100 * new['gemm_share']:.0f}%" if new else "—",
+                 f"{ms(tc)} / {ms(nc)}" if (tc or nc) else "—",
+                 ms(impls.get("torch.compile(nn.RNN)")), ms(impls.get("onnxruntime"))]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

@@ -2,13 +2,15 @@
 
 Method, per (case, mode):
 
-1. warm-up: each implementation runs a few times (after the equivalence check, which runs it once);
+1. warm-up: each implementation runs ``warmup_calls`` times, or fewer if that takes over
+   ``warmup_s`` (at least once; the equivalence check before it has already run it once);
 2. calibration: per implementation, the number of calls per block is chosen so that one block takes
    about ``block_s`` (one call per block for calls longer than that);
 3. rounds: in each round every implementation times one block (``Timer.timeit(number)``), in an
    order rotated every round, so slow drifts in the machine's speed (other processes, frequency) hit
    every implementation alike; rounds go on until at least ``min_rounds`` are done and ``budget_s``
-   has passed (at most ``max_rounds``);
+   has passed (at most ``max_rounds``); for slow calls (seconds each) rounds stop after ``cap_s``
+   once ``floor_rounds`` are done;
 4. each block gives one sample (seconds per call); the result is the median of the samples and their
    interquartile range (IQR = 75th - 25th percentile).
 
@@ -40,10 +42,14 @@ class TimingConfig:
     max_rounds: int = 200
     budget_s: float = 2.0
     warmup_calls: int = 3
+    warmup_s: float = 0.3
+    cap_s: float = 30.0
+    floor_rounds: int = 3
 
     @staticmethod
     def quick() -> TimingConfig:
-        return TimingConfig(block_s=0.005, min_rounds=3, max_rounds=20, budget_s=0.1, warmup_calls=1)
+        return TimingConfig(block_s=0.005, min_rounds=3, max_rounds=20, budget_s=0.1, warmup_calls=1,
+                            warmup_s=0.05, cap_s=5.0, floor_rounds=3)
 
 
 @dataclass(frozen=True)
@@ -88,14 +94,22 @@ def interleaved(
     """Time every callable in ``fns`` in interleaved rounds (see the module docstring)."""
     names = list(fns)
     for name in names:
-        for _ in range(cfg.warmup_calls):
+        t0 = time.perf_counter()
+        for _ in range(max(1, cfg.warmup_calls)):
             fns[name]()
+            if time.perf_counter() - t0 > cfg.warmup_s:
+                break
     numbers = {name: _calibrate(fns[name], cfg.block_s) for name in names}
     timers = {name: _timer(fns[name]) for name in names}
     samples: dict[str, list[float]] = {name: [] for name in names}
     start = time.perf_counter()
     rounds = 0
-    while rounds < cfg.min_rounds or (time.perf_counter() - start < cfg.budget_s and rounds < cfg.max_rounds):
+    while True:
+        elapsed = time.perf_counter() - start
+        if rounds >= cfg.max_rounds or (rounds >= cfg.floor_rounds and elapsed > cfg.cap_s):
+            break
+        if rounds >= cfg.min_rounds and elapsed >= cfg.budget_s:
+            break
         k = rounds % len(names)
         for name in names[k:] + names[:k]:
             samples[name].append(timers[name].timeit(numbers[name]).mean)

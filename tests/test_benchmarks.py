@@ -86,3 +86,24 @@ def test_onnxruntime_when_installed(tmp_path: Path) -> None:
     res = _run(tmp_path, "--cases", "tutorial", "--modes", "inference")
     ort = [r for r in res["rows"] if r["impl"] == "onnxruntime"]
     assert len(ort) == 1 and ort[0]["max_err"] <= 2e-5
+
+
+def test_flop_count_and_tokens() -> None:
+    from benchmarks import cases
+
+    c = cases.ALL_CASES["stack-2l-bidir"]  # T=100 B=32 I=128 H=256, 2 layers, bidirectional
+    layer0 = 2 * (2 * 100 * 32 * (128 * 256 + 256 * 256))
+    layer1 = 2 * (2 * 100 * 32 * (512 * 256 + 256 * 256))
+    assert cases.flops(c, "inference") == layer0 + layer1
+    assert cases.flops(c, "training") == 3 * (layer0 + layer1)
+    packed, padded = cases.ALL_CASES["packed"], cases.ALL_CASES["packed-as-padded"]
+    lengths = cases.lengths_for(packed)
+    assert lengths == cases.lengths_for(padded) and max(lengths) == packed.T and min(lengths) < packed.T
+    assert cases.tokens(packed) == sum(lengths) < cases.tokens(padded) == packed.T * packed.B
+
+
+def test_stats() -> None:
+    from benchmarks.timing import stats
+
+    s = stats([5.0, 1.0, 3.0, 2.0, 4.0], number=7)
+    assert (s.median, s.iqr, s.samples, s.number) == (3.0, 2.0, 5, 7)
