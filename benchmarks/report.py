@@ -1,4 +1,8 @@
-"""Reports: the markdown/console table, the JSON results file and the speedup plot."""
+"""Reports: the markdown/console table, the JSON results file and the speedup plot.
+
+``python -m benchmarks.report RESULTS.json`` re-renders the ``.md`` and ``.png`` beside a results file
+(after a change to this module, say) without re-running anything.
+"""
 
 from __future__ import annotations
 
@@ -193,7 +197,10 @@ def plot(result: dict, path: Path) -> Optional[str]:
         ax.legend(fontsize=7, loc="best")
         lo, hi = ax.get_ylim()
         ax.set_ylim(min(lo, 0.5), max(hi, 2.0))
-        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -204,3 +211,20 @@ def fmt_seconds(s: float) -> str:
     s = max(0.0, s)
     return f"{int(s // 60)}m{int(s % 60):02d}s" if s >= 60 else f"{s:.0f}s"
 
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    import sys
+
+    for arg in (sys.argv[1:] if argv is None else argv):
+        path = Path(arg)
+        result = json.loads(path.read_text())
+        path.with_suffix(".md").write_text(markdown(result) + "\n")
+        why_not = plot(result, path.with_suffix(".png"))
+        made = f" ({why_not})" if why_not else f", {path.with_suffix('.png')}"
+        print(f"{path.with_suffix('.md')}{made}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
