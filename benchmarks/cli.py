@@ -137,8 +137,9 @@ class Progress:
         self.tty = hasattr(stream, "isatty") and stream.isatty()
         self.label = ""
 
-    def show(self, label: str) -> None:
-        if not self.tty and label == self.label:
+    def show(self, label: str, minor: bool = False) -> None:
+        """Draw the bar with ``label``; ``minor`` updates (each timing round) only on a terminal."""
+        if not self.tty and (minor or label == self.label):
             return
         self.label = label
         width = 24
@@ -232,7 +233,7 @@ def run_case(
         progress.show(f"{case.name}/{mode} ({dname}, {tname}): timing {len(calls)} impls")
         results = timing.interleaved(
             calls, cfg,
-            on_round=lambda r, m=mode: progress.show(f"{case.name}/{m} ({dname}, {tname}): round {r}"),
+            on_round=lambda r, m=mode: progress.show(f"{case.name}/{m} ({dname}, {tname}): round {r}", True),
         )
         fl = cases_mod.flops(case, mode)
         base = results.get(impls_mod.BASELINE)
