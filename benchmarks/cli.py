@@ -180,6 +180,8 @@ def run_case(
 
     def skip(impl: str, mode: str, reason: str) -> None:
         skipped.append(dict(case=case.name, mode=mode, impl=impl, device=dname, dtype=tname, reason=reason))
+        if reason.startswith(("failed", "output mismatch")):  # never only in the results file
+            print(f"\nWARNING: {impl} at {case.name}/{mode} ({dname}, {tname}): {reason}", file=sys.stderr)
 
     ref = impls_mod.make_reference(case, dtype, device)
     inputs = impls_mod.make_inputs(case, dtype, device)
@@ -194,7 +196,7 @@ def run_case(
         for mode in modes:
             ort_training = name == impls_mod.ORT_IMPL and mode == "training"
             skip(name, mode, "inference only" if ort_training else reason)
-    tol_base = {"shape": case.shape(), **case.params()}
+    shape_params = {"shape": case.shape(), **case.params()}
     for mode in modes:
         progress.show(f"{case.name}/{mode} ({dname}, {tname}): checking")
         active = [i for i in impls if mode in i.modes]
@@ -239,7 +241,7 @@ def run_case(
         base = results.get(impls_mod.BASELINE)
         for name, st in results.items():
             row = dict(case=case.name, mode=mode, impl=name, median_ms=st.median * 1e3, iqr_ms=st.iqr * 1e3,
-                       **tol_base, tokens=cases_mod.tokens(case),
+                       **shape_params, tokens=cases_mod.tokens(case),
                        dtype=tname, device=dname, threads=state["threads"],
                        flops=fl, gflops=fl / st.median / 1e9, gemm_share=(fl / st.median / 1e9) / gemm,
                        floor_ms=fl / (gemm * 1e9) * 1e3,

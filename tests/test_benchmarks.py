@@ -107,3 +107,26 @@ def test_stats() -> None:
 
     s = stats([5.0, 1.0, 3.0, 2.0, 4.0], number=7)
     assert (s.median, s.iqr, s.samples, s.number) == (3.0, 2.0, 5, 7)
+
+
+def test_mismatch_is_reported_and_not_timed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            capsys: pytest.CaptureFixture) -> None:
+    import rnnext
+    from benchmarks import cli
+
+    forward = rnnext.RNN.forward
+
+    def wrong(self, input, hx=None):  # a plausible bug: off by 1e-3
+        out, h = forward(self, input, hx)
+        return out + 1e-3, h
+
+    monkeypatch.setattr(rnnext.RNN, "forward", wrong)
+    argv = ["--quick", "--cases", "tutorial", "--modes", "inference", "--no-onnx", "--devices", "cpu",
+            "--out", str(tmp_path), "--machine", "m"]
+    assert cli.main(argv) == 0
+    res = json.loads((tmp_path / "m.json").read_text())
+    assert "rnnext.RNN" not in {r["impl"] for r in res["rows"]}
+    assert "torch.nn.RNN" in {r["impl"] for r in res["rows"]}
+    reasons = [s["reason"] for s in res["skipped"] if s["impl"] == "rnnext.RNN"]
+    assert len(reasons) == 1 and reasons[0].startswith("output mismatch")
+    assert "WARNING: rnnext.RNN" in capsys.readouterr().err
