@@ -358,7 +358,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         skipped=skipped,
         rows=rows,
     )
-    busy = _busy_note(load0, result["loadavg_end"])
+    busy = _busy_note(load0, result["loadavg_end"], threads)
     if busy:
         result["notes"].append(busy)
     base = args.out / machine
@@ -377,16 +377,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-def _busy_note(*loads: Optional[str]) -> Optional[str]:
-    """A warning when the 1-minute load average exceeded ~3/4 of the CPUs at the start or the end."""
+def _busy_note(start: Optional[str], end: Optional[str], threads: int) -> Optional[str]:
+    """A warning when other work ran on the machine: the 1-minute load average at the start, or at
+    the end less this run's own threads, above ~3/4 of the CPUs."""
     ncpu = os.cpu_count() or 1
-    worst = max((float(x.split()[0]) for x in loads if x), default=0.0)
-    if worst <= 0.75 * ncpu:
+    first = float(start.split()[0]) if start else 0.0
+    last = max(0.0, float(end.split()[0]) - threads) if end else 0.0
+    if max(first, last) <= 0.75 * ncpu:
         return None
-    return (f"the machine was busy (1-minute load average up to {worst:.1f} on {ncpu} CPUs: other processes "
-            "shared the cores), so the timings are noisy and multi-threaded implementations lose most "
-            "(their threads wait for each other); compare implementations within a row (they were "
-            "interleaved), and re-run on an idle machine before drawing conclusions")
+    return (f"the machine had other work (1-minute load average {first:.1f} at the start, {last:.1f} at "
+            f"the end less this run's {threads} threads, on {ncpu} CPUs), so the timings are noisy and "
+            "multi-threaded implementations lose most (their threads wait for descheduled siblings); "
+            "compare implementations within a row (they were interleaved), and re-run on an idle "
+            "machine before drawing conclusions")
 
 
 def _loadavg() -> Optional[str]:

@@ -3,7 +3,8 @@
 ``python -m benchmarks.readme [benchmarks/results/<machine>.json ...]`` rewrites only the text between
 the ``<!-- bench:begin -->`` and ``<!-- bench:end -->`` markers of README.md: for each results file,
 its machine, the command that produced it, a compact table (:func:`benchmarks.report.compact`), its
-notes, and its plot. With no argument it uses every ``benchmarks/results/*.json`` except ``*-quick``.
+notes, and its plot. With no argument it uses every ``benchmarks/results/*.json`` except ``*-quick``,
+most threads first.
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def section(results: list[Path]) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     paths = [Path(a).resolve() for a in args] or sorted(
-        p for p in (ROOT / "benchmarks" / "results").glob("*.json") if not p.stem.endswith("-quick")
+        (p for p in (ROOT / "benchmarks" / "results").glob("*.json") if not p.stem.endswith("-quick")),
+        key=lambda p: (-json.loads(p.read_text()).get("threads", 0), p.name),
     )
     readme = ROOT / "README.md"
     text = readme.read_text()
