@@ -299,33 +299,38 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"devices {devices}, dtypes {args.dtypes}, modes {args.modes}, {len(selected)} cases",
           file=sys.stderr)
 
-    gemm_min = 0.2 if args.quick else 1.0
+    # The GEMM rate: measured at the start, after every case (shortly; not under --quick) and at the
+    # end. Other processes only slow a measurement down, so the highest is the machine's capability.
+    gemm_min, gemm_between = (0.2, 0.0) if args.quick else (1.0, 0.3)
     gemm: dict[str, dict] = {}
     for dev in devices:
         for dt in args.dtypes:
-            gemm[f"{dev}/{dt}"] = {"start": timing.gemm_gflops(DTYPES[dt], torch.device(dev), gemm_min)}
+            rate = timing.gemm_gflops(DTYPES[dt], torch.device(dev), gemm_min)
+            gemm[f"{dev}/{dt}"] = {"n": 2048 if dev == "cpu" else 8192, "start": rate, "samples": [rate]}
 
     progress = Progress(len(devices) * len(args.dtypes) * len(selected) * len(args.modes))
     rows: list[dict] = []
     skipped: list[dict] = []
     for dev in devices:
         for dt in args.dtypes:
+            g = gemm[f"{dev}/{dt}"]
             for case in selected:
-                g = gemm[f"{dev}/{dt}"]["start"]
                 r, s = run_case(
-                    case, torch.device(dev), DTYPES[dt], args.modes, args, cfg, g, state, progress
+                    case, torch.device(dev), DTYPES[dt], args.modes, args, cfg, max(g["samples"]), state,
+                    progress,
                 )
                 rows += r
                 skipped += s
+                if gemm_between:
+                    g["samples"].append(timing.gemm_gflops(DTYPES[dt], torch.device(dev), gemm_between))
     progress.show("GEMM rate (end)")
     progress.close()
     for dev in devices:
         for dt in args.dtypes:
             g = gemm[f"{dev}/{dt}"]
             g["end"] = timing.gemm_gflops(DTYPES[dt], torch.device(dev), gemm_min)
-            g["used"] = max(g["start"], g["end"])
-            g["n"] = 2048 if dev == "cpu" else 8192
-    # Shares against the higher of the two GEMM measurements (the machine's capability).
+            g["samples"].append(g["end"])
+            g["used"] = max(g["samples"])
     for row in rows:
         used = gemm[f"{row['device']}/{row['dtype']}"]["used"]
         row["gemm_gflops"] = used
@@ -385,9 +390,10 @@ def _busy_note(start: Optional[str], end: Optional[str], threads: int) -> Option
     last = max(0.0, float(end.split()[0]) - threads) if end else 0.0
     if max(first, last) <= 0.75 * ncpu:
         return None
+    plural = "s" if threads != 1 else ""
     return (f"the machine had other work (1-minute load average {first:.1f} at the start, {last:.1f} at "
-            f"the end less this run's {threads} threads, on {ncpu} CPUs), so the timings are noisy and "
-            "multi-threaded implementations lose most (their threads wait for descheduled siblings); "
+            f"the end less this run's {threads} thread{plural}, on {ncpu} CPUs), so the timings are noisy "
+            "and multi-threaded implementations lose most (their threads wait for descheduled siblings); "
             "compare implementations within a row (they were interleaved), and re-run on an idle "
             "machine before drawing conclusions")
 

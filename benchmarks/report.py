@@ -67,8 +67,10 @@ def markdown(result: dict) -> str:
     lines.append(f"- started {result['started']}, took {result['duration_s']:.0f} s; "
                  f"load average at start/end {result['loadavg_start']} / {result['loadavg_end']}")
     for key, g in result["gemm_gflops"].items():
-        lines.append(f"- GEMM rate ({key}): {g['used']:.1f} GFLOP/s "
-                     f"(start {g['start']:.1f}, end {g['end']:.1f}; the higher is used)")
+        samples = g.get("samples", [g["start"], g["end"]])
+        lines.append(f"- GEMM rate ({key}, torch.mm {g.get('n', '?')}x{g.get('n', '?')}): {g['used']:.1f} "
+                     f"GFLOP/s, the highest of {len(samples)} measurements in the run (start "
+                     f"{g['start']:.1f}, end {g['end']:.1f}, lowest {min(samples):.1f})")
     lines.append("- method: outputs (inference) or all gradients (training) checked against torch.nn.RNN "
                  "before timing; warm-up; torch.utils.benchmark.Timer blocks, implementations "
                  "interleaved across rounds; cells are median ±IQR in ms per call, `~` where the IQR "
