@@ -11,8 +11,13 @@ build:
 test: build
 	$(PYTHON) -m pytest -q
 
+# The benchmark suite (python -m benchmarks --help): writes benchmarks/results/<machine>.{json,md,png}.
+# Options pass through BENCH_ARGS, e.g. make bench BENCH_ARGS="--quick" or BENCH_ARGS="--cases tutorial".
+# matplotlib (for the plot) is installed when missing; if that fails the run notes the plot as skipped.
 bench: build
-	$(PYTHON) benchmarks/demo.py
+	@$(PYTHON) -c "import matplotlib" 2>/dev/null || $(PYTHON) -m pip install -q matplotlib \
+		|| echo "rnnext: matplotlib could not be installed; the benchmark plot will be skipped" >&2
+	$(PYTHON) -m benchmarks $(BENCH_ARGS)
 
 # Compile-only nvcc check of csrc/cuda (no GPU needed): scripts/cuda_compile_check.sh.
 cuda-check:

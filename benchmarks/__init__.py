@@ -1,0 +1,1 @@
+"""rnnext's benchmark suite: ``python -m benchmarks`` (or ``make bench``); see ``benchmarks/cli.py``."""

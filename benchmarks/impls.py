@@ -1,0 +1,299 @@
+"""The implementations compared, built on the same weights, and the inputs they run on.
+
+Every implementation is a :class:`Impl`: a ``forward(inp, h0) -> (output, h_n)`` over one case's inputs
+(``output`` as a plain tensor: a packed output contributes its ``data``) and the parameters its
+gradients are taken of, in ``torch.nn.RNN``'s order. The modes (:func:`make_call`) wrap it:
+
+================ ================================================================================
+``inference``    ``with torch.no_grad(): forward(inp, h0)``
+``training``     ``forward`` then ``torch.autograd.grad`` of (output, h_n) with fixed random output
+                 gradients, for the input, h0 and every parameter (no ``.grad`` accumulation, so
+                 every implementation does the same work on every call)
+================ ================================================================================
+
+Implementations (``impl`` in the result rows):
+
+=========================== =====================================================================
+``torch.nn.RNN``            the baseline (ATen on CPU, cuDNN on CUDA)
+``rnnext.RNN``              rnnext's fused ops
+``torch.nn.RNNCell loop``   ``for t in range(T): h = cell(x[t], h)`` then ``torch.stack``
+``rnnext.RNNCell loop``     the same loop over :class:`rnnext.RNNCell`
+``torch.compile(nn.RNN)``   CPU only, ``torch._dynamo.config.allow_rnn = True``, ``dynamic=False``
+``onnxruntime``             inference only, CPU only: ``torch.onnx.export`` (TorchScript exporter,
+                            which emits ONNX's fused ``RNN`` operator) run by ONNX Runtime with
+                            ``intra_op_num_threads`` = the benchmark's threads; numpy in and out
+=========================== =====================================================================
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import rnnext
+
+from .cases import Case, lengths_for
+
+__all__ = [
+    "Impl",
+    "Inputs",
+    "Skip",
+    "RNN_IMPLS",
+    "CELL_IMPLS",
+    "make_inputs",
+    "make_reference",
+    "build_impls",
+    "make_call",
+    "reference_result",
+    "compare",
+]
+
+BASELINE = "torch.nn.RNN"
+RNN_IMPLS = ("torch.nn.RNN", "rnnext.RNN")
+CELL_IMPLS = ("torch.nn.RNNCell loop", "rnnext.RNNCell loop")
+COMPILE_IMPL = "torch.compile(nn.RNN)"
+ORT_IMPL = "onnxruntime"
+
+
+class Skip(Exception):
+    """An implementation that does not run here: the reason goes into the results' notes."""
+
+
+@dataclass
+class Inputs:
+    """One case's inputs on one device/dtype; ``inp`` is a tensor ``[T, B, I]`` or a PackedSequence."""
+
+    inp: Any
+    h0: Tensor
+    grad_out: Tensor  # fixed output gradients for training mode, shape of the output tensor/data
+    grad_h: Tensor
+
+    def leaves(self) -> list[Tensor]:
+        """The input tensors gradients are taken of: the input (or packed data) and h0."""
+        x = self.inp.data if isinstance(self.inp, PackedSequence) else self.inp
+        return [x, self.h0]
+
+
+@dataclass
+class Impl:
+    """An implementation over a case's inputs."""
+
+    name: str
+    forward: Callable[[Any, Tensor], tuple[Tensor, Tensor]]
+    params: list[Tensor]
+    modes: tuple[str, ...] = ("inference", "training")
+    info: dict = field(default_factory=dict)  # e.g. compile_s, exporter
+
+
+def make_inputs(case: Case, dtype: torch.dtype, device: torch.device, seed: int = 0) -> Inputs:
+    """Fresh random inputs (seeded). Variable-length cases zero the padding past each length."""
+    g = torch.Generator().manual_seed(seed)
+    D, L, H = case.directions, case.layers, case.H
+    x = torch.randn(case.T, case.B, case.I, generator=g, dtype=torch.float64)
+    h0 = torch.randn(L * D, case.B, H, generator=g, dtype=torch.float64)
+    lengths = lengths_for(case)
+    if lengths is not None:
+        mask = torch.arange(case.T)[:, None] < torch.tensor(lengths)[None, :]
+        x = x * mask[:, :, None]
+    x = x.to(device=device, dtype=dtype)
+    h0 = h0.to(device=device, dtype=dtype).requires_grad_()
+    if case.packed:
+        p = pack_padded_sequence(x, torch.tensor(lengths), enforce_sorted=False)
+        inp: Any = PackedSequence(
+            p.data.detach().requires_grad_(), p.batch_sizes, p.sorted_indices, p.unsorted_indices
+        )
+        out_shape: tuple[int, ...] = (p.data.size(0), D * H)
+    else:
+        inp = x.requires_grad_()
+        out_shape = (case.T, case.B, D * H)
+    grad_out = torch.randn(out_shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    grad_h = torch.randn(L * D, case.B, H, generator=g, dtype=torch.float64).to(device=device, dtype=dtype)
+    return Inputs(inp, h0, grad_out, grad_h)
+
+
+def make_reference(case: Case, dtype: torch.dtype, device: torch.device, seed: int = 0) -> nn.RNN:
+    """The baseline ``torch.nn.RNN`` with torch.nn's default initialisation (seeded)."""
+    torch.manual_seed(seed)
+    ref = nn.RNN(case.I, case.H, num_layers=case.layers, bidirectional=case.bidirectional)
+    return ref.to(device=device, dtype=dtype)
+
+
+def _rnn_forward(module: Callable) -> Callable[[Any, Tensor], tuple[Tensor, Tensor]]:
+    def forward(inp: Any, h0: Tensor) -> tuple[Tensor, Tensor]:
+        out, h = module(inp, h0)
+        return (out.data if isinstance(out, PackedSequence) else out), h
+
+    return forward
+
+
+def _cell_forward(cell: nn.RNNCell) -> Callable[[Any, Tensor], tuple[Tensor, Tensor]]:
+    def forward(x: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+        h = h0[0]
+        outs = []
+        for t in range(x.size(0)):
+            h = cell(x[t], h)
+            outs.append(h)
+        return torch.stack(outs), h.unsqueeze(0)
+
+    return forward
+
+
+def _cell_from(cls: type, ref: nn.RNN) -> nn.RNNCell:
+    w = ref.weight_ih_l0
+    cell = cls(ref.input_size, ref.hidden_size).to(device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+            getattr(cell, name).copy_(getattr(ref, name + "_l0"))
+    return cell
+
+
+def _compiled(ref: nn.RNN, case: Case, max_steps: int) -> Impl:
+    if ref.weight_ih_l0.device.type != "cpu":
+        raise Skip("CPU only in this suite")
+    steps = case.T * case.layers * case.directions
+    if steps > max_steps:
+        raise Skip(
+            f"not compiled: Inductor unrolls the recurrence (T*layers*directions = {steps} steps > "
+            f"--compile-max-steps {max_steps}) and builds C++ kernels for it, minutes per case here"
+        )
+    torch._dynamo.config.allow_rnn = True
+    torch._dynamo.reset()  # a fresh cache per case: no recompile limit, no cross-case reuse
+    compiled = torch.compile(ref, dynamic=False)
+    return Impl(COMPILE_IMPL, _rnn_forward(compiled), list(ref.parameters()))
+
+
+def _onnxruntime(ref: nn.RNN, case: Case, inputs: Inputs, threads: int) -> Impl:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise Skip("onnxruntime is not installed (pip install onnxruntime to include it)") from None
+    if case.packed:
+        raise Skip("PackedSequence input has no ONNX export")
+    if ref.weight_ih_l0.device.type != "cpu":
+        raise Skip("CPU only in this suite")
+    x = inputs.inp.detach()
+    h0 = inputs.h0.detach()
+    buf = io.BytesIO()
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                ref, (x, h0), buf, dynamo=False, input_names=["x", "h0"], output_names=["y", "h_n"]
+            )
+    except Exception as e:  # the exporter's failures are many and version-dependent
+        raise Skip(f"torch.onnx.export failed: {type(e).__name__}: {str(e).splitlines()[0][:120]}") from None
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    try:
+        sess = ort.InferenceSession(buf.getvalue(), so, providers=["CPUExecutionProvider"])
+    except Exception as e:
+        raise Skip(f"onnxruntime could not load the model: {str(e).splitlines()[0][:120]}") from None
+    export_s = time.perf_counter() - t0
+
+    def forward(inp: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        y, hn = sess.run(None, {"x": inp.detach().numpy(), "h0": h.detach().numpy()})
+        return torch.from_numpy(y), torch.from_numpy(hn)
+
+    return Impl(ORT_IMPL, forward, [], modes=("inference",), info={"export_s": round(export_s, 2),
+                                                                   "onnxruntime": ort.__version__})
+
+
+def build_impls(
+    case: Case,
+    ref: nn.RNN,
+    inputs: Inputs,
+    *,
+    threads: int,
+    compile_: bool,
+    onnx: bool,
+    compile_max_steps: int = 20,
+) -> tuple[list[Impl], list[tuple[str, str]]]:
+    """All implementations for ``case``, on ``ref``'s weights; returns (impls, [(impl, skip reason)])."""
+    impls = [Impl(BASELINE, _rnn_forward(ref), list(ref.parameters()))]
+    skipped: list[tuple[str, str]] = []
+    new = rnnext.RNN(case.I, case.H, num_layers=case.layers, bidirectional=case.bidirectional)
+    new = new.to(device=ref.weight_ih_l0.device, dtype=ref.weight_ih_l0.dtype)
+    new.load_state_dict(ref.state_dict())
+    impls.append(Impl("rnnext.RNN", _rnn_forward(new), list(new.parameters())))
+    if case.cells:
+        for name, cls in zip(CELL_IMPLS, (nn.RNNCell, rnnext.RNNCell)):
+            cell = _cell_from(cls, ref)
+            impls.append(Impl(name, _cell_forward(cell), list(cell.parameters())))
+    extras: list[tuple[str, bool, Callable[[], Impl]]] = [
+        (COMPILE_IMPL, compile_, lambda: _compiled(ref, case, compile_max_steps)),
+        (ORT_IMPL, onnx, lambda: _onnxruntime(ref, case, inputs, threads)),
+    ]
+    for name, enabled, build in extras:
+        if not enabled:
+            skipped.append((name, "disabled by a command-line flag"))
+            continue
+        try:
+            impls.append(build())
+        except Skip as s:
+            skipped.append((name, str(s)))
+    return impls, skipped
+
+
+def make_call(impl: Impl, inputs: Inputs, mode: str) -> Callable[[], Any]:
+    """A no-argument callable that runs ``impl`` once in ``mode`` and returns what it computed."""
+    fwd, inp, h0 = impl.forward, inputs.inp, inputs.h0
+    if mode == "inference":
+
+        def infer() -> tuple[Tensor, Tensor]:
+            with torch.no_grad():
+                return fwd(inp, h0)
+
+        return infer
+    leaves = inputs.leaves() + impl.params
+    grads = [inputs.grad_out, inputs.grad_h]
+
+    def train() -> tuple[Tensor, ...]:
+        out, h = fwd(inp, h0)
+        return torch.autograd.grad([out, h], leaves, grads)
+
+    return train
+
+
+def reference_result(impls: list[Impl], inputs: Inputs, mode: str) -> tuple[Tensor, ...]:
+    """The baseline's outputs (inference) or gradients (training), the values others must match."""
+    return tuple(make_call(impls[0], inputs, mode)())
+
+
+def tolerance(dtype: torch.dtype, mode: str) -> float:
+    """Largest accepted ``max|a - b| / max(1, max|ref|)`` per tensor (gradients sum over T*B terms)."""
+    if dtype == torch.float64:
+        return 1e-10 if mode == "inference" else 1e-9
+    return 2e-5 if mode == "inference" else 1e-4
+
+
+def compare(got: tuple[Tensor, ...], want: tuple[Tensor, ...]) -> float:
+    """The largest scaled error over the tensors (see :func:`tolerance`); inf on a shape mismatch."""
+    worst = 0.0
+    if len(got) != len(want):
+        return float("inf")
+    for a, b in zip(got, want):
+        a = torch.as_tensor(a).to(device=b.device, dtype=b.dtype)
+        if a.shape != b.shape:
+            return float("inf")
+        if b.numel() == 0:
+            continue
+        scale = max(1.0, b.abs().max().item())
+        err = (a - b).abs().max().item() / scale
+        if err != err:  # NaN
+            return float("inf")
+        worst = max(worst, err)
+    return worst
+
+
+def device_of(impls: list[Impl]) -> Optional[torch.device]:
+    """The device the baseline's parameters live on."""
+    return impls[0].params[0].device if impls and impls[0].params else None

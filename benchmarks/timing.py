@@ -1,0 +1,131 @@
+"""Timing: interleaved blocks of ``torch.utils.benchmark.Timer.timeit``, and the machine's GEMM rate.
+
+Method, per (case, mode):
+
+1. warm-up: each implementation runs ``warmup_calls`` times, or fewer if that takes over
+   ``warmup_s`` (at least once; the equivalence check before it has already run it once);
+2. calibration: per implementation, the number of calls per block is chosen so that one block takes
+   about ``block_s`` (one call per block for calls longer than that);
+3. rounds: in each round every implementation times one block (``Timer.timeit(number)``), in an
+   order rotated every round, so slow drifts in the machine's speed (other processes, frequency) hit
+   every implementation alike; rounds go on until at least ``min_rounds`` are done and ``budget_s``
+   has passed (at most ``max_rounds``); for slow calls (seconds each) rounds stop after ``cap_s``
+   once ``floor_rounds`` are done;
+4. each block gives one sample (seconds per call); the result is the median of the samples and their
+   interquartile range (IQR = 75th - 25th percentile).
+
+``torch.utils.benchmark.Timer`` synchronises the accelerator before reading the clock, so a CUDA block
+is timed from an idle device to an idle device (the calls inside a block queue asynchronously, as
+they would in a real program).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.utils.benchmark as tb
+
+__all__ = ["TimingConfig", "Stats", "interleaved", "gemm_gflops", "stats"]
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """How long to time: per-block target, rounds, per-(case, mode) time budget, warm-up calls."""
+
+    block_s: float = 0.02
+    min_rounds: int = 5
+    max_rounds: int = 200
+    budget_s: float = 2.0
+    warmup_calls: int = 3
+    warmup_s: float = 0.3
+    cap_s: float = 30.0
+    floor_rounds: int = 3
+
+    @staticmethod
+    def quick() -> TimingConfig:
+        return TimingConfig(block_s=0.005, min_rounds=3, max_rounds=20, budget_s=0.1, warmup_calls=1,
+                            warmup_s=0.05, cap_s=5.0, floor_rounds=3)
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Seconds per call: median, IQR, number of samples (blocks) and calls per block."""
+
+    median: float
+    iqr: float
+    samples: int
+    number: int
+
+
+def stats(samples: list[float], number: int) -> Stats:
+    """Median and IQR (``statistics.quantiles``, inclusive method) of the per-call samples."""
+    if len(samples) >= 2:
+        q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    else:
+        q1 = q3 = samples[0]
+    return Stats(statistics.median(samples), q3 - q1, len(samples), number)
+
+
+def _timer(fn: Callable[[], object]) -> tb.Timer:
+    return tb.Timer(stmt="fn()", globals={"fn": fn})
+
+
+def _calibrate(fn: Callable[[], object], block_s: float) -> int:
+    """Calls per block so that a block lasts about ``block_s`` (at least 1)."""
+    timer = _timer(fn)
+    number = 1
+    while True:
+        per_call = timer.timeit(number).mean
+        if per_call * number >= block_s / 5 or number >= 1_000_000:
+            return max(1, min(1_000_000, math.ceil(block_s / max(per_call, 1e-9))))
+        number *= 10
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]],
+    cfg: TimingConfig,
+    on_round: Callable[[int], None] = lambda r: None,
+) -> dict[str, Stats]:
+    """Time every callable in ``fns`` in interleaved rounds (see the module docstring)."""
+    names = list(fns)
+    for name in names:
+        t0 = time.perf_counter()
+        for _ in range(max(1, cfg.warmup_calls)):
+            fns[name]()
+            if time.perf_counter() - t0 > cfg.warmup_s:
+                break
+    numbers = {name: _calibrate(fns[name], cfg.block_s) for name in names}
+    timers = {name: _timer(fns[name]) for name in names}
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    start = time.perf_counter()
+    rounds = 0
+    while True:
+        elapsed = time.perf_counter() - start
+        if rounds >= cfg.max_rounds or (rounds >= cfg.floor_rounds and elapsed > cfg.cap_s):
+            break
+        if rounds >= cfg.min_rounds and elapsed >= cfg.budget_s:
+            break
+        k = rounds % len(names)
+        for name in names[k:] + names[:k]:
+            samples[name].append(timers[name].timeit(numbers[name]).mean)
+        rounds += 1
+        on_round(rounds)
+    return {name: stats(samples[name], numbers[name]) for name in names}
+
+
+def gemm_gflops(dtype: torch.dtype, device: torch.device, min_run_time: float = 1.0) -> float:
+    """The machine's GEMM rate: ``a @ b`` on square matrices (n = 2048 on CPU, 8192 on CUDA) at this
+    dtype and the current thread count; GFLOP/s = 2 n^3 / median seconds / 1e9."""
+    n = 2048 if device.type == "cpu" else 8192
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
+    timer = tb.Timer(stmt="torch.mm(a, b)", globals={"torch": torch, "a": a, "b": b})
+    timer.timeit(2)  # warm-up
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    return 2.0 * n**3 / m.median / 1e9
