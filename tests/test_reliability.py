@@ -548,31 +548,7 @@ _CELL_CASES: dict[str, Callable] = {
     "cell empty batch": lambda c: c(3, 4)(torch.randn(0, 3)),
 }
 
-# Divergences from torch.nn found by these tests and reported (modules.py / rnn_common.h are not this
-# test file's to change). strict: the mark fails as soon as the behaviour is fixed, to be removed.
-_KNOWN = {
-    "empty sequence": "torch.nn raises 'Expected sequence length to be larger than 0'; rnnext returns",
-    "empty sequence unbatched": "as 'empty sequence'",
-    "empty batch": "torch.nn returns empty outputs; rnnext's op rejects batch_sizes entry 0 (padded B=0)",
-    "empty batch, batch_first": "as 'empty batch'",
-    "hx float64": "torch.nn: 'mat1 and mat2 must have the same dtype...'; rnnext: its op's message",
-    "hx int": "as 'hx float64'",
-    "hx on meta": "torch.nn: 'Input and hidden tensors are not at the same device'; rnnext differs",
-    "input on meta": "torch.nn: 'Input and parameter tensors are not at the same device'; rnnext differs",
-    "cell hx on meta": "device check order differs from ATen's rnn_tanh_cell",
-}
-
-
-def _params(cases: dict):
-    return [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=_KNOWN[name]))
-        if name in _KNOWN
-        else name
-        for name in cases
-    ]
-
-
-@pytest.mark.parametrize("case", _params(_MODULE_CASES))
+@pytest.mark.parametrize("case", list(_MODULE_CASES))
 def test_rnn_bad_input_raises_like_torch_nn(case: str) -> None:
     want = _outcome(lambda: _MODULE_CASES[case](nn.RNN))
     got = _outcome(lambda: _MODULE_CASES[case](rnnext.RNN))
@@ -580,7 +556,7 @@ def test_rnn_bad_input_raises_like_torch_nn(case: str) -> None:
     _still_works()
 
 
-@pytest.mark.parametrize("case", _params(_CELL_CASES))
+@pytest.mark.parametrize("case", list(_CELL_CASES))
 def test_rnn_cell_bad_input_raises_like_torch_nn(case: str) -> None:
     want = _outcome(lambda: _CELL_CASES[case](nn.RNNCell))
     got = _outcome(lambda: _CELL_CASES[case](rnnext.RNNCell))
@@ -588,7 +564,6 @@ def test_rnn_cell_bad_input_raises_like_torch_nn(case: str) -> None:
     _still_works()
 
 
-@pytest.mark.xfail(strict=True, reason="rnnext.RNNCell returns a zero tensor without grad_fn for batch 0")
 def test_rnn_cell_empty_batch_has_gradients_like_torch_nn() -> None:
     results = []
     for cls in (nn.RNNCell, rnnext.RNNCell):
