@@ -230,7 +230,9 @@ def test_forward_op_allocates_only_its_outputs(dtype, packed, bias, with_hx, rev
 @pytest.mark.parametrize("grad_mode", [False, True])
 @pytest.mark.parametrize("packed", [False, True])
 def test_module_inference_allocates_only_its_outputs(grad_mode: bool, packed: bool) -> None:
-    """One layer: the output is the op's buffer; h_n is stacked into [1, B, H] (one copy)."""
+    """One layer: the output is the op's buffer and h_n a view of the op's [B, H] (no stacking copy).
+    Allowed besides: the bias sum [H] and a few 0-d tensors (the packed path sums batch_sizes).
+    An extra copy of h_n ([B, H] = 180 B here) or anything proportional to T fails the bound."""
     torch.manual_seed(0)
     T, B, C, H = 12, 5, 7, 9
     rnn = rnnext.RNN(C, H)
@@ -241,9 +243,11 @@ def test_module_inference_allocates_only_its_outputs(grad_mode: bool, packed: bo
     rnn(inp, hx)
     with torch.set_grad_enabled(grad_mode):
         _, total, peak = _allocations(lambda: rnn(inp, hx))
-    outputs = (rows * H + 2 * B * H) * 4  # output, the op's h_n and the stacked h_n
-    allowed = outputs + H * 4  # the bias sum
-    assert outputs <= total <= allowed, f"allocated {total} B, outputs are {outputs} B"
+    outputs = (rows * H + B * H) * 4  # output and h_n
+    tiny = 32  # 0-d tensors: int(batch_sizes.sum()) is one int64 (8 B)
+    assert tiny < B * H * 4
+    allowed = outputs + H * 4 + tiny  # + the bias sum
+    assert outputs <= total <= allowed, f"allocated {total} B, outputs are {outputs} B, allowed {allowed} B"
     assert peak <= allowed
 
 
