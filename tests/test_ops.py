@@ -52,7 +52,7 @@ def reference(x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse):
     return output, torch.stack(h_n)
 
 
-def make_args(packed, has_hx, bias, dtype=torch.float64, T=5, B=3, I=4, H=6, requires_grad=False):
+def make_args(packed, has_hx, bias, dtype=torch.float64, T=5, B=3, In=4, H=6, requires_grad=False):
     g = torch.Generator().manual_seed(1234 + 7 * packed + 3 * has_hx + bias)
 
     def rand(*shape):
@@ -60,13 +60,13 @@ def make_args(packed, has_hx, bias, dtype=torch.float64, T=5, B=3, I=4, H=6, req
 
     if packed:
         batch_sizes = torch.tensor([3, 3, 2, 1, 1][:T])
-        x = rand(int(batch_sizes.sum()), I)
+        x = rand(int(batch_sizes.sum()), In)
     else:
         batch_sizes = None
-        x = rand(T, B, I)
+        x = rand(T, B, In)
     hx = rand(B, H) if has_hx else None
     b_ih, b_hh = (rand(H), rand(H)) if bias else (None, None)
-    return x, batch_sizes, hx, rand(H, I), rand(H, H), b_ih, b_hh
+    return x, batch_sizes, hx, rand(H, In), rand(H, H), b_ih, b_hh
 
 
 OPTIONS = list(itertools.product([False, True], [False, True], [False, True], [False, True], [False, True]))
@@ -113,13 +113,14 @@ def test_opcheck_backward(packed, has_hx, reverse, mask):
 def test_backward_mask_skips_outputs():
     x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_args(False, True, True)
     out, h_n = fwd(x, bs, hx, w_ih, w_hh, b_ih, b_hh, False, False)
-    grads = bwd(torch.randn_like(out), None, x, bs, hx, w_ih, w_hh, out, False, False, [False, True, False, False, True])
+    mask = [False, True, False, False, True]
+    grads = bwd(torch.randn_like(out), None, x, bs, hx, w_ih, w_hh, out, False, False, mask)
     assert [g.numel() == 0 for g in grads] == [True, False, True, True, False]
     assert grads[1].shape == hx.shape and grads[4].shape == b_ih.shape
 
 
 def test_noncontiguous_inputs():
-    x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_args(False, True, True, T=4, B=3, I=5, H=5)
+    x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_args(False, True, True, T=4, B=3, In=5, H=5)
     xt = x.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
     w_t = w_hh.T.contiguous().T
     assert not xt.is_contiguous() or not w_t.is_contiguous()
@@ -156,5 +157,14 @@ def test_forward_errors(mutate, match):
 def test_packed_batch_size_errors(sizes, match):
     x = torch.randn(4, 3, dtype=torch.float64)
     with pytest.raises(RuntimeError, match=match):
-        fwd(x, torch.tensor(sizes), None, torch.randn(2, 3, dtype=torch.float64),
-            torch.randn(2, 2, dtype=torch.float64), None, None, False, False)
+        fwd(
+            x,
+            torch.tensor(sizes),
+            None,
+            torch.randn(2, 3, dtype=torch.float64),
+            torch.randn(2, 2, dtype=torch.float64),
+            None,
+            None,
+            False,
+            False,
+        )
