@@ -143,3 +143,16 @@ def _backward_formula(ctx, grad_output, grad_h_n):
 
 
 torch.library.register_autograd("rnnext::rnn_forward", _backward_formula, setup_context=_setup_context)
+
+
+def _double_backward(ctx, *grads):
+    raise RuntimeError(
+        "rnnext: double backward (gradients of gradients) is not supported; "
+        "use torch.nn.RNN / torch.nn.RNNCell where second derivatives are needed"
+    )
+
+
+# rnn_backward's own backward: without one, a second backward through gradients computed with
+# create_graph=True would silently give None (only a warning). First-order create_graph=True still
+# works; only differentiating the gradients raises.
+torch.library.register_autograd("rnnext::rnn_backward", _double_backward)
