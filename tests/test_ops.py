@@ -202,3 +202,56 @@ def test_double_backward_through_modules_raises():
         (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
         with pytest.raises(RuntimeError, match="double backward"):
             torch.autograd.grad(gx.square().sum(), list(module.parameters()))
+
+
+@pytest.mark.parametrize("T,B", [(4, 0), (0, 3), (0, 0)])
+@pytest.mark.parametrize(
+    "has_hx,bias,reverse", [(False, True, False), (True, False, True), (True, True, False)]
+)
+def test_empty_padded_input(T, B, has_hx, bias, reverse):
+    """OPS.md: T = 0 or B = 0 (padded) gives empty outputs, h_n = hx or zeros; backward gives empty
+    or zero gradients of the right shapes, and honours output_mask."""
+    In, H = 3, 5
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(T, B, In, generator=g, dtype=torch.float64)
+    hx = torch.randn(B, H, generator=g, dtype=torch.float64) if has_hx else None
+    w_ih = torch.randn(H, In, generator=g, dtype=torch.float64)
+    w_hh = torch.randn(H, H, generator=g, dtype=torch.float64)
+    b_ih, b_hh = (
+        (torch.randn(H, generator=g, dtype=torch.float64) for _ in range(2)) if bias else (None, None)
+    )
+    out, h_n = fwd(x, None, hx, w_ih, w_hh, b_ih, b_hh, False, reverse)
+    assert out.shape == (T, B, H) and h_n.shape == (B, H)
+    torch.testing.assert_close(h_n, hx if has_hx else torch.zeros(B, H, dtype=torch.float64), rtol=0, atol=0)
+    grad_h_n = torch.randn(B, H, generator=g, dtype=torch.float64)
+    want = [
+        torch.zeros(T, B, In, dtype=torch.float64),
+        grad_h_n if T == 0 else torch.zeros(B, H, dtype=torch.float64),
+        torch.zeros(H, In, dtype=torch.float64),
+        torch.zeros(H, H, dtype=torch.float64),
+        torch.zeros(H, dtype=torch.float64),
+    ]
+    for mask in ([True] * 5, [False, True, False, True, False], [False] * 5):
+        grads = bwd(torch.randn_like(out), grad_h_n, x, None, hx, w_ih, w_hh, out, False, reverse, mask)
+        for i, (got, expected, m) in enumerate(zip(grads, want, mask)):
+            expected = expected if m else torch.empty(0, dtype=torch.float64)
+            assert got.shape == expected.shape, (i, got.shape, expected.shape)
+            torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=f"gradient {i}")
+    # Through autograd too (the module path never sends B = 0 here, but the op must be usable).
+    leaves = [
+        t.clone().requires_grad_(True) if t is not None else None for t in (x, hx, w_ih, w_hh, b_ih, b_hh)
+    ]
+    out, h_n = fwd(leaves[0], None, leaves[1], *leaves[2:], False, reverse)
+    (out.sum() + (h_n * grad_h_n).sum()).backward()
+    for t, expected in zip(leaves, want[:4] + [want[4], want[4]]):
+        if t is not None:
+            torch.testing.assert_close(t.grad, expected, rtol=0, atol=0)
+
+
+def test_packed_batch_sizes_of_zero_are_still_rejected():
+    """Only padded input may have an empty batch: a packed step has at least one row."""
+    w_ih, w_hh = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)
+    for sizes in ([0], [0, 0], [2, 0]):
+        x = torch.randn(sum(sizes), 3, dtype=torch.float64)
+        with pytest.raises(RuntimeError, match="batch_sizes must be positive"):
+            fwd(x, torch.tensor(sizes), None, w_ih, w_hh, None, None, False, False)
