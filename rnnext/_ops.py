@@ -145,7 +145,8 @@ def _backward_formula(ctx, grad_output, grad_h_n):
 torch.library.register_autograd("rnnext::rnn_forward", _backward_formula, setup_context=_setup_context)
 
 
-def _double_backward(ctx, *grads):
+def _double_backward(ctx, *grads: Tensor) -> tuple[Optional[Tensor], ...]:
+    """The derivative of rnn_backward, which rnnext does not implement: raises when reached."""
     raise RuntimeError(
         "rnnext: double backward (gradients of gradients) is not supported; "
         "use torch.nn.RNN / torch.nn.RNNCell where second derivatives are needed"
