@@ -79,9 +79,12 @@ inline Geometry make_geometry(const at::Tensor& input, const c10::optional<at::T
   }
   g.offsets.resize(g.T + 1);
   g.offsets[0] = 0;
+  // Padded input (every entry B) may have B = 0: no rows, empty outputs (OPS.md). Packed entries
+  // must be >= 1, as in a PackedSequence.
+  const int64_t min_batch = g.packed ? 1 : 0;
   for (int64_t t = 0; t < g.T; ++t) {
     const int64_t b = g.batch_sizes[t];
-    TORCH_CHECK(b >= 1 && (t == 0 || b <= g.batch_sizes[t - 1]),
+    TORCH_CHECK(b >= min_batch && (t == 0 || b <= g.batch_sizes[t - 1]),
                 "rnnext: batch_sizes must be positive and non-increasing; entry ", t, " is ", b);
     g.offsets[t + 1] = g.offsets[t] + b;
   }

@@ -44,50 +44,71 @@ def _batch(input: Tensor, batch_sizes: Optional[Tensor], hx: Optional[Tensor]):
         return hx.shape[0]
     if batch_sizes is None:
         return input.shape[1]
+    if type(batch_sizes) is torch.Tensor:
+        # A real CPU tensor (a call on meta tensors, not a trace): read the batch from it.
+        return int(batch_sizes[0]) if batch_sizes.numel() > 0 else 0
     # The batch is batch_sizes[0], a value: data-dependent under tracing.
     return torch.library.get_ctx().new_dynamic_size()
 
 
-def _check_devices(input: Tensor, batch_sizes: Optional[Tensor], **tensors: Optional[Tensor]) -> None:
-    # The Meta dispatch key wins over CPU/CUDA, so a call mixing meta and real tensors lands here:
-    # without this check it would return uninitialized real tensors instead of an error.
-    for name, t in tensors.items():
-        if t is not None and t.device != input.device:
-            raise RuntimeError(
-                f"rnnext: {name} is on {t.device} but input is on {input.device}; "
-                "all tensors must be on one device"
-            )
+_META = torch.device("meta")
+
+
+def _output_device(input: Tensor, batch_sizes: Optional[Tensor], **tensors: Optional[Tensor]) -> torch.device:
+    """The device of the outputs of a call that reached the fake kernel, after the device checks.
+
+    The Meta dispatch key wins over CPU/CUDA, so a call mixing meta and real tensors lands here
+    rather than in the C++ checks. Such a call returns meta tensors (as ATen's ``mm`` / ``linear``
+    of a meta and a CPU tensor do, so ``torch.nn.RNN(bias=False)`` on meta data gives meta
+    outputs): never uninitialized real tensors. Any other mix of devices (CPU and CUDA, two GPUs:
+    seen here under ``FakeTensorMode``) raises, as the C++ glue does on real tensors.
+    """
     if batch_sizes is not None and batch_sizes.device.type != "cpu":
         raise RuntimeError(
             f"rnnext: batch_sizes must be a 1-D int64 CPU tensor, got one on {batch_sizes.device}"
         )
+    present = [(name, t) for name, t in tensors.items() if t is not None]
+    if input.device.type == "meta" or any(t.device.type == "meta" for _, t in present):
+        return _META
+    for name, t in present:
+        if t.device != input.device:
+            raise RuntimeError(
+                f"rnnext: {name} is on {t.device} but input is on {input.device}; "
+                "all tensors must be on one device"
+            )
+    return input.device
 
 
 @torch.library.register_fake("rnnext::rnn_forward")
 def _forward_fake(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse):
-    _check_devices(input, batch_sizes, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
+    device = _output_device(input, batch_sizes, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
     hidden = w_hh.shape[0]
     if batch_sizes is None:
         torch._check(input.dim() == 3, lambda: "rnnext: input must be 3-D [time, batch, input]")
-        out = input.new_empty((input.shape[0], input.shape[1], hidden))
+        out = input.new_empty((input.shape[0], input.shape[1], hidden), device=device)
     else:
         torch._check(input.dim() == 2, lambda: "rnnext: packed input must be 2-D [rows, input]")
-        out = input.new_empty((input.shape[0], hidden))
-    return out, input.new_empty((_batch(input, batch_sizes, hx), hidden))
+        out = input.new_empty((input.shape[0], hidden), device=device)
+    return out, input.new_empty((_batch(input, batch_sizes, hx), hidden), device=device)
 
 
 @torch.library.register_fake("rnnext::rnn_backward")
 def _backward_fake(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, relu, reverse, mask):
-    _check_devices(input, batch_sizes, grad_output=grad_output, grad_h_n=grad_h_n, hx=hx)
-    _check_devices(input, None, w_ih=w_ih, w_hh=w_hh, output=output)
+    device = _output_device(
+        input, batch_sizes, grad_output=grad_output, grad_h_n=grad_h_n, hx=hx, w_ih=w_ih, w_hh=w_hh,
+        output=output,
+    )  # fmt: skip
     hidden, features = w_ih.shape
-    empty = input.new_empty((0,))
+
+    def new(shape, wanted: bool) -> Tensor:
+        return input.new_empty(shape if wanted else (0,), device=device)
+
     return (
-        input.new_empty(input.shape) if mask[0] else empty,
-        input.new_empty((_batch(input, batch_sizes, hx), hidden)) if mask[1] else input.new_empty((0,)),
-        input.new_empty((hidden, features)) if mask[2] else input.new_empty((0,)),
-        input.new_empty((hidden, hidden)) if mask[3] else input.new_empty((0,)),
-        input.new_empty((hidden,)) if mask[4] else input.new_empty((0,)),
+        new(input.shape, mask[0]),
+        new((_batch(input, batch_sizes, hx), hidden), mask[1]),
+        new((hidden, features), mask[2]),
+        new((hidden, hidden), mask[3]),
+        new((hidden,), mask[4]),
     )
 
 
@@ -122,3 +143,17 @@ def _backward_formula(ctx, grad_output, grad_h_n):
 
 
 torch.library.register_autograd("rnnext::rnn_forward", _backward_formula, setup_context=_setup_context)
+
+
+def _double_backward(ctx, *grads: Tensor) -> tuple[Optional[Tensor], ...]:
+    """The derivative of rnn_backward, which rnnext does not implement: raises when reached."""
+    raise RuntimeError(
+        "rnnext: double backward (gradients of gradients) is not supported; "
+        "use torch.nn.RNN / torch.nn.RNNCell where second derivatives are needed"
+    )
+
+
+# rnn_backward's own backward: without one, a second backward through gradients computed with
+# create_graph=True would silently give None (only a warning). First-order create_graph=True still
+# works; only differentiating the gradients raises.
+torch.library.register_autograd("rnnext::rnn_backward", _double_backward)

@@ -219,6 +219,29 @@ def test_empty_sequence_returns_hx():
     torch.testing.assert_close(grads[3], torch.zeros_like(w_hh))
 
 
+@pytest.mark.parametrize("has_hx,reverse", [(False, False), (True, True)])
+def test_empty_batch_returns_empty(has_hx, reverse):
+    """Padded B = 0 (OPS.md): empty outputs and zero weight gradients, without launching a kernel
+    on zero rows (the glue returns before the recurrence)."""
+    x = torch.randn(4, 0, 3, device=CUDA, dtype=torch.float64)
+    h0 = torch.randn(0, 5, device=CUDA, dtype=torch.float64) if has_hx else None
+    w_ih = torch.randn(5, 3, device=CUDA, dtype=torch.float64)
+    w_hh = torch.randn(5, 5, device=CUDA, dtype=torch.float64)
+    b = torch.randn(5, device=CUDA, dtype=torch.float64)
+    out, h_n = FWD(x, None, h0, w_ih, w_hh, b, b, False, reverse)
+    assert out.shape == (4, 0, 5) and h_n.shape == (0, 5)
+    for mask in ([True] * 5, [False, True, False, True, False]):
+        grads = BWD(torch.zeros_like(out), torch.zeros_like(h_n), x, None, h0, w_ih, w_hh, out, False,
+                    reverse, mask)  # fmt: skip
+        want = [x, h_n, w_ih, w_hh, b]
+        for m, g, w in zip(mask, grads, want):
+            assert g.shape == (w.shape if m else (0,))
+            if m:
+                assert g.count_nonzero() == 0
+    if torch.cuda.is_available() and not _ON_CPU:
+        torch.cuda.synchronize()  # surfaces an asynchronous launch error here
+
+
 @needs_gpu
 def test_mixed_devices_raise():
     x = torch.randn(3, 2, 4, device=CUDA)

@@ -52,7 +52,7 @@ def reference(x, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse):
     return output, torch.stack(h_n)
 
 
-def make_args(packed, has_hx, bias, dtype=torch.float64, T=5, B=3, I=4, H=6, requires_grad=False):
+def make_args(packed, has_hx, bias, dtype=torch.float64, T=5, B=3, In=4, H=6, requires_grad=False):
     g = torch.Generator().manual_seed(1234 + 7 * packed + 3 * has_hx + bias)
 
     def rand(*shape):
@@ -60,13 +60,13 @@ def make_args(packed, has_hx, bias, dtype=torch.float64, T=5, B=3, I=4, H=6, req
 
     if packed:
         batch_sizes = torch.tensor([3, 3, 2, 1, 1][:T])
-        x = rand(int(batch_sizes.sum()), I)
+        x = rand(int(batch_sizes.sum()), In)
     else:
         batch_sizes = None
-        x = rand(T, B, I)
+        x = rand(T, B, In)
     hx = rand(B, H) if has_hx else None
     b_ih, b_hh = (rand(H), rand(H)) if bias else (None, None)
-    return x, batch_sizes, hx, rand(H, I), rand(H, H), b_ih, b_hh
+    return x, batch_sizes, hx, rand(H, In), rand(H, H), b_ih, b_hh
 
 
 OPTIONS = list(itertools.product([False, True], [False, True], [False, True], [False, True], [False, True]))
@@ -113,13 +113,14 @@ def test_opcheck_backward(packed, has_hx, reverse, mask):
 def test_backward_mask_skips_outputs():
     x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_args(False, True, True)
     out, h_n = fwd(x, bs, hx, w_ih, w_hh, b_ih, b_hh, False, False)
-    grads = bwd(torch.randn_like(out), None, x, bs, hx, w_ih, w_hh, out, False, False, [False, True, False, False, True])
+    mask = [False, True, False, False, True]
+    grads = bwd(torch.randn_like(out), None, x, bs, hx, w_ih, w_hh, out, False, False, mask)
     assert [g.numel() == 0 for g in grads] == [True, False, True, True, False]
     assert grads[1].shape == hx.shape and grads[4].shape == b_ih.shape
 
 
 def test_noncontiguous_inputs():
-    x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_args(False, True, True, T=4, B=3, I=5, H=5)
+    x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_args(False, True, True, T=4, B=3, In=5, H=5)
     xt = x.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
     w_t = w_hh.T.contiguous().T
     assert not xt.is_contiguous() or not w_t.is_contiguous()
@@ -156,5 +157,101 @@ def test_forward_errors(mutate, match):
 def test_packed_batch_size_errors(sizes, match):
     x = torch.randn(4, 3, dtype=torch.float64)
     with pytest.raises(RuntimeError, match=match):
-        fwd(x, torch.tensor(sizes), None, torch.randn(2, 3, dtype=torch.float64),
-            torch.randn(2, 2, dtype=torch.float64), None, None, False, False)
+        fwd(
+            x,
+            torch.tensor(sizes),
+            None,
+            torch.randn(2, 3, dtype=torch.float64),
+            torch.randn(2, 2, dtype=torch.float64),
+            None,
+            None,
+            False,
+            False,
+        )
+
+
+@pytest.mark.parametrize("packed,relu,reverse", [(False, False, False), (True, True, True)])
+def test_create_graph_first_order_works_and_double_backward_raises(packed, relu, reverse):
+    """rnn_backward has no derivative: gradients taken with create_graph=True are right (and carry
+    a graph), but differentiating them raises instead of silently giving None."""
+    x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_args(packed, True, True, requires_grad=True)
+    inputs = (x, hx, w_ih, w_hh, b_ih, b_hh)
+    out, h_n = fwd(x, bs, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse)
+    g = torch.Generator().manual_seed(5)
+    loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum() + (h_n * h_n).sum()
+    want = torch.autograd.grad(loss, inputs, retain_graph=True)
+    got = torch.autograd.grad(loss, inputs, create_graph=True)
+    for a, b in zip(got, want):
+        assert a.requires_grad
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    with pytest.raises(
+        RuntimeError, match=r"rnnext: double backward \(gradients of gradients\) is not supported"
+    ):
+        sum((t * t).sum() for t in got).backward()
+    for t in inputs:  # nothing was accumulated before the error
+        assert t.grad is None
+
+
+def test_double_backward_through_modules_raises():
+    """The same through rnnext.RNN and rnnext.RNNCell (torch.nn computes second derivatives)."""
+    torch.manual_seed(0)
+    for module, x in ((rnnext.RNN(3, 4, 2), torch.randn(5, 2, 3)), (rnnext.RNNCell(3, 4), torch.randn(2, 3))):
+        x.requires_grad_(True)
+        out = module(x)
+        y = out[0] if isinstance(out, tuple) else out
+        (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="double backward"):
+            torch.autograd.grad(gx.square().sum(), list(module.parameters()))
+
+
+@pytest.mark.parametrize("T,B", [(4, 0), (0, 3), (0, 0)])
+@pytest.mark.parametrize(
+    "has_hx,bias,reverse", [(False, True, False), (True, False, True), (True, True, False)]
+)
+def test_empty_padded_input(T, B, has_hx, bias, reverse):
+    """OPS.md: T = 0 or B = 0 (padded) gives empty outputs, h_n = hx or zeros; backward gives empty
+    or zero gradients of the right shapes, and honours output_mask."""
+    In, H = 3, 5
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(T, B, In, generator=g, dtype=torch.float64)
+    hx = torch.randn(B, H, generator=g, dtype=torch.float64) if has_hx else None
+    w_ih = torch.randn(H, In, generator=g, dtype=torch.float64)
+    w_hh = torch.randn(H, H, generator=g, dtype=torch.float64)
+    b_ih, b_hh = (
+        (torch.randn(H, generator=g, dtype=torch.float64) for _ in range(2)) if bias else (None, None)
+    )
+    out, h_n = fwd(x, None, hx, w_ih, w_hh, b_ih, b_hh, False, reverse)
+    assert out.shape == (T, B, H) and h_n.shape == (B, H)
+    torch.testing.assert_close(h_n, hx if has_hx else torch.zeros(B, H, dtype=torch.float64), rtol=0, atol=0)
+    grad_h_n = torch.randn(B, H, generator=g, dtype=torch.float64)
+    want = [
+        torch.zeros(T, B, In, dtype=torch.float64),
+        grad_h_n if T == 0 else torch.zeros(B, H, dtype=torch.float64),
+        torch.zeros(H, In, dtype=torch.float64),
+        torch.zeros(H, H, dtype=torch.float64),
+        torch.zeros(H, dtype=torch.float64),
+    ]
+    for mask in ([True] * 5, [False, True, False, True, False], [False] * 5):
+        grads = bwd(torch.randn_like(out), grad_h_n, x, None, hx, w_ih, w_hh, out, False, reverse, mask)
+        for i, (got, expected, m) in enumerate(zip(grads, want, mask)):
+            expected = expected if m else torch.empty(0, dtype=torch.float64)
+            assert got.shape == expected.shape, (i, got.shape, expected.shape)
+            torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=f"gradient {i}")
+    # Through autograd too (the module path never sends B = 0 here, but the op must be usable).
+    leaves = [
+        t.clone().requires_grad_(True) if t is not None else None for t in (x, hx, w_ih, w_hh, b_ih, b_hh)
+    ]
+    out, h_n = fwd(leaves[0], None, leaves[1], *leaves[2:], False, reverse)
+    (out.sum() + (h_n * grad_h_n).sum()).backward()
+    for t, expected in zip(leaves, want[:4] + [want[4], want[4]]):
+        if t is not None:
+            torch.testing.assert_close(t.grad, expected, rtol=0, atol=0)
+
+
+def test_packed_batch_sizes_of_zero_are_still_rejected():
+    """Only padded input may have an empty batch: a packed step has at least one row."""
+    w_ih, w_hh = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)
+    for sizes in ([0], [0, 0], [2, 0]):
+        x = torch.randn(sum(sizes), 3, dtype=torch.float64)
+        with pytest.raises(RuntimeError, match="batch_sizes must be positive"):
+            fwd(x, torch.tensor(sizes), None, w_ih, w_hh, None, None, False, False)
