@@ -29,7 +29,7 @@ sanitize:
 	PYTHON=$(PYTHON) scripts/sanitize.sh $(PYTEST_ARGS)
 
 lint:
-	$(PYTHON) -m ruff check rnnext tests benchmarks setup.py
+	$(PYTHON) -m ruff check rnnext tests benchmarks examples setup.py
 
 clean:
 	rm -rf build rnnext/*.so

@@ -11,9 +11,8 @@ TORCH_CUDA_ARCH_LIST picks the GPU architectures (default: 8.0 and 9.0).
 import glob
 import os
 
-from setuptools import find_packages, setup
-
 import torch
+from setuptools import find_packages, setup
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
