@@ -2,10 +2,14 @@
 // gradients) through ATen once per call, and the recurrence through the core in rnn_core.h.
 #include <ATen/Dispatch.h>
 #include <ATen/Functions.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "../rnn_common.h"
 #include "rnn_core.h"
+
+#include <algorithm>
+#include <vector>
 
 namespace rnnext {
 namespace {
@@ -14,16 +18,74 @@ using at::Tensor;
 using c10::optional;
 
 template <typename T>
-cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor& w_hh, const Tensor* hx,
+cpu::StepKernel<T> step_kernel();
+template <>
+cpu::StepKernel<float> step_kernel<float>() {
+  return cpu::step_kernel_f32();
+}
+template <>
+cpu::StepKernel<double> step_kernel<double>() {
+  return cpu::step_kernel_f64();
+}
+
+// W_hh packed for the micro-kernel (kernels.h): transposed for the forward (h W^T), as is for the
+// backward (dpre W), with zero-padded rows.
+Tensor pack_w_hh(const Tensor& w_hh, bool transpose) {
+  const int64_t H = w_hh.size(0);
+  const int64_t ldp = (H + cpu::kPackAlign - 1) / cpu::kPackAlign * cpu::kPackAlign;
+  Tensor w = w_hh.contiguous();
+  Tensor p = at::empty({H, ldp}, w.options());
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "rnnext_pack_w_hh", [&] {
+    cpu::pack_weight<scalar_t>(w.data_ptr<scalar_t>(), H, transpose, p.data_ptr<scalar_t>(), ldp);
+  });
+  return p;
+}
+
+template <typename T>
+cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor& w_packed, const Tensor* hx,
                                    bool relu, bool reverse) {
   return cpu::Recurrence<T>{g.T,
                             g.H,
                             g.batch_sizes.data(),
                             g.offsets.data(),
-                            w_hh.data_ptr<T>(),
+                            w_packed.defined() ? w_packed.data_ptr<T>() : nullptr,
+                            w_packed.defined() ? w_packed.size(1) : 0,
                             hx != nullptr ? hx->data_ptr<T>() : nullptr,
                             relu,
-                            reverse};
+                            reverse,
+                            step_kernel<T>()};
+}
+
+// Below this many multiply-adds in the recurrence, one thread: a parallel region costs a few us.
+constexpr int64_t kMinParallelWork = 1 << 17;
+
+// Runs fn(row_begin, row_end) over the batch rows, split between threads by work (a row's work is
+// its sequence length) when there is enough of it. Rows are independent through the recurrence.
+template <typename F>
+void over_rows(const Geometry& g, const F& fn) {
+  const int64_t threads = at::get_num_threads();
+  if (threads < 2 || g.B < 2 || g.N * g.H * g.H < kMinParallelWork) {
+    fn(int64_t{0}, g.B);
+    return;
+  }
+  const int64_t chunks = std::min<int64_t>(threads, g.B);
+  std::vector<int64_t> bounds(chunks + 1, g.B);
+  bounds[0] = 0;
+  // Row b's length is the number of steps whose batch size exceeds b.
+  std::vector<int64_t> length(g.B, 0);
+  for (int64_t t = 0; t < g.T; ++t) {
+    for (int64_t b = 0; b < g.batch_sizes[t]; ++b) ++length[b];
+  }
+  int64_t acc = 0, c = 1;
+  for (int64_t b = 0; b < g.B && c < chunks; ++b) {
+    acc += length[b];
+    if (acc * chunks >= g.N * c) bounds[c++] = b + 1;
+  }
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      if (bounds[i + 1] > bounds[i]) fn(bounds[i], bounds[i + 1]);
+    }
+  });
 }
 
 void check_cpu(const Tensor& input) {
@@ -55,11 +117,18 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
   } else {
     at::mm_out(out2d, x2d, w_ih.t());
   }
-  Tensor w = w_hh.contiguous();
+  Tensor w = pack_w_hh(w_hh, /*transpose=*/true);
   Tensor h0 = hx.has_value() ? hx->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_forward_cpu", [&] {
-    make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse)
-        .forward(out.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>());
+    auto rec = make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse);
+    scalar_t* o = out.data_ptr<scalar_t>();
+    scalar_t* hn = h_n.data_ptr<scalar_t>();
+    over_rows(g, [&](int64_t r0, int64_t r1) {
+      auto part = rec;
+      part.row_begin = r0;
+      part.row_end = r1;
+      part.forward(o, hn);
+    });
   });
   return {out, h_n};
 }
@@ -90,13 +159,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   if (g.N > 0) {
     Tensor go = grad_output.contiguous();
     Tensor ghn = grad_h_n.has_value() ? grad_h_n->contiguous() : Tensor();
-    Tensor w = w_hh.contiguous();
+    Tensor w = pack_w_hh(w_hh, /*transpose=*/false);
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_backward_cpu", [&] {
-      make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse)
-          .backward(go.data_ptr<scalar_t>(),
-                    grad_h_n.has_value() ? ghn.data_ptr<scalar_t>() : nullptr,
-                    out.data_ptr<scalar_t>(), dpre.data_ptr<scalar_t>(),
-                    want_hx ? grad_hx.data_ptr<scalar_t>() : nullptr);
+      auto rec = make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse);
+      const scalar_t* gop = go.data_ptr<scalar_t>();
+      const scalar_t* ghnp = grad_h_n.has_value() ? ghn.data_ptr<scalar_t>() : nullptr;
+      const scalar_t* op = out.data_ptr<scalar_t>();
+      scalar_t* dp = dpre.data_ptr<scalar_t>();
+      scalar_t* ghx = want_hx ? grad_hx.data_ptr<scalar_t>() : nullptr;
+      over_rows(g, [&](int64_t r0, int64_t r1) {
+        auto part = rec;
+        part.row_begin = r0;
+        part.row_end = r1;
+        part.backward(gop, ghnp, op, dp, ghx);
+      });
     });
   } else if (want_hx && grad_h_n.has_value()) {
     grad_hx.copy_(*grad_h_n);  // no step ran: h_n is hx itself
@@ -110,7 +186,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
     Tensor h_prev = at::empty({g.N, g.H}, opts);
     if (g.N > 0) {
       AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_gather_prev_cpu", [&] {
-        make_recurrence<scalar_t>(g, w_hh, hx.has_value() ? &h0 : nullptr, relu, reverse)
+        make_recurrence<scalar_t>(g, Tensor(), hx.has_value() ? &h0 : nullptr, relu, reverse)
             .gather_prev(out.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>());
       });
     }
