@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
+import timeit
 
 import os
 import sys
@@ -36,8 +38,11 @@ CASES = {
 }
 
 
+TIMER = {"timer": timeit.default_timer}
+
+
 def median_s(fn, t: float) -> float:
-    return tb.Timer(stmt="fn()", globals={"fn": fn}).blocked_autorange(min_run_time=t).median
+    return tb.Timer(stmt="fn()", globals={"fn": fn}, **TIMER).blocked_autorange(min_run_time=t).median
 
 
 def interleave(fns, t: float, rounds: int = 3):
@@ -146,10 +151,18 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default="")
     ap.add_argument("--time", type=float, default=0.6)
+    ap.add_argument(
+        "--cpu-time",
+        action="store_true",
+        help="time with process CPU time (steadier on a loaded machine; use with --threads 1)",
+    )
     args = ap.parse_args()
+    if args.cpu_time:
+        TIMER["timer"] = time.process_time
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, float32, CPU (shared machine)")
+    clock = "process CPU time" if args.cpu_time else "wall time"
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, float32, CPU (shared machine), {clock}")
     want = [s for s in args.only.split(",") if s] or list(CASES) + ["packed", "cell", "overhead"]
     print(f"{'case':>11} {'mode':>20} {'ref ms':>9} {'rnnext ms':>10} {'ratio':>7}")
     for name in want:

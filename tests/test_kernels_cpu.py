@@ -139,3 +139,49 @@ def test_tanh_accuracy_float32():
     w_hh = torch.zeros(1, 1)
     out, _ = torch.ops.rnnext.rnn_forward(x, None, None, w_ih, w_hh, None, None, False, False)
     torch.testing.assert_close(out.flatten(), torch.tanh(x.flatten()), rtol=4e-7, atol=1e-7)
+
+
+def _op_args(packed, hx, bias, dtype=torch.float64):
+    torch.manual_seed(5)
+    H, I = 9, 4
+    if packed:
+        bs = torch.tensor([3, 3, 2, 1])
+        x = torch.randn(int(bs.sum()), I, dtype=dtype, requires_grad=True)
+    else:
+        bs = None
+        x = torch.randn(4, 3, I, dtype=dtype, requires_grad=True)
+    h = torch.randn(3, H, dtype=dtype, requires_grad=True) if hx else None
+    w = [torch.randn(H, I, dtype=dtype, requires_grad=True), torch.randn(H, H, dtype=dtype, requires_grad=True)]
+    b = [torch.randn(H, dtype=dtype, requires_grad=True), None] if bias else [None, None]
+    return (x, bs, h, w[0], w[1], b[0], b[1])
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("hx", [False, True])
+@pytest.mark.parametrize("bias", [False, True])
+def test_opcheck_and_gradcheck(packed, hx, bias):
+    # The CPU autograd kernel (C++, AutogradCPU) must pass opcheck and gradcheck, including
+    # absent optionals (which shift the graph node's input indices).
+    args = _op_args(packed, hx, bias)
+    for reverse in (False, True):
+        full = (*args, False, reverse)
+        torch.library.opcheck(torch.ops.rnnext.rnn_forward.default, full)
+
+        def f(*t, reverse=reverse):
+            return torch.ops.rnnext.rnn_forward(*t, False, reverse)
+
+        torch.autograd.gradcheck(f, args)
+
+
+def test_autograd_partial_requires_grad():
+    # Only some inputs require grad: the others get no gradient and nothing fails.
+    x, bs, h, w_ih, w_hh, b_ih, _ = _op_args(False, True, True)
+    h = h.detach()
+    w_ih = w_ih.detach()
+    out, h_n = torch.ops.rnnext.rnn_forward(x, bs, h, w_ih, w_hh, b_ih, None, True, False)
+    h_n.sum().backward()  # output unused: its gradient is None inside the backward
+    assert x.grad is not None and w_hh.grad is not None and b_ih.grad is not None
+    with torch.no_grad():
+        out2, _ = torch.ops.rnnext.rnn_forward(x, bs, h, w_ih, w_hh, b_ih, None, True, False)
+    assert out2.grad_fn is None and out.grad_fn is not None
+    torch.testing.assert_close(out2, out.detach())

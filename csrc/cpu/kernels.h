@@ -45,17 +45,18 @@ RNNEXT_DECLARE_ISA(avx2)
 RNNEXT_DECLARE_ISA(avx512)
 #undef RNNEXT_DECLARE_ISA
 
-// P[q, j] = W[j, q] (transpose) or W[q, j], for a square [h, h] W; zero for h <= j < ldp.
+// Packs W for the kernel: P has k rows of ldp entries, P[q, j] = W[j, q] (transpose; W is [n, k])
+// or W[q, j] (W is [k, n]), for j < n, and zero for n <= j < ldp. ldw is W's row stride.
 template <typename T>
-void pack_weight(const T* w, int64_t h, bool transpose, T* p, int64_t ldp) {
-  for (int64_t q = 0; q < h; ++q) {
+void pack_weight(const T* w, int64_t ldw, int64_t n, int64_t k, bool transpose, T* p, int64_t ldp) {
+  for (int64_t q = 0; q < k; ++q) {
     T* row = p + q * ldp;
     if (transpose) {
-      for (int64_t j = 0; j < h; ++j) row[j] = w[j * h + q];
+      for (int64_t j = 0; j < n; ++j) row[j] = w[j * ldw + q];
     } else {
-      for (int64_t j = 0; j < h; ++j) row[j] = w[q * h + j];
+      for (int64_t j = 0; j < n; ++j) row[j] = w[q * ldw + j];
     }
-    for (int64_t j = h; j < ldp; ++j) row[j] = T(0);
+    for (int64_t j = n; j < ldp; ++j) row[j] = T(0);
   }
 }
 

@@ -9,6 +9,7 @@
 #include "rnn_core.h"
 
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 namespace rnnext {
@@ -28,17 +29,45 @@ cpu::StepKernel<double> step_kernel<double>() {
   return cpu::step_kernel_f64();
 }
 
+int64_t packed_ld(int64_t h) { return (h + cpu::kPackAlign - 1) / cpu::kPackAlign * cpu::kPackAlign; }
+
 // W_hh packed for the micro-kernel (kernels.h): transposed for the forward (h W^T), as is for the
-// backward (dpre W), with zero-padded rows.
-Tensor pack_w_hh(const Tensor& w_hh, bool transpose) {
+// backward (dpre W), with zero-padded rows. extra_rows more rows are allocated after it, unset.
+Tensor pack_w_hh(const Tensor& w_hh, bool transpose, int64_t extra_rows = 0) {
   const int64_t H = w_hh.size(0);
-  const int64_t ldp = (H + cpu::kPackAlign - 1) / cpu::kPackAlign * cpu::kPackAlign;
+  const int64_t ldp = packed_ld(H);
   Tensor w = w_hh.contiguous();
-  Tensor p = at::empty({H, ldp}, w.options());
+  Tensor p = at::empty({H + extra_rows, ldp}, w.options());
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "rnnext_pack_w_hh", [&] {
-    cpu::pack_weight<scalar_t>(w.data_ptr<scalar_t>(), H, transpose, p.data_ptr<scalar_t>(), ldp);
+    cpu::pack_weight<scalar_t>(w.data_ptr<scalar_t>(), H, H, H, transpose, p.data_ptr<scalar_t>(),
+                               ldp);
   });
   return p;
+}
+
+// At most this many multiply-adds, the input projection runs in the micro-kernel: an ATen
+// addmm costs several us of dispatch and BLAS set-up, more than the arithmetic at such sizes.
+constexpr int64_t kSmallProjection = 1 << 18;
+
+// out[r, :] = x[r, :] W_ih^T + b_ih + b_hh for every row, in the micro-kernel. p: I + 1 rows of
+// ldp entries of scratch (W_ih^T packed, then the summed bias).
+template <typename T>
+void small_projection(const Tensor& x, const Tensor& w_ih, const optional<Tensor>& b_ih,
+                      const optional<Tensor>& b_hh, T* p, int64_t ldp, T* out) {
+  const int64_t N = x.size(0), I = x.size(1), H = w_ih.size(0);
+  cpu::pack_weight<T>(w_ih.data_ptr<T>(), w_ih.stride(0), H, I, /*transpose=*/true, p, ldp);
+  T* bias = p + I * ldp;
+  for (int64_t j = 0; j < H; ++j) bias[j] = T(0);
+  for (const auto* b : {&b_ih, &b_hh}) {
+    if (b->has_value()) {
+      const T* bp = (*b)->template data_ptr<T>();
+      const int64_t st = (*b)->stride(0);
+      for (int64_t j = 0; j < H; ++j) bias[j] += bp[j * st];
+    }
+  }
+  for (int64_t r = 0; r < N; ++r) std::memcpy(out + r * H, bias, H * sizeof(T));
+  step_kernel<T>()(N, H, I, x.data_ptr<T>(), x.stride(0), p, ldp, out, H, nullptr,
+                   cpu::Epilogue::kNone);
 }
 
 template <typename T>
@@ -106,10 +135,19 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
     if (hx.has_value()) h_n.copy_(*hx); else h_n.zero_();
     return {out, h_n};
   }
-  // Input projection for every step in one GEMM, written straight into the output buffer.
   Tensor out2d = out.view({g.N, g.H});
   Tensor x2d = input.reshape({g.N, g.I});
-  if (b_ih.has_value() || b_hh.has_value()) {
+  const bool small = g.N * g.I * g.H <= kSmallProjection;
+  Tensor w = pack_w_hh(w_hh, /*transpose=*/true, small ? g.I + 1 : 0);
+  if (small) {
+    Tensor xc = x2d.stride(1) == 1 ? x2d : x2d.contiguous();
+    Tensor wc = w_ih.stride(1) == 1 ? w_ih : w_ih.contiguous();
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_small_projection", [&] {
+      small_projection<scalar_t>(xc, wc, b_ih, b_hh, w.data_ptr<scalar_t>() + g.H * w.size(1),
+                                 w.size(1), out.data_ptr<scalar_t>());
+    });
+  } else if (b_ih.has_value() || b_hh.has_value()) {
+    // Input projection for every step in one GEMM, written straight into the output buffer.
     Tensor bias = b_ih.has_value() && b_hh.has_value() ? at::add(*b_ih, *b_hh)
                   : b_ih.has_value()                  ? *b_ih
                                                       : *b_hh;
@@ -117,7 +155,6 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
   } else {
     at::mm_out(out2d, x2d, w_ih.t());
   }
-  Tensor w = pack_w_hh(w_hh, /*transpose=*/true);
   Tensor h0 = hx.has_value() ? hx->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_forward_cpu", [&] {
     auto rec = make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse);
