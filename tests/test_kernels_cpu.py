@@ -185,3 +185,13 @@ def test_autograd_partial_requires_grad():
         out2, _ = torch.ops.rnnext.rnn_forward(x, bs, h, w_ih, w_hh, b_ih, None, True, False)
     assert out2.grad_fn is None and out.grad_fn is not None
     torch.testing.assert_close(out2, out.detach())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("packed", [False, True])
+def test_large_hidden_blas_path(dtype, packed):
+    # H >= 512 runs the recurrent products in BLAS with the fused epilogue after them.
+    ref, new = _pair(8, 520, 1, "tanh", True, True, dtype, seed=11)
+    x = torch.randn(4, 3, 8, dtype=dtype)
+    h0 = torch.randn(2, 3, 520, dtype=dtype)
+    _check(ref, new, x, h0, dtype, packed_lengths=torch.tensor([4, 2, 3]) if packed else None)

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "blas.h"
 #include "kernels.h"
 
 namespace rnnext {
@@ -26,6 +27,7 @@ struct Recurrence {
   bool relu;
   bool reverse;
   StepKernel<T> kernel;
+  const T* w_blas = nullptr;     // [H, H] W_hh itself: when set, the products run in BLAS (large H)
   int64_t row_begin = 0;
   int64_t row_end = INT64_MAX;
 
@@ -49,13 +51,13 @@ struct Recurrence {
       if (n <= r0) continue;
       T* cur = rows(out, t);
       if (carried > r0) {
-        kernel(carried - r0, H, H, rows(static_cast<const T*>(out), prev_step(t)) + r0 * H, H,
-               w_packed, ldp, cur + r0 * H, H, nullptr, ep);
+        product(true, carried - r0, H, rows(static_cast<const T*>(out), prev_step(t)) + r0 * H,
+                cur + r0 * H, nullptr, ep);
       }
       const int64_t fresh = carried > r0 ? carried : r0;
       if (n > fresh) {  // rows starting here: from hx, or from zeros (activation only)
-        kernel(n - fresh, H, hx != nullptr ? H : 0, hx != nullptr ? hx + fresh * H : nullptr, H,
-               w_packed, ldp, cur + fresh * H, H, nullptr, ep);
+        product(true, n - fresh, hx != nullptr ? H : 0, hx != nullptr ? hx + fresh * H : nullptr,
+                cur + fresh * H, nullptr, ep);
       }
       // Rows whose sequence ends here: forward, those absent at t+1; reverse, all rows at t = 0.
       const int64_t done_from = reverse ? (t == 0 ? r0 : n) : clip(bs(t + 1));
@@ -82,8 +84,8 @@ struct Recurrence {
       const int64_t next = reverse ? t - 1 : t + 1;
       const int64_t fed = clip(reverse ? (t > 0 ? bs(t) : 0) : bs(t + 1));
       if (fed > r0) {
-        kernel(fed - r0, H, H, rows(static_cast<const T*>(dpre), next) + r0 * H, H, w_packed, ldp,
-               cur + r0 * H, H, h + r0 * H, ep);
+        product(false, fed - r0, H, rows(static_cast<const T*>(dpre), next) + r0 * H, cur + r0 * H,
+                h + r0 * H, ep);
       }
       // The other rows hold their final state here and receive grad_h_n (fed is r0 or n in reverse).
       const int64_t final_from = fed > r0 ? fed : r0;
@@ -91,19 +93,31 @@ struct Recurrence {
         if (grad_h_n != nullptr) {
           for (int64_t j = final_from * H; j < n * H; ++j) cur[j] += grad_h_n[j];
         }
-        kernel(n - final_from, H, 0, nullptr, H, w_packed, ldp, cur + final_from * H, H,
-               h + final_from * H, ep);
+        product(false, n - final_from, 0, nullptr, cur + final_from * H, h + final_from * H, ep);
       }
       // Rows that started from hx at this step pass their gradient to grad_hx.
       if (grad_hx != nullptr) {
         const int64_t carried = clip(carried_rows(t));
         const int64_t from = carried > r0 ? carried : r0;
         if (n > from) {
-          kernel(n - from, H, H, cur + from * H, H, w_packed, ldp, grad_hx + from * H, H, nullptr,
-                 Epilogue::kZero);
+          product(false, n - from, H, cur + from * H, grad_hx + from * H, nullptr, Epilogue::kZero);
         }
       }
     }
+  }
+
+  // C[rows, H] = epilogue(C + A op(W_hh)), op = transpose (forward) or identity (backward); all
+  // row strides H. k = 0: the epilogue alone. In the micro-kernel, or BLAS then the epilogue.
+  void product(bool transpose, int64_t nrows, int64_t k, const T* a, T* c, const T* aux,
+               Epilogue ep) const {
+    const int64_t H = hidden;
+    if (w_blas != nullptr && k > 0) {
+      const bool zero = ep == Epilogue::kZero;
+      gemm_rows(transpose, nrows, H, H, a, H, w_blas, H, zero ? T(0) : T(1), c, H);
+      if (zero || ep == Epilogue::kNone) return;
+      k = 0;
+    }
+    kernel(nrows, H, k, a, H, w_packed, ldp, c, H, aux, ep);
   }
 
   // h_prev[N, H]: for every row, the state it started from (hx or zeros at a sequence's start).

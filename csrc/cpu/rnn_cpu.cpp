@@ -32,12 +32,14 @@ cpu::StepKernel<double> step_kernel<double>() {
 int64_t packed_ld(int64_t h) { return (h + cpu::kPackAlign - 1) / cpu::kPackAlign * cpu::kPackAlign; }
 
 // W_hh packed for the micro-kernel (kernels.h): transposed for the forward (h W^T), as is for the
-// backward (dpre W), with zero-padded rows. extra_rows more rows are allocated after it, unset.
-Tensor pack_w_hh(const Tensor& w_hh, bool transpose, int64_t extra_rows = 0) {
+// backward (dpre W), with zero-padded rows; or not at all when `blas` (an empty [0, ldp] then).
+// extra_rows more rows are allocated after it, unset.
+Tensor pack_w_hh(const Tensor& w_hh, bool transpose, bool blas, int64_t extra_rows = 0) {
   const int64_t H = w_hh.size(0);
   const int64_t ldp = packed_ld(H);
   Tensor w = w_hh.contiguous();
-  Tensor p = at::empty({H + extra_rows, ldp}, w.options());
+  Tensor p = at::empty({(blas ? 0 : H) + extra_rows, ldp}, w.options());
+  if (blas) return p;
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "rnnext_pack_w_hh", [&] {
     cpu::pack_weight<scalar_t>(w.data_ptr<scalar_t>(), H, H, H, transpose, p.data_ptr<scalar_t>(),
                                ldp);
@@ -70,9 +72,16 @@ void small_projection(const Tensor& x, const Tensor& w_ih, const optional<Tensor
                    cpu::Epilogue::kNone);
 }
 
+// From this hidden size on, the recurrent products run in BLAS (one call per step and thread
+// slice, then the fused epilogue in the micro-kernel): the micro-kernel has no blocking over k,
+// and with W_hh of several MB, MKL's blocked GEMM was ~15% faster per step in our runs.
+constexpr int64_t kBlasHidden = 512;
+
+bool use_blas(const Geometry& g) { return g.H >= kBlasHidden; }
+
 template <typename T>
 cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor& w_packed, const Tensor* hx,
-                                   bool relu, bool reverse) {
+                                   bool relu, bool reverse, const Tensor& w_blas = Tensor()) {
   return cpu::Recurrence<T>{g.T,
                             g.H,
                             g.batch_sizes.data(),
@@ -82,7 +91,8 @@ cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor& w_packed, co
                             hx != nullptr ? hx->data_ptr<T>() : nullptr,
                             relu,
                             reverse,
-                            step_kernel<T>()};
+                            step_kernel<T>(),
+                            w_blas.defined() ? w_blas.data_ptr<T>() : nullptr};
 }
 
 // Below this many multiply-adds in the recurrence, one thread: a parallel region costs a few us.
@@ -138,12 +148,15 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
   Tensor out2d = out.view({g.N, g.H});
   Tensor x2d = input.reshape({g.N, g.I});
   const bool small = g.N * g.I * g.H <= kSmallProjection;
-  Tensor w = pack_w_hh(w_hh, /*transpose=*/true, small ? g.I + 1 : 0);
+  const bool blas = use_blas(g);
+  Tensor w = pack_w_hh(w_hh, /*transpose=*/true, blas, small ? g.I + 1 : 0);
+  Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
   if (small) {
     Tensor xc = x2d.stride(1) == 1 ? x2d : x2d.contiguous();
     Tensor wc = w_ih.stride(1) == 1 ? w_ih : w_ih.contiguous();
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_small_projection", [&] {
-      small_projection<scalar_t>(xc, wc, b_ih, b_hh, w.data_ptr<scalar_t>() + g.H * w.size(1),
+      small_projection<scalar_t>(xc, wc, b_ih, b_hh,
+                                 w.data_ptr<scalar_t>() + (blas ? 0 : g.H) * w.size(1),
                                  w.size(1), out.data_ptr<scalar_t>());
     });
   } else if (b_ih.has_value() || b_hh.has_value()) {
@@ -157,7 +170,8 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
   }
   Tensor h0 = hx.has_value() ? hx->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_forward_cpu", [&] {
-    auto rec = make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse);
+    auto rec =
+        make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse, w_blas);
     scalar_t* o = out.data_ptr<scalar_t>();
     scalar_t* hn = h_n.data_ptr<scalar_t>();
     over_rows(g, [&](int64_t r0, int64_t r1) {
@@ -196,9 +210,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   if (g.N > 0) {
     Tensor go = grad_output.contiguous();
     Tensor ghn = grad_h_n.has_value() ? grad_h_n->contiguous() : Tensor();
-    Tensor w = pack_w_hh(w_hh, /*transpose=*/false);
+    const bool blas = use_blas(g);
+    Tensor w = pack_w_hh(w_hh, /*transpose=*/false, blas);
+    Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_backward_cpu", [&] {
-      auto rec = make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse);
+      auto rec =
+          make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse, w_blas);
       const scalar_t* gop = go.data_ptr<scalar_t>();
       const scalar_t* ghnp = grad_h_n.has_value() ? ghn.data_ptr<scalar_t>() : nullptr;
       const scalar_t* op = out.data_ptr<scalar_t>();
