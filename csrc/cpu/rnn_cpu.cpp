@@ -95,8 +95,9 @@ cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor& w_packed, co
                             w_blas.defined() ? w_blas.data_ptr<T>() : nullptr};
 }
 
-// Below this many multiply-adds in the recurrence, one thread: a parallel region costs a few us.
-constexpr int64_t kMinParallelWork = 1 << 17;
+// Below this many multiply-adds in the recurrence (~10 us on one core), one thread: a parallel
+// region costs a few us, more on a loaded machine, and splitting saves at most half the work.
+constexpr int64_t kMinParallelWork = 1 << 19;
 
 // Runs fn(row_begin, row_end) over the batch rows, split between threads by work (a row's work is
 // its sequence length) when there is enough of it. Rows are independent through the recurrence.
