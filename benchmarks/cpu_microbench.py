@@ -35,7 +35,13 @@ CASES = {
     "b8h256x2bi": (50, 8, 256, 256, 2, True),
     "b64h256": (50, 64, 256, 256, 1, False),
     "large": (10, 64, 1024, 1024, 1, False),
+    # edge shapes for "never slower than nn.RNN"
+    "b1h1024": (20, 1, 256, 1024, 1, False),
+    "b4h512": (30, 4, 32, 512, 1, False),
+    "b2h16": (200, 2, 16, 16, 1, False),
+    "b16h64x3": (50, 16, 64, 64, 3, False),
 }
+DEFAULT = ["tutorial", "b1h64", "b32h128", "b8h256x2bi", "b64h256", "large"]
 
 
 TIMER = {"timer": timeit.default_timer}
@@ -163,7 +169,7 @@ def main():
     torch.manual_seed(0)
     clock = "process CPU time" if args.cpu_time else "wall time"
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, float32, CPU (shared machine), {clock}")
-    want = [s for s in args.only.split(",") if s] or list(CASES) + ["packed", "cell", "overhead"]
+    want = [s for s in args.only.split(",") if s] or DEFAULT + ["packed", "cell", "overhead"]
     print(f"{'case':>11} {'mode':>20} {'ref ms':>9} {'rnnext ms':>10} {'ratio':>7}")
     for name in want:
         if name in CASES:

@@ -9,6 +9,7 @@
 #include "rnn_core.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <vector>
 
@@ -99,31 +100,29 @@ cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor& w_packed, co
 // region costs a few us, more on a loaded machine, and splitting saves at most half the work.
 constexpr int64_t kMinParallelWork = 1 << 19;
 
-// Runs fn(row_begin, row_end) over the batch rows, split between threads by work (a row's work is
-// its sequence length) when there is enough of it. Rows are independent through the recurrence.
+// Runs fn(row_begin, row_end) over the batch rows, in parallel when there is enough work. Rows
+// are independent through the recurrence, so each slice runs the whole time loop on its own. The
+// rows are cut into ~4 slices per thread (whole register blocks of 4 rows) and the threads take
+// slices from a shared counter: a thread that the OS deschedules (the machine may be shared)
+// holds up only its current slice, and packed batches, whose first rows are the longest, balance.
+// With BLAS steps (large H) one slice per thread: each BLAS call re-reads all of W_hh.
 template <typename F>
 void over_rows(const Geometry& g, const F& fn) {
+  const bool blas = use_blas(g);
   const int64_t threads = at::get_num_threads();
   if (threads < 2 || g.B < 2 || g.N * g.H * g.H < kMinParallelWork) {
     fn(int64_t{0}, g.B);
     return;
   }
-  const int64_t chunks = std::min<int64_t>(threads, g.B);
-  std::vector<int64_t> bounds(chunks + 1, g.B);
-  bounds[0] = 0;
-  // Row b's length is the number of steps whose batch size exceeds b.
-  std::vector<int64_t> length(g.B, 0);
-  for (int64_t t = 0; t < g.T; ++t) {
-    for (int64_t b = 0; b < g.batch_sizes[t]; ++b) ++length[b];
-  }
-  int64_t acc = 0, c = 1;
-  for (int64_t b = 0; b < g.B && c < chunks; ++b) {
-    acc += length[b];
-    if (acc * chunks >= g.N * c) bounds[c++] = b + 1;
-  }
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      if (bounds[i + 1] > bounds[i]) fn(bounds[i], bounds[i + 1]);
+  const int64_t want = blas ? threads : 4 * threads;
+  const int64_t per = std::max<int64_t>(4, ((g.B + want - 1) / want + 3) / 4 * 4);
+  const int64_t slices = (g.B + per - 1) / per;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(threads, slices), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {  // one worker per index; each drains the counter
+      for (int64_t s = next++; s < slices; s = next++) {
+        fn(s * per, std::min(g.B, (s + 1) * per));
+      }
     }
   });
 }
