@@ -217,3 +217,19 @@ def test_rows_split_between_threads_packed(dtype, threads):
         _check(ref, new, x, h0, dtype, tol=tol)
     finally:
         torch.set_num_threads(prev)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("I,H", [(600, 64), (40, 96)])
+def test_projection_paths(dtype, I, H):
+    # I > 512 with a large enough projection: one MKL addmm before the recurrence; moderate I:
+    # the projection runs per step inside the recurrence (threads split rows at this size).
+    ref, new = _pair(I, H, 1, "relu", True, False, dtype, seed=I)
+    x = torch.randn(40, 6, I, dtype=dtype)
+    h0 = torch.randn(1, 6, H, dtype=dtype)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else None
+    _check(ref, new, x, h0, dtype, tol=tol)
+    # a non-contiguous (batch-first transposed) input takes the same paths
+    ref_b, new_b = _pair(I, H, 1, "tanh", False, False, dtype, seed=I + 1)
+    xb = torch.randn(6, 40, I, dtype=dtype).transpose(0, 1)
+    _check(ref_b, new_b, xb, h0, dtype, tol=tol)

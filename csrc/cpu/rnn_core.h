@@ -28,6 +28,18 @@ struct Recurrence {
   bool reverse;
   StepKernel<T> kernel;
   const T* w_blas = nullptr;     // [H, H] W_hh itself: when set, the products run in BLAS (large H)
+  // When x is set, forward() computes each step's input projection itself (else `out` holds it on
+  // entry): x [N, inputs] with row stride ldx; w_ih_packed: W_ih^T packed [inputs, ldp], then
+  // one more row of ldp holding b_ih + b_hh.
+  const T* x = nullptr;
+  int64_t ldx = 0;
+  int64_t inputs = 0;
+  const T* w_ih_packed = nullptr;
+  // When grad_x is set, backward() also computes grad_input = dpre W_ih for its rows at each
+  // step: grad_x [N, inputs] contiguous; w_ih_plain: W_ih packed as is [H, ldp_ih].
+  T* grad_x = nullptr;
+  const T* w_ih_plain = nullptr;
+  int64_t ldp_ih = 0;
   int64_t row_begin = 0;
   int64_t row_end = INT64_MAX;
 
@@ -41,7 +53,8 @@ struct Recurrence {
   int64_t prev_step(int64_t t) const { return reverse ? t + 1 : t - 1; }
   int64_t carried_rows(int64_t t) const { return reverse ? bs(t + 1) : (t > 0 ? bs(t) : 0); }
 
-  // out holds x_t W_ih^T + biases on entry; on return it holds h_t for every step. h_n: [B, H].
+  // out holds x_t W_ih^T + biases on entry (unless x is set); on return it holds h_t for every
+  // step. h_n: [B, H].
   void forward(T* out, T* h_n) const {
     const int64_t H = hidden;
     const Epilogue ep = relu ? Epilogue::kRelu : Epilogue::kTanh;
@@ -50,6 +63,12 @@ struct Recurrence {
       const int64_t n = clip(bs(t)), carried = clip(carried_rows(t)), r0 = row_begin;
       if (n <= r0) continue;
       T* cur = rows(out, t);
+      if (x != nullptr) {  // this slice's rows of x_t W_ih^T + b_ih + b_hh
+        const T* bias = w_ih_packed + inputs * ldp;
+        for (int64_t r = r0; r < n; ++r) std::memcpy(cur + r * H, bias, H * sizeof(T));
+        kernel(n - r0, H, inputs, x + (offsets[t] + r0) * ldx, ldx, w_ih_packed, ldp, cur + r0 * H,
+               H, nullptr, Epilogue::kNone);
+      }
       if (carried > r0) {
         product(true, carried - r0, H, rows(static_cast<const T*>(out), prev_step(t)) + r0 * H,
                 cur + r0 * H, nullptr, ep);
@@ -94,6 +113,10 @@ struct Recurrence {
           for (int64_t j = final_from * H; j < n * H; ++j) cur[j] += grad_h_n[j];
         }
         product(false, n - final_from, 0, nullptr, cur + final_from * H, h + final_from * H, ep);
+      }
+      if (grad_x != nullptr) {
+        kernel(n - r0, inputs, H, cur + r0 * H, H, w_ih_plain, ldp_ih,
+               grad_x + (offsets[t] + r0) * inputs, inputs, nullptr, Epilogue::kZero);
       }
       // Rows that started from hx at this step pass their gradient to grad_hx.
       if (grad_hx != nullptr) {

@@ -48,19 +48,23 @@ Tensor pack_w_hh(const Tensor& w_hh, bool transpose, bool blas, int64_t extra_ro
   return p;
 }
 
-// At most this many multiply-adds, the input projection runs in the micro-kernel: an ATen
-// addmm costs several us of dispatch and BLAS set-up, more than the arithmetic at such sizes.
+// The input projection runs inside the recurrence (each thread slice, each step: its rows'
+// x_t W_ih^T + bias in the micro-kernel, just before the recurrent product) when the whole
+// projection is small (an ATen addmm's dispatch and BLAS set-up cost more than its arithmetic),
+// or when the recurrence itself runs in the micro-kernel and I is moderate: one parallel region
+// per call instead of an MKL region plus ours, and the rows are hot in cache for the step.
+// Otherwise (large I or BLAS steps) one MKL addmm for all rows before the recurrence.
 constexpr int64_t kSmallProjection = 1 << 18;
+constexpr int64_t kFusedMaxInput = 512;
 
-// out[r, :] = x[r, :] W_ih^T + b_ih + b_hh for every row, in the micro-kernel. p: I + 1 rows of
-// ldp entries of scratch (W_ih^T packed, then the summed bias).
+// Packs W_ih^T into p (I rows of ldp) and the summed bias into the row after it.
 template <typename T>
-void small_projection(const Tensor& x, const Tensor& w_ih, const optional<Tensor>& b_ih,
-                      const optional<Tensor>& b_hh, T* p, int64_t ldp, T* out) {
-  const int64_t N = x.size(0), I = x.size(1), H = w_ih.size(0);
+void pack_projection(const Tensor& w_ih, const optional<Tensor>& b_ih,
+                     const optional<Tensor>& b_hh, T* p, int64_t ldp) {
+  const int64_t I = w_ih.size(1), H = w_ih.size(0);
   cpu::pack_weight<T>(w_ih.data_ptr<T>(), w_ih.stride(0), H, I, /*transpose=*/true, p, ldp);
   T* bias = p + I * ldp;
-  for (int64_t j = 0; j < H; ++j) bias[j] = T(0);
+  for (int64_t j = 0; j < ldp; ++j) bias[j] = T(0);
   for (const auto* b : {&b_ih, &b_hh}) {
     if (b->has_value()) {
       const T* bp = (*b)->template data_ptr<T>();
@@ -68,9 +72,6 @@ void small_projection(const Tensor& x, const Tensor& w_ih, const optional<Tensor
       for (int64_t j = 0; j < H; ++j) bias[j] += bp[j * st];
     }
   }
-  for (int64_t r = 0; r < N; ++r) std::memcpy(out + r * H, bias, H * sizeof(T));
-  step_kernel<T>()(N, H, I, x.data_ptr<T>(), x.stride(0), p, ldp, out, H, nullptr,
-                   cpu::Epilogue::kNone);
 }
 
 // From this hidden size on, the recurrent products run in BLAS (one call per step and thread
@@ -147,17 +148,17 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
   }
   Tensor out2d = out.view({g.N, g.H});
   Tensor x2d = input.reshape({g.N, g.I});
-  const bool small = g.N * g.I * g.H <= kSmallProjection;
   const bool blas = use_blas(g);
-  Tensor w = pack_w_hh(w_hh, /*transpose=*/true, blas, small ? g.I + 1 : 0);
+  const bool fused = g.N * g.I * g.H <= kSmallProjection || (!blas && g.I <= kFusedMaxInput);
+  Tensor w = pack_w_hh(w_hh, /*transpose=*/true, blas, fused ? g.I + 1 : 0);
   Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
-  if (small) {
-    Tensor xc = x2d.stride(1) == 1 ? x2d : x2d.contiguous();
+  Tensor xc;
+  if (fused) {
+    xc = x2d.stride(1) == 1 ? x2d : x2d.contiguous();
     Tensor wc = w_ih.stride(1) == 1 ? w_ih : w_ih.contiguous();
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_small_projection", [&] {
-      small_projection<scalar_t>(xc, wc, b_ih, b_hh,
-                                 w.data_ptr<scalar_t>() + (blas ? 0 : g.H) * w.size(1),
-                                 w.size(1), out.data_ptr<scalar_t>());
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_pack_projection", [&] {
+      pack_projection<scalar_t>(wc, b_ih, b_hh,
+                                w.data_ptr<scalar_t>() + (blas ? 0 : g.H) * w.size(1), w.size(1));
     });
   } else if (b_ih.has_value() || b_hh.has_value()) {
     // Input projection for every step in one GEMM, written straight into the output buffer.
@@ -172,6 +173,12 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_forward_cpu", [&] {
     auto rec =
         make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse, w_blas);
+    if (fused) {
+      rec.x = xc.data_ptr<scalar_t>();
+      rec.ldx = xc.stride(0);
+      rec.inputs = g.I;
+      rec.w_ih_packed = w.data_ptr<scalar_t>() + (blas ? 0 : g.H) * w.size(1);
+    }
     scalar_t* o = out.data_ptr<scalar_t>();
     scalar_t* hn = h_n.data_ptr<scalar_t>();
     over_rows(g, [&](int64_t r0, int64_t r1) {
@@ -205,6 +212,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   const auto [want_input, want_hx, want_w_ih, want_w_hh, want_bias] = output_mask;
   Tensor grad_hx = want_hx ? at::zeros({g.B, g.H}, opts) : at::empty({0}, opts);
   Tensor dpre = at::empty({g.N, g.H}, opts);
+  Tensor grad_input;
+  bool fused_grad_input = false;
   Tensor out = output.contiguous();
   Tensor h0 = hx.has_value() ? hx->contiguous() : Tensor();
   if (g.N > 0) {
@@ -213,9 +222,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
     const bool blas = use_blas(g);
     Tensor w = pack_w_hh(w_hh, /*transpose=*/false, blas);
     Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
+    // grad_input inside the recurrence, as the forward's projection (see kFusedMaxInput).
+    fused_grad_input =
+        want_input && (g.N * g.I * g.H <= kSmallProjection || (!blas && g.I <= kFusedMaxInput));
+    Tensor w_ih_plain;
+    if (fused_grad_input) {
+      grad_input = at::empty(input.sizes(), opts);
+      const int64_t ldp_ih = packed_ld(g.I);
+      Tensor wc = w_ih.stride(1) == 1 ? w_ih : w_ih.contiguous();
+      w_ih_plain = at::empty({g.H, ldp_ih}, opts);
+      AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_pack_w_ih", [&] {
+        cpu::pack_weight<scalar_t>(wc.data_ptr<scalar_t>(), wc.stride(0), g.I, g.H,
+                                   /*transpose=*/false, w_ih_plain.data_ptr<scalar_t>(), ldp_ih);
+      });
+    }
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_backward_cpu", [&] {
       auto rec =
           make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse, w_blas);
+      if (fused_grad_input) {
+        rec.grad_x = grad_input.data_ptr<scalar_t>();
+        rec.inputs = g.I;
+        rec.w_ih_plain = w_ih_plain.data_ptr<scalar_t>();
+        rec.ldp_ih = w_ih_plain.size(1);
+      }
       const scalar_t* gop = go.data_ptr<scalar_t>();
       const scalar_t* ghnp = grad_h_n.has_value() ? ghn.data_ptr<scalar_t>() : nullptr;
       const scalar_t* op = out.data_ptr<scalar_t>();
@@ -233,7 +262,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   }
   // Everything else is one large GEMM (or reduction) over all rows.
   Tensor x2d = input.reshape({g.N, g.I});
-  Tensor grad_input = want_input ? at::mm(dpre, w_ih).view(input.sizes()) : at::empty({0}, opts);
+  if (!fused_grad_input) {
+    grad_input = want_input ? at::mm(dpre, w_ih).view(input.sizes()) : at::empty({0}, opts);
+  }
   Tensor grad_w_ih = want_w_ih ? at::mm(dpre.t(), x2d) : at::empty({0}, opts);
   Tensor grad_w_hh = at::empty({0}, opts);
   if (want_w_hh) {
