@@ -10,12 +10,11 @@ The machine is shared with other helpers, so absolute numbers are noisy: read th
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 import timeit
-
-import os
-import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -27,7 +26,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 import rnnext  # noqa: E402
 import rnnext.functional  # noqa: E402
 
-# name: (T, B, I, H, layers, bidirectional)
+# name: (T, B, F_IN, H, layers, bidirectional)
 CASES = {
     "tutorial": (10, 3, 100, 20, 1, False),
     "b1h64": (100, 1, 64, 64, 1, False),
@@ -68,47 +67,54 @@ def run_mode(m, x, mode, h0=None):
     (y.data if isinstance(y, PackedSequence) else y).sum().backward()
 
 
-def pair(I, H, layers, bi):
-    ref = nn.RNN(I, H, layers, bidirectional=bi)
-    new = rnnext.RNN(I, H, layers, bidirectional=bi)
+def pair(F_IN, H, layers, bi):
+    ref = nn.RNN(F_IN, H, layers, bidirectional=bi)
+    new = rnnext.RNN(F_IN, H, layers, bidirectional=bi)
     new.load_state_dict(ref.state_dict())
     return ref, new
 
 
 def bench_case(name, t):
-    T, B, I, H, L, bi = CASES[name]
-    ref, new = pair(I, H, L, bi)
-    x = torch.randn(T, B, I, requires_grad=True)
+    T, B, F_IN, H, L, bi = CASES[name]
+    ref, new = pair(F_IN, H, L, bi)
+    x = torch.randn(T, B, F_IN, requires_grad=True)
     torch.testing.assert_close(new(x)[0], ref(x)[0], rtol=1e-4, atol=1e-5)
     rows = []
     for mode in ("fwd", "fwdbwd"):
-        a, b = interleave([lambda m=ref: run_mode(m, x, mode), lambda m=new: run_mode(m, x, mode)], t)
+        a, b = interleave(
+            [lambda m=ref, mode=mode: run_mode(m, x, mode), lambda m=new, mode=mode: run_mode(m, x, mode)], t
+        )
         rows.append((name, mode, a, b))
         if name == "large":
             D = 2 if bi else 1
-            flops = 2 * T * B * H * (I + H) * D * (3 if mode == "fwdbwd" else 1)
-            A = torch.randn(T * B, I + H)
-            W = torch.randn(I + H, H)
-            g = median_s(lambda: torch.mm(A, W), t / 2)
-            floor = flops / (2 * T * B * (I + H) * H / g)
+            flops = 2 * T * B * H * (F_IN + H) * D * (3 if mode == "fwdbwd" else 1)
+            A = torch.randn(T * B, F_IN + H)
+            W = torch.randn(F_IN + H, H)
+            g = median_s(lambda A=A, W=W: torch.mm(A, W), t / 2)
+            floor = flops / (2 * T * B * (F_IN + H) * H / g)
             rows.append((name, mode + " floor", floor, b))
     return rows
 
 
 def bench_packed(t):
-    T, B, I, H = 100, 32, 128, 128
+    T, B, F_IN, H = 100, 32, 128, 128
     torch.manual_seed(1)
-    ref, new = pair(I, H, 1, False)
+    ref, new = pair(F_IN, H, 1, False)
     lengths = torch.randint(T // 2, T + 1, (B,))
     lengths[0] = T
-    x = torch.randn(T, B, I, requires_grad=True)
+    x = torch.randn(T, B, F_IN, requires_grad=True)
     p0 = pack_padded_sequence(x.detach(), lengths, enforce_sorted=False)
-    p = PackedSequence(p0.data.clone().requires_grad_(), p0.batch_sizes, p0.sorted_indices, p0.unsorted_indices)
+    p = PackedSequence(
+        p0.data.clone().requires_grad_(), p0.batch_sizes, p0.sorted_indices, p0.unsorted_indices
+    )
     rows = []
     for mode in ("fwd", "fwdbwd"):
-        a, b, c = interleave(
-            [lambda: run_mode(ref, p, mode), lambda: run_mode(new, p, mode), lambda: run_mode(new, x, mode)], t
-        )
+        fns = [
+            lambda mode=mode: run_mode(ref, p, mode),
+            lambda mode=mode: run_mode(new, p, mode),
+            lambda mode=mode: run_mode(new, x, mode),
+        ]
+        a, b, c = interleave(fns, t)
         rows.append(("packed", mode, a, b))
         rows.append(("packed", mode + " new-padded", c, b))
     return rows
@@ -132,9 +138,9 @@ def bench_cell(t):
 
 def bench_overhead(t):
     """The tutorial shape, no_grad: module vs functional vs the op alone vs nn.RNN."""
-    T, B, I, H = CASES["tutorial"][:4]
-    ref, new = pair(I, H, 1, False)
-    x = torch.randn(T, B, I)
+    T, B, F_IN, H = CASES["tutorial"][:4]
+    ref, new = pair(F_IN, H, 1, False)
+    x = torch.randn(T, B, F_IN)
     h0 = torch.zeros(1, B, H)
     w = [p.detach() for p in new._flat_weights]
     op = torch.ops.rnnext.rnn_forward.default
@@ -168,7 +174,8 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     clock = "process CPU time" if args.cpu_time else "wall time"
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, float32, CPU (shared machine), {clock}")
+    threads = torch.get_num_threads()
+    print(f"torch {torch.__version__}, threads {threads}, float32, CPU (shared machine), {clock}")
     want = [s for s in args.only.split(",") if s] or DEFAULT + ["packed", "cell", "overhead"]
     print(f"{'case':>11} {'mode':>20} {'ref ms':>9} {'rnnext ms':>10} {'ratio':>7}")
     for name in want:

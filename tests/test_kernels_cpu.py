@@ -17,11 +17,11 @@ import rnnext
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=2e-5, atol=2e-5)}
 
 
-def _pair(I, H, layers, nonlinearity, bias, bidirectional, dtype, seed):
+def _pair(n_in, H, layers, nonlinearity, bias, bidirectional, dtype, seed):
     torch.manual_seed(seed)
-    ref = nn.RNN(I, H, layers, nonlinearity=nonlinearity, bias=bias, bidirectional=bidirectional)
+    ref = nn.RNN(n_in, H, layers, nonlinearity=nonlinearity, bias=bias, bidirectional=bidirectional)
     ref = ref.to(dtype)
-    new = rnnext.RNN(I, H, layers, nonlinearity=nonlinearity, bias=bias, bidirectional=bidirectional)
+    new = rnnext.RNN(n_in, H, layers, nonlinearity=nonlinearity, bias=bias, bidirectional=bidirectional)
     new = new.to(dtype)
     new.load_state_dict(ref.state_dict())
     return ref, new
@@ -143,15 +143,18 @@ def test_tanh_accuracy_float32():
 
 def _op_args(packed, hx, bias, dtype=torch.float64):
     torch.manual_seed(5)
-    H, I = 9, 4
+    H, n_in = 9, 4
     if packed:
         bs = torch.tensor([3, 3, 2, 1])
-        x = torch.randn(int(bs.sum()), I, dtype=dtype, requires_grad=True)
+        x = torch.randn(int(bs.sum()), n_in, dtype=dtype, requires_grad=True)
     else:
         bs = None
-        x = torch.randn(4, 3, I, dtype=dtype, requires_grad=True)
+        x = torch.randn(4, 3, n_in, dtype=dtype, requires_grad=True)
     h = torch.randn(3, H, dtype=dtype, requires_grad=True) if hx else None
-    w = [torch.randn(H, I, dtype=dtype, requires_grad=True), torch.randn(H, H, dtype=dtype, requires_grad=True)]
+    w = [
+        torch.randn(H, n_in, dtype=dtype, requires_grad=True),
+        torch.randn(H, H, dtype=dtype, requires_grad=True),
+    ]
     b = [torch.randn(H, dtype=dtype, requires_grad=True), None] if bias else [None, None]
     return (x, bs, h, w[0], w[1], b[0], b[1])
 
@@ -220,16 +223,16 @@ def test_rows_split_between_threads_packed(dtype, threads):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("I,H", [(600, 64), (40, 96)])
-def test_projection_paths(dtype, I, H):
-    # I > 512 with a large enough projection: one MKL addmm before the recurrence; moderate I:
+@pytest.mark.parametrize("n_in,H", [(600, 64), (40, 96)])
+def test_projection_paths(dtype, n_in, H):
+    # n_in > 512 with a large enough projection: one MKL addmm before the recurrence; moderate n_in:
     # the projection runs per step inside the recurrence (threads split rows at this size).
-    ref, new = _pair(I, H, 1, "relu", True, False, dtype, seed=I)
-    x = torch.randn(40, 6, I, dtype=dtype)
+    ref, new = _pair(n_in, H, 1, "relu", True, False, dtype, seed=n_in)
+    x = torch.randn(40, 6, n_in, dtype=dtype)
     h0 = torch.randn(1, 6, H, dtype=dtype)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else None
     _check(ref, new, x, h0, dtype, tol=tol)
     # a non-contiguous (batch-first transposed) input takes the same paths
-    ref_b, new_b = _pair(I, H, 1, "tanh", False, False, dtype, seed=I + 1)
-    xb = torch.randn(6, 40, I, dtype=dtype).transpose(0, 1)
+    ref_b, new_b = _pair(n_in, H, 1, "tanh", False, False, dtype, seed=n_in + 1)
+    xb = torch.randn(6, 40, n_in, dtype=dtype).transpose(0, 1)
     _check(ref_b, new_b, xb, h0, dtype, tol=tol)
