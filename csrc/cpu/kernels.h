@@ -49,14 +49,24 @@ RNNEXT_DECLARE_ISA(avx512)
 // or W[q, j] (W is [k, n]), for j < n, and zero for n <= j < ldp. ldw is W's row stride.
 template <typename T>
 void pack_weight(const T* w, int64_t ldw, int64_t n, int64_t k, bool transpose, T* p, int64_t ldp) {
-  for (int64_t q = 0; q < k; ++q) {
-    T* row = p + q * ldp;
-    if (transpose) {
-      for (int64_t j = 0; j < n; ++j) row[j] = w[j * ldw + q];
-    } else {
-      for (int64_t j = 0; j < n; ++j) row[j] = w[q * ldw + j];
+  if (transpose) {  // 16 x 16 tiles: the 16 source rows and 16 destination rows stay in L1
+    constexpr int64_t kTile = 16;
+    for (int64_t q0 = 0; q0 < k; q0 += kTile) {
+      const int64_t q1 = q0 + kTile < k ? q0 + kTile : k;
+      for (int64_t j0 = 0; j0 < n; j0 += kTile) {
+        const int64_t j1 = j0 + kTile < n ? j0 + kTile : n;
+        for (int64_t q = q0; q < q1; ++q) {
+          for (int64_t j = j0; j < j1; ++j) p[q * ldp + j] = w[j * ldw + q];
+        }
+      }
     }
-    for (int64_t j = n; j < ldp; ++j) row[j] = T(0);
+  } else {
+    for (int64_t q = 0; q < k; ++q) {
+      for (int64_t j = 0; j < n; ++j) p[q * ldp + j] = w[q * ldw + j];
+    }
+  }
+  for (int64_t q = 0; q < k; ++q) {
+    for (int64_t j = n; j < ldp; ++j) p[q * ldp + j] = T(0);
   }
 }
 
