@@ -236,3 +236,17 @@ def test_projection_paths(dtype, n_in, H):
     ref_b, new_b = _pair(n_in, H, 1, "tanh", False, False, dtype, seed=n_in + 1)
     xb = torch.randn(6, 40, n_in, dtype=dtype).transpose(0, 1)
     _check(ref_b, new_b, xb, h0, dtype, tol=tol)
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_nan_and_inf_propagate_like_torch(nonlinearity):
+    ref, new = _pair(3, 21, 1, nonlinearity, True, False, torch.float32, seed=4)
+    x = torch.randn(5, 2, 3)
+    x[1, 0, 2] = float("nan")
+    x[2, 1, 0] = float("inf")
+    x[3, 1, 1] = -float("inf")
+    with torch.no_grad():
+        y0, h0 = ref(x)
+        y1, h1 = new(x)
+    torch.testing.assert_close(y1, y0, equal_nan=True, rtol=2e-5, atol=2e-5)
+    torch.testing.assert_close(h1, h0, equal_nan=True, rtol=2e-5, atol=2e-5)

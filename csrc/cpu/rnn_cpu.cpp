@@ -85,7 +85,14 @@ void pack_projection(const Tensor& w_ih, const optional<Tensor>& b_ih,
 // and with W_hh of several MB, MKL's blocked GEMM was ~15% faster per step in our runs.
 constexpr int64_t kBlasHidden = 512;
 
-bool use_blas(const Geometry& g) { return g.H >= kBlasHidden; }
+// Without a vector kernel for this CPU (the portable scalar one), the products all go to BLAS,
+// as before the micro-kernel existed; the scalar kernel then only applies the epilogues.
+bool vector_kernel() {
+  static const bool vec = std::strcmp(cpu::step_kernel_isa(), "base") != 0;
+  return vec;
+}
+
+bool use_blas(const Geometry& g) { return g.H >= kBlasHidden || !vector_kernel(); }
 
 template <typename T>
 cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor& w_packed, const Tensor* hx,
@@ -153,7 +160,8 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
     return {out, h_n};
   }
   const bool blas = use_blas(g);
-  const bool fused = g.N * g.I * g.H <= kSmallProjection || (!blas && g.I <= kFusedMaxInput);
+  const bool fused = g.N * g.I * g.H <= kSmallProjection ||
+                     (!blas && vector_kernel() && g.I <= kFusedMaxInput);
   Tensor w = pack_w_hh(w_hh, /*transpose=*/true, blas, fused ? g.I + 1 : 0);
   Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
   Tensor xc;
@@ -234,7 +242,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
     Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
     // grad_input inside the recurrence, as the forward's projection (see kFusedMaxInput).
     fused_grad_input =
-        want_input && (g.N * g.I * g.H <= kSmallProjection || (!blas && g.I <= kFusedMaxInput));
+        want_input && (g.N * g.I * g.H <= kSmallProjection ||
+                       (!blas && vector_kernel() && g.I <= kFusedMaxInput));
     Tensor w_ih_plain;
     if (fused_grad_input) {
       grad_input = at::empty(input.sizes(), opts);
