@@ -250,3 +250,18 @@ def test_nan_and_inf_propagate_like_torch(nonlinearity):
         y1, h1 = new(x)
     torch.testing.assert_close(y1, y0, equal_nan=True, rtol=2e-5, atol=2e-5)
     torch.testing.assert_close(h1, h0, equal_nan=True, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_relu_nan_gradient_like_torch(dtype):
+    # torch's relu backward zeroes the gradient where h <= 0 only: a NaN h passes its gradient.
+    ref, new = _pair(3, 19, 1, "relu", True, False, dtype, seed=8)
+    x = torch.randn(4, 2, 3, dtype=dtype)
+    x[1, 0, 1] = float("nan")
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    for m, xi in zip((ref, new), xs):
+        y, h = m(xi)
+        y.sum().backward()
+    torch.testing.assert_close(xs[1].grad, xs[0].grad, equal_nan=True, **TOL[dtype])
+    for p0, p1 in zip(ref.parameters(), new.parameters()):
+        torch.testing.assert_close(p1.grad, p0.grad, equal_nan=True, **TOL[dtype])

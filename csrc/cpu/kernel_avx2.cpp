@@ -58,7 +58,8 @@ struct F32 {
   static reg tanh(reg v);
   static reg relu(reg v) { return _mm256_max_ps(zero(), v); }
   static reg tanh_bwd(reg g, reg h) { return _mm256_mul_ps(g, _mm256_fnmadd_ps(h, h, set1(1.0f))); }
-  static reg relu_bwd(reg g, reg h) { return _mm256_and_ps(_mm256_cmp_ps(h, zero(), _CMP_GT_OQ), g); }
+  // h <= 0 ? 0 : g (a NaN h passes g, as torch's threshold_backward)
+  static reg relu_bwd(reg g, reg h) { return _mm256_and_ps(_mm256_cmp_ps(h, zero(), _CMP_NLE_UQ), g); }
 };
 
 struct F64 {
@@ -83,7 +84,7 @@ struct F64 {
   }
   static reg relu(reg v) { return _mm256_max_pd(zero(), v); }
   static reg tanh_bwd(reg g, reg h) { return _mm256_mul_pd(g, _mm256_fnmadd_pd(h, h, set1(1.0))); }
-  static reg relu_bwd(reg g, reg h) { return _mm256_and_pd(_mm256_cmp_pd(h, zero(), _CMP_GT_OQ), g); }
+  static reg relu_bwd(reg g, reg h) { return _mm256_and_pd(_mm256_cmp_pd(h, zero(), _CMP_NLE_UQ), g); }
 };
 
 #include "kernel_impl.h"

@@ -61,7 +61,7 @@ struct F32 {
   static reg relu(reg v) { return _mm512_max_ps(zero(), v); }  // NaN passes (second operand)
   static reg tanh_bwd(reg g, reg h) { return _mm512_mul_ps(g, _mm512_fnmadd_ps(h, h, set1(1.0f))); }
   static reg relu_bwd(reg g, reg h) {
-    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(h, zero(), _CMP_GT_OQ), g);
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(h, zero(), _CMP_NLE_UQ), g);  // h <= 0 ? 0 : g
   }
 };
 
@@ -85,7 +85,7 @@ struct F64 {
   static reg relu(reg v) { return _mm512_max_pd(zero(), v); }
   static reg tanh_bwd(reg g, reg h) { return _mm512_mul_pd(g, _mm512_fnmadd_pd(h, h, set1(1.0))); }
   static reg relu_bwd(reg g, reg h) {
-    return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(h, zero(), _CMP_GT_OQ), g);
+    return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(h, zero(), _CMP_NLE_UQ), g);
   }
 };
 

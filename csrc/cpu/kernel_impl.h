@@ -5,7 +5,7 @@
 //
 // V provides: T, reg, W (lanes), MR (row block), NR (column block, in vectors), and
 //   zero, set1, load (whole), loadn/storen (first m lanes), store, fma(a,b,c)=a*b+c, add, mul,
-//   tanh, relu, tanh_bwd(g, h) = g*(1-h*h), relu_bwd(g, h) = h > 0 ? g : 0.
+//   tanh, relu, tanh_bwd(g, h) = g*(1-h*h), relu_bwd(g, h) = h <= 0 ? 0 : g.
 
 // One MR x NR block: rows r < mr, vectors c < nr, lanes up to `cols` in the last vector.
 template <class V, int MR, int NR>

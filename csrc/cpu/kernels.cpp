@@ -27,7 +27,7 @@ struct Scalar {
   static reg tanh(reg v) { return std::tanh(v); }
   static reg relu(reg v) { return v < T(0) ? T(0) : v; }  // NaN passes
   static reg tanh_bwd(reg g, reg h) { return g * (T(1) - h * h); }
-  static reg relu_bwd(reg g, reg h) { return h > T(0) ? g : T(0); }
+  static reg relu_bwd(reg g, reg h) { return h <= T(0) ? T(0) : g; }  // a NaN h passes g
 };
 
 #include "kernel_impl.h"

@@ -19,7 +19,7 @@ enum class Epilogue : int {
   kTanh = 1,     // C = tanh(C + A P)
   kRelu = 2,     // C = relu(C + A P)
   kTanhBwd = 3,  // C = (C + A P) * (1 - aux^2)     aux: [rows, ldc], the forward's h
-  kReluBwd = 4,  // C = (C + A P) * (aux > 0)
+  kReluBwd = 4,  // C = aux <= 0 ? 0 : C + A P   (a NaN aux passes, as torch's threshold_backward)
   kZero = 5,     // C = A P (C is not read)
 };
 
