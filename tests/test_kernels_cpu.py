@@ -265,3 +265,13 @@ def test_relu_nan_gradient_like_torch(dtype):
     torch.testing.assert_close(xs[1].grad, xs[0].grad, equal_nan=True, **TOL[dtype])
     for p0, p1 in zip(ref.parameters(), new.parameters()):
         torch.testing.assert_close(p1.grad, p0.grad, equal_nan=True, **TOL[dtype])
+
+
+def test_tanh_saturates_exactly_float32():
+    # tanh rounds to exactly +-1 from |x| ~ 9.01 on; +-inf gives +-1 (then 1 - h^2 = 0 exactly,
+    # and 0 * inf in the weight gradients is NaN, as in torch.nn).
+    x = torch.tensor([9.0, 9.02, 10.0, 30.0, 1e30, float("inf"), -9.0, -10.0, -float("inf")])
+    x = x.reshape(1, -1, 1)
+    w_ih, w_hh = torch.ones(1, 1), torch.zeros(1, 1)
+    out, _ = torch.ops.rnnext.rnn_forward(x, None, None, w_ih, w_hh, None, None, False, False)
+    assert torch.equal(out.flatten(), torch.tanh(x.flatten()))

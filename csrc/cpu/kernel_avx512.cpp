@@ -45,7 +45,7 @@ struct F32 {
   // min(c, a), returning a when a is NaN (the second operand wins on NaN).
   static reg min_keep_nan(reg c, reg a) { return _mm512_min_ps(c, a); }
   static reg round(reg a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static reg scale_pow2(reg e, reg n) {  // e * 2^n for integral n in [0, 26]
+  static reg scale_pow2(reg e, reg n) {  // e * 2^n for integral n in [0, 58]
     const __m512i bits = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
     return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(e), bits));
   }

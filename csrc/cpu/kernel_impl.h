@@ -120,7 +120,8 @@ static void step_impl(int64_t rows, int64_t n, int64_t k, const typename V::T* a
 }
 
 // tanh for float32 lanes (Cephes tanhf): an odd polynomial below |x| = 0.625, else
-// sign(x) (1 - 2 / (exp(2|x|) + 1)) with a Cephes expf; |x| is capped at 9, where tanh rounds to 1.
+// sign(x) (1 - 2 / (exp(2|x|) + 1)) with a Cephes expf; |x| is capped at 20 (tanh rounds to
+// exactly 1 from 9.01 on, so +-inf and huge inputs give exactly +-1, as torch's tanh does).
 // A few ulp from the correctly rounded value; NaN propagates.
 template <class V>
 static inline __attribute__((always_inline)) typename V::reg tanh_f32(typename V::reg x) {
@@ -133,8 +134,9 @@ static inline __attribute__((always_inline)) typename V::reg tanh_f32(typename V
   s = V::fma(s, z, V::set1(1.33314422036e-1f));
   s = V::fma(s, z, V::set1(-3.33332819422e-1f));
   s = V::fma(V::mul(s, z), x, x);
-  // exp(y), y = 2 min(|x|, 9) in [0, 18]: y = n ln2 + f, |f| <= ln2 / 2.
-  const reg y = V::add(V::min_keep_nan(V::set1(9.0f), ax), V::min_keep_nan(V::set1(9.0f), ax));
+  // exp(y), y = 2 min(|x|, 20) in [0, 40]: y = n ln2 + f, |f| <= ln2 / 2, n <= 58.
+  const reg capped = V::min_keep_nan(V::set1(20.0f), ax);
+  const reg y = V::add(capped, capped);
   const reg n = V::round(V::mul(y, V::set1(1.44269504088896341f)));
   reg f = V::fma(n, V::set1(-0.693359375f), y);
   f = V::fma(n, V::set1(2.12194440e-4f), f);
