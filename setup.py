@@ -33,18 +33,26 @@ def _sources(patterns):
 
 
 def _extension():
-    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden"]
+    # -fopenmp: at::parallel_for is a header template that runs serially unless the including
+    # translation unit is compiled with OpenMP (the CPU kernels split batch rows between threads).
+    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden", "-fopenmp"]
     if _use_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         return CUDAExtension(
             "rnnext._C",
             _sources(["*.cpp", "cpu/*.cpp", "cuda/*.cpp", "cuda/*.cu"]),
+            extra_link_args=["-fopenmp"],
             extra_compile_args={
                 "cxx": cxx_flags + ["-DRNNEXT_WITH_CUDA"],
                 "nvcc": ["-O3", "-std=c++20", "-DRNNEXT_WITH_CUDA", "--use_fast_math"],
             },
         )
-    return CppExtension("rnnext._C", _sources(["*.cpp", "cpu/*.cpp"]), extra_compile_args={"cxx": cxx_flags})
+    return CppExtension(
+        "rnnext._C",
+        _sources(["*.cpp", "cpu/*.cpp"]),
+        extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp"],
+    )
 
 
 setup(
