@@ -51,7 +51,9 @@ def _cuda_library_includes():
 
 
 def _extension():
-    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden"]
+    # -fopenmp: at::parallel_for is a header template that runs serially unless the including
+    # translation unit is compiled with OpenMP (the CPU kernels split batch rows between threads).
+    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden", "-fopenmp"]
     if _use_cuda():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
         # No --use_fast_math: the kernels must match ATen's tanh and IEEE division.
@@ -61,6 +63,7 @@ def _extension():
             # cublasGemmEx (the per-step fallback). Without the toolkit's libcublas.so the symbol
             # still resolves at import: libtorch_cuda, a dependency, loads libcublas.
             libraries=["cublas"] if os.path.exists(os.path.join(CUDA_HOME, "lib64", "libcublas.so")) else [],
+            extra_link_args=["-fopenmp"],
             extra_compile_args={
                 # -idirafter: searched after the toolkit's own headers, so nothing is shadowed.
                 "cxx": cxx_flags + ["-DRNNEXT_WITH_CUDA"]
@@ -68,7 +71,12 @@ def _extension():
                 "nvcc": ["-O3", "-std=c++20", "-DRNNEXT_WITH_CUDA", "-lineinfo"],
             },
         )
-    return CppExtension("rnnext._C", _sources(["*.cpp", "cpu/*.cpp"]), extra_compile_args={"cxx": cxx_flags})
+    return CppExtension(
+        "rnnext._C",
+        _sources(["*.cpp", "cpu/*.cpp"]),
+        extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=["-fopenmp"],
+    )
 
 
 setup(

@@ -1,11 +1,18 @@
 // CPU glue: checks arguments, allocates outputs, runs the large GEMMs (input projection, weight
 // gradients) through ATen once per call, and the recurrence through the core in rnn_core.h.
 #include <ATen/Dispatch.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/Functions.h>
+#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "../rnn_common.h"
 #include "rnn_core.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstring>
+#include <vector>
 
 namespace rnnext {
 namespace {
@@ -14,16 +21,124 @@ using at::Tensor;
 using c10::optional;
 
 template <typename T>
-cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor& w_hh, const Tensor* hx,
-                                   bool relu, bool reverse) {
+cpu::StepKernel<T> step_kernel();
+template <>
+cpu::StepKernel<float> step_kernel<float>() {
+  return cpu::step_kernel_f32();
+}
+template <>
+cpu::StepKernel<double> step_kernel<double>() {
+  return cpu::step_kernel_f64();
+}
+
+// Uninitialised CPU memory without a dispatcher round trip (~0.3 us each at the tutorial shape).
+Tensor empty(at::IntArrayRef sizes, at::ScalarType dtype) {
+  return Tensor(at::detail::empty_cpu(sizes, dtype));
+}
+
+int64_t packed_ld(int64_t h) { return (h + cpu::kPackAlign - 1) / cpu::kPackAlign * cpu::kPackAlign; }
+
+// W_hh packed for the micro-kernel (kernels.h): transposed for the forward (h W^T), as is for the
+// backward (dpre W), with zero-padded rows; or not at all when `blas` (an empty [0, ldp] then).
+// extra_rows more rows are allocated after it, unset.
+Tensor pack_w_hh(const Tensor& w_hh, bool transpose, bool blas, int64_t extra_rows = 0) {
+  const int64_t H = w_hh.size(0);
+  const int64_t ldp = packed_ld(H);
+  Tensor w = w_hh.contiguous();
+  Tensor p = empty({(blas ? 0 : H) + extra_rows, ldp}, w.scalar_type());
+  if (blas) return p;
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "rnnext_pack_w_hh", [&] {
+    cpu::pack_weight<scalar_t>(w.data_ptr<scalar_t>(), H, H, H, transpose, p.data_ptr<scalar_t>(),
+                               ldp);
+  });
+  return p;
+}
+
+// The input projection runs inside the recurrence (each thread slice, each step: its rows'
+// x_t W_ih^T + bias in the micro-kernel, just before the recurrent product) when the whole
+// projection is small (an ATen addmm's dispatch and BLAS set-up cost more than its arithmetic),
+// or when the recurrence itself runs in the micro-kernel and I is moderate: one parallel region
+// per call instead of an MKL region plus ours, and the rows are hot in cache for the step.
+// Otherwise (large I or BLAS steps) one MKL addmm for all rows before the recurrence.
+constexpr int64_t kSmallProjection = 1 << 18;
+constexpr int64_t kFusedMaxInput = 512;
+
+// Packs W_ih^T into p (I rows of ldp) and the summed bias into the row after it.
+template <typename T>
+void pack_projection(const Tensor& w_ih, const optional<Tensor>& b_ih,
+                     const optional<Tensor>& b_hh, T* p, int64_t ldp) {
+  const int64_t I = w_ih.size(1), H = w_ih.size(0);
+  cpu::pack_weight<T>(w_ih.data_ptr<T>(), w_ih.stride(0), H, I, /*transpose=*/true, p, ldp);
+  T* bias = p + I * ldp;
+  for (int64_t j = 0; j < ldp; ++j) bias[j] = T(0);
+  for (const auto* b : {&b_ih, &b_hh}) {
+    if (b->has_value()) {
+      const T* bp = (*b)->template data_ptr<T>();
+      const int64_t st = (*b)->stride(0);
+      for (int64_t j = 0; j < H; ++j) bias[j] += bp[j * st];
+    }
+  }
+}
+
+// From this hidden size on, the recurrent products run in BLAS (one call per step and thread
+// slice, then the fused epilogue in the micro-kernel): the micro-kernel has no blocking over k,
+// and with W_hh of several MB, MKL's blocked GEMM was ~15% faster per step in our runs.
+constexpr int64_t kBlasHidden = 512;
+
+// Without a vector kernel for this CPU (the portable scalar one), the products all go to BLAS,
+// as before the micro-kernel existed; the scalar kernel then only applies the epilogues.
+bool vector_kernel() {
+  static const bool vec = std::strcmp(cpu::step_kernel_isa(), "base") != 0;
+  return vec;
+}
+
+bool use_blas(const Geometry& g) { return g.H >= kBlasHidden || !vector_kernel(); }
+
+template <typename T>
+cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor& w_packed, const Tensor* hx,
+                                   bool relu, bool reverse, const Tensor& w_blas = Tensor()) {
   return cpu::Recurrence<T>{g.T,
                             g.H,
                             g.batch_sizes.data(),
                             g.offsets.data(),
-                            w_hh.data_ptr<T>(),
+                            w_packed.defined() ? w_packed.data_ptr<T>() : nullptr,
+                            w_packed.defined() ? w_packed.size(1) : 0,
                             hx != nullptr ? hx->data_ptr<T>() : nullptr,
                             relu,
-                            reverse};
+                            reverse,
+                            step_kernel<T>(),
+                            w_blas.defined() ? w_blas.data_ptr<T>() : nullptr};
+}
+
+// Below this many multiply-adds in the recurrence (~10 us on one core), one thread: a parallel
+// region costs a few us, more on a loaded machine, and splitting saves at most half the work.
+constexpr int64_t kMinParallelWork = 1 << 19;
+
+// Runs fn(row_begin, row_end) over the batch rows, in parallel when there is enough work. Rows
+// are independent through the recurrence, so each slice runs the whole time loop on its own. The
+// rows are cut into ~4 slices per thread (whole register blocks of 4 rows) and the threads take
+// slices from a shared counter: a thread that the OS deschedules (the machine may be shared)
+// holds up only its current slice, and packed batches, whose first rows are the longest, balance.
+// With BLAS steps (large H) one slice per thread: each BLAS call re-reads all of W_hh.
+template <typename F>
+void over_rows(const Geometry& g, const F& fn) {
+  const bool blas = use_blas(g);
+  const int64_t threads = at::get_num_threads();
+  if (threads < 2 || g.B < 2 || g.N * g.H * g.H < kMinParallelWork) {
+    fn(int64_t{0}, g.B);
+    return;
+  }
+  const int64_t want = blas ? threads : 4 * threads;
+  const int64_t per = std::max<int64_t>(4, ((g.B + want - 1) / want + 3) / 4 * 4);
+  const int64_t slices = (g.B + per - 1) / per;
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min(threads, slices), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {  // one worker per index; each drains the counter
+      for (int64_t s = next++; s < slices; s = next++) {
+        fn(s * per, std::min(g.B, (s + 1) * per));
+      }
+    }
+  });
 }
 
 void check_cpu(const Tensor& input) {
@@ -37,29 +152,59 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
                                            const optional<Tensor>& b_hh, bool relu, bool reverse) {
   const Geometry g = make_geometry(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh);
   check_cpu(input);
-  auto opts = input.options();
-  Tensor out = at::empty(g.packed ? at::IntArrayRef{g.N, g.H} : at::IntArrayRef{g.T, g.B, g.H}, opts);
-  Tensor h_n = at::empty({g.B, g.H}, opts);
+  const auto dtype = input.scalar_type();
+  Tensor out = empty(g.packed ? at::IntArrayRef{g.N, g.H} : at::IntArrayRef{g.T, g.B, g.H}, dtype);
+  Tensor h_n = empty({g.B, g.H}, dtype);
   if (g.N == 0) {
     if (hx.has_value()) h_n.copy_(*hx); else h_n.zero_();
     return {out, h_n};
   }
-  // Input projection for every step in one GEMM, written straight into the output buffer.
-  Tensor out2d = out.view({g.N, g.H});
-  Tensor x2d = input.reshape({g.N, g.I});
-  if (b_ih.has_value() || b_hh.has_value()) {
+  const bool blas = use_blas(g);
+  const bool fused = g.N * g.I * g.H <= kSmallProjection ||
+                     (!blas && vector_kernel() && g.I <= kFusedMaxInput);
+  Tensor w = pack_w_hh(w_hh, /*transpose=*/true, blas, fused ? g.I + 1 : 0);
+  Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
+  Tensor xc;
+  if (fused) {
+    // x's rows at a uniform stride: a 2-D input, or [T, B, I] whose steps follow each other.
+    const bool rows_ok = input.stride(-1) == 1 &&
+                         (input.dim() == 2 || g.B == 1 || input.stride(0) == g.B * input.stride(1));
+    xc = rows_ok ? input : input.contiguous();
+    Tensor wc = w_ih.stride(1) == 1 ? w_ih : w_ih.contiguous();
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_pack_projection", [&] {
+      pack_projection<scalar_t>(wc, b_ih, b_hh,
+                                w.data_ptr<scalar_t>() + (blas ? 0 : g.H) * w.size(1), w.size(1));
+    });
+  } else if (b_ih.has_value() || b_hh.has_value()) {
+    // Input projection for every step in one GEMM, written straight into the output buffer.
+    Tensor out2d = out.view({g.N, g.H});
+    Tensor x2d = input.reshape({g.N, g.I});
     Tensor bias = b_ih.has_value() && b_hh.has_value() ? at::add(*b_ih, *b_hh)
                   : b_ih.has_value()                  ? *b_ih
                                                       : *b_hh;
     at::addmm_out(out2d, bias, x2d, w_ih.t());
   } else {
-    at::mm_out(out2d, x2d, w_ih.t());
+    Tensor out2d = out.view({g.N, g.H});
+    at::mm_out(out2d, input.reshape({g.N, g.I}), w_ih.t());
   }
-  Tensor w = w_hh.contiguous();
   Tensor h0 = hx.has_value() ? hx->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_forward_cpu", [&] {
-    make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse)
-        .forward(out.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>());
+    auto rec =
+        make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse, w_blas);
+    if (fused) {
+      rec.x = xc.data_ptr<scalar_t>();
+      rec.ldx = xc.dim() == 2 ? xc.stride(0) : (g.B == 1 ? xc.stride(0) : xc.stride(1));
+      rec.inputs = g.I;
+      rec.w_ih_packed = w.data_ptr<scalar_t>() + (blas ? 0 : g.H) * w.size(1);
+    }
+    scalar_t* o = out.data_ptr<scalar_t>();
+    scalar_t* hn = h_n.data_ptr<scalar_t>();
+    over_rows(g, [&](int64_t r0, int64_t r1) {
+      auto part = rec;
+      part.row_begin = r0;
+      part.row_end = r1;
+      part.forward(o, hn);
+    });
   });
   return {out, h_n};
 }
@@ -85,32 +230,67 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   const auto [want_input, want_hx, want_w_ih, want_w_hh, want_bias] = output_mask;
   Tensor grad_hx = want_hx ? at::zeros({g.B, g.H}, opts) : at::empty({0}, opts);
   Tensor dpre = at::empty({g.N, g.H}, opts);
+  Tensor grad_input;
+  bool fused_grad_input = false;
   Tensor out = output.contiguous();
   Tensor h0 = hx.has_value() ? hx->contiguous() : Tensor();
   if (g.N > 0) {
     Tensor go = grad_output.contiguous();
     Tensor ghn = grad_h_n.has_value() ? grad_h_n->contiguous() : Tensor();
-    Tensor w = w_hh.contiguous();
+    const bool blas = use_blas(g);
+    Tensor w = pack_w_hh(w_hh, /*transpose=*/false, blas);
+    Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
+    // grad_input inside the recurrence, as the forward's projection (see kFusedMaxInput).
+    fused_grad_input =
+        want_input && (g.N * g.I * g.H <= kSmallProjection ||
+                       (!blas && vector_kernel() && g.I <= kFusedMaxInput));
+    Tensor w_ih_plain;
+    if (fused_grad_input) {
+      grad_input = at::empty(input.sizes(), opts);
+      const int64_t ldp_ih = packed_ld(g.I);
+      Tensor wc = w_ih.stride(1) == 1 ? w_ih : w_ih.contiguous();
+      w_ih_plain = at::empty({g.H, ldp_ih}, opts);
+      AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_pack_w_ih", [&] {
+        cpu::pack_weight<scalar_t>(wc.data_ptr<scalar_t>(), wc.stride(0), g.I, g.H,
+                                   /*transpose=*/false, w_ih_plain.data_ptr<scalar_t>(), ldp_ih);
+      });
+    }
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_backward_cpu", [&] {
-      make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse)
-          .backward(go.data_ptr<scalar_t>(),
-                    grad_h_n.has_value() ? ghn.data_ptr<scalar_t>() : nullptr,
-                    out.data_ptr<scalar_t>(), dpre.data_ptr<scalar_t>(),
-                    want_hx ? grad_hx.data_ptr<scalar_t>() : nullptr);
+      auto rec =
+          make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse, w_blas);
+      if (fused_grad_input) {
+        rec.grad_x = grad_input.data_ptr<scalar_t>();
+        rec.inputs = g.I;
+        rec.w_ih_plain = w_ih_plain.data_ptr<scalar_t>();
+        rec.ldp_ih = w_ih_plain.size(1);
+      }
+      const scalar_t* gop = go.data_ptr<scalar_t>();
+      const scalar_t* ghnp = grad_h_n.has_value() ? ghn.data_ptr<scalar_t>() : nullptr;
+      const scalar_t* op = out.data_ptr<scalar_t>();
+      scalar_t* dp = dpre.data_ptr<scalar_t>();
+      scalar_t* ghx = want_hx ? grad_hx.data_ptr<scalar_t>() : nullptr;
+      over_rows(g, [&](int64_t r0, int64_t r1) {
+        auto part = rec;
+        part.row_begin = r0;
+        part.row_end = r1;
+        part.backward(gop, ghnp, op, dp, ghx);
+      });
     });
   } else if (want_hx && grad_h_n.has_value()) {
     grad_hx.copy_(*grad_h_n);  // no step ran: h_n is hx itself
   }
   // Everything else is one large GEMM (or reduction) over all rows.
   Tensor x2d = input.reshape({g.N, g.I});
-  Tensor grad_input = want_input ? at::mm(dpre, w_ih).view(input.sizes()) : at::empty({0}, opts);
+  if (!fused_grad_input) {
+    grad_input = want_input ? at::mm(dpre, w_ih).view(input.sizes()) : at::empty({0}, opts);
+  }
   Tensor grad_w_ih = want_w_ih ? at::mm(dpre.t(), x2d) : at::empty({0}, opts);
   Tensor grad_w_hh = at::empty({0}, opts);
   if (want_w_hh) {
     Tensor h_prev = at::empty({g.N, g.H}, opts);
     if (g.N > 0) {
       AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_gather_prev_cpu", [&] {
-        make_recurrence<scalar_t>(g, w_hh, hx.has_value() ? &h0 : nullptr, relu, reverse)
+        make_recurrence<scalar_t>(g, Tensor(), hx.has_value() ? &h0 : nullptr, relu, reverse)
             .gather_prev(out.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>());
       });
     }

@@ -1,0 +1,119 @@
+// Autograd for rnnext::rnn_forward on CPU tensors, in C++ (dispatch key AutogradCPU).
+//
+// Why: the Python autograd kernel that torch.library.register_autograd installs (rnnext/_ops.py)
+// runs Python on every call, grad or no grad: tens of microseconds, more than the whole forward
+// at the tutorial shape. A kernel on the runtime key AutogradCPU takes precedence over that
+// registration on the Autograd alias key for CPU tensors; other devices keep the Python one.
+// The formula is the same as _ops.py's: save (input, batch_sizes, hx, w_ih, w_hh, output), call the
+// fused rnnext::rnn_backward with output_mask = [input, hx, w_ih, w_hh, b_ih or b_hh].
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+namespace rnnext {
+namespace {
+
+using at::Tensor;
+using c10::optional;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using ForwardSig = std::tuple<Tensor, Tensor>(const Tensor&, const optional<Tensor>&,
+                                              const optional<Tensor>&, const Tensor&,
+                                              const Tensor&, const optional<Tensor>&,
+                                              const optional<Tensor>&, bool, bool);
+using BackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
+    const Tensor&, const optional<Tensor>&, const Tensor&, const optional<Tensor>&,
+    const optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&, bool, bool,
+    std::array<bool, 5>);
+
+const c10::TypedOperatorHandle<ForwardSig>& forward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                              .findSchemaOrThrow("rnnext::rnn_forward", "")
+                              .typed<ForwardSig>();
+  return op;
+}
+
+const c10::TypedOperatorHandle<BackwardSig>& backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                              .findSchemaOrThrow("rnnext::rnn_backward", "")
+                              .typed<BackwardSig>();
+  return op;
+}
+
+bool present(const optional<Tensor>& t) { return t.has_value() && t->defined(); }
+optional<Tensor> maybe(const Tensor& t) { return t.defined() ? optional<Tensor>(t) : c10::nullopt; }
+
+struct RnnForward : public torch::autograd::Function<RnnForward> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input,
+                               const optional<Tensor>& batch_sizes, const optional<Tensor>& hx,
+                               const Tensor& w_ih, const Tensor& w_hh,
+                               const optional<Tensor>& b_ih, const optional<Tensor>& b_hh,
+                               bool relu, bool reverse) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, h_n] = forward_op().call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse);
+    ctx->set_materialize_grads(false);
+    ctx->save_for_backward({input, batch_sizes.value_or(Tensor()), hx.value_or(Tensor()), w_ih,
+                            w_hh, out});
+    // needs_input_grad counts only the tensor arguments that were given (absent optionals are
+    // not inputs of the graph node): record each argument's edge index, or -1.
+    int64_t edge = 0;
+    auto index = [&](bool is_var) { return is_var ? edge++ : int64_t{-1}; };
+    ctx->saved_data["e_input"] = index(true);
+    index(present(batch_sizes));
+    ctx->saved_data["e_hx"] = index(present(hx));
+    ctx->saved_data["e_w_ih"] = index(true);
+    ctx->saved_data["e_w_hh"] = index(true);
+    ctx->saved_data["e_b_ih"] = index(present(b_ih));
+    ctx->saved_data["e_b_hh"] = index(present(b_hh));
+    ctx->saved_data["relu"] = relu;
+    ctx->saved_data["reverse"] = reverse;
+    return {out, h_n};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &input = saved[0], &w_ih = saved[3], &w_hh = saved[4], &output = saved[5];
+    auto need = [&](const char* key) {
+      const int64_t e = ctx->saved_data[key].toInt();
+      return e >= 0 && ctx->needs_input_grad(static_cast<size_t>(e));
+    };
+    const bool need_b_ih = need("e_b_ih"), need_b_hh = need("e_b_hh");
+    const std::array<bool, 5> mask = {need("e_input"), need("e_hx"), need("e_w_ih"),
+                                      need("e_w_hh"), need_b_ih || need_b_hh};
+    Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
+    auto [g_input, g_hx, g_w_ih, g_w_hh, g_bias] = backward_op().call(
+        grad_output, maybe(grads[1]), input, maybe(saved[1]), maybe(saved[2]), w_ih, w_hh, output,
+        ctx->saved_data["relu"].toBool(), ctx->saved_data["reverse"].toBool(), mask);
+    return {mask[0] ? g_input : Tensor(), Tensor(), mask[1] ? g_hx : Tensor(),
+            mask[2] ? g_w_ih : Tensor(), mask[3] ? g_w_hh : Tensor(),
+            need_b_ih ? g_bias : Tensor(), need_b_hh ? g_bias : Tensor(), Tensor(), Tensor()};
+  }
+};
+
+bool requires_grad(const optional<Tensor>& t) { return present(t) && t->requires_grad(); }
+
+std::tuple<Tensor, Tensor> rnn_forward_autograd(const Tensor& input,
+                                                const optional<Tensor>& batch_sizes,
+                                                const optional<Tensor>& hx, const Tensor& w_ih,
+                                                const Tensor& w_hh, const optional<Tensor>& b_ih,
+                                                const optional<Tensor>& b_hh, bool relu,
+                                                bool reverse) {
+  const bool record = at::GradMode::is_enabled() &&
+                      (input.requires_grad() || requires_grad(hx) || w_ih.requires_grad() ||
+                       w_hh.requires_grad() || requires_grad(b_ih) || requires_grad(b_hh));
+  if (!record) {  // nothing to differentiate: straight to the kernel, no graph node
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return forward_op().call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse);
+  }
+  auto outs = RnnForward::apply(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse);
+  return {outs[0], outs[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(rnnext, AutogradCPU, m) {
+  m.impl("rnn_forward", &rnn_forward_autograd);
+}
+
+}  // namespace rnnext

@@ -1,0 +1,116 @@
+// The micro-kernel for AVX-512 (F + DQ): 16 float / 8 double lanes, 4 x 4 register blocks.
+// Compiled for that target by pragma; called only when the CPU reports AVX-512 (kernels.cpp).
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "kernels.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define RNNEXT_HAVE_AVX512 1
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512dq,avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx2,fma")
+// GCC 12 warns inside its own avx512fintrin.h (_mm512_undefined_*): a known false positive.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
+namespace rnnext {
+namespace cpu {
+namespace avx512 {
+namespace {
+
+inline __mmask16 mask16(int m) { return static_cast<__mmask16>((1u << m) - 1u); }
+inline __mmask8 mask8(int m) { return static_cast<__mmask8>((1u << m) - 1u); }
+
+struct F32 {
+  using T = float;
+  using reg = __m512;
+  static constexpr int W = 16, MR = 4, NR = 4;
+  static reg zero() { return _mm512_setzero_ps(); }
+  static reg set1(float x) { return _mm512_set1_ps(x); }
+  static reg load(const float* p) { return _mm512_loadu_ps(p); }
+  static reg loadn(const float* p, int m) { return _mm512_maskz_loadu_ps(mask16(m), p); }
+  static void store(float* p, reg v) { _mm512_storeu_ps(p, v); }
+  static void storen(float* p, reg v, int m) { _mm512_mask_storeu_ps(p, mask16(m), v); }
+  static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
+  static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
+  static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
+  static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
+  static reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
+  static reg abs(reg a) { return _mm512_abs_ps(a); }
+  // min(c, a), returning a when a is NaN (the second operand wins on NaN).
+  static reg min_keep_nan(reg c, reg a) { return _mm512_min_ps(c, a); }
+  static reg round(reg a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static reg scale_pow2(reg e, reg n) {  // e * 2^n for integral n in [0, 58]
+    const __m512i bits = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(e), bits));
+  }
+  static reg copysign(reg mag, reg sgn) {
+    const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
+    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(sgn), sign),
+                                               _mm512_andnot_si512(sign, _mm512_castps_si512(mag))));
+  }
+  static reg select_lt(reg a, reg b, reg x, reg y) {  // a < b ? x : y
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), y, x);
+  }
+  static reg tanh(reg v);
+  static reg relu(reg v) { return _mm512_max_ps(zero(), v); }  // NaN passes (second operand)
+  static reg tanh_bwd(reg g, reg h) { return _mm512_mul_ps(g, _mm512_fnmadd_ps(h, h, set1(1.0f))); }
+  static reg relu_bwd(reg g, reg h) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(h, zero(), _CMP_NLE_UQ), g);  // h <= 0 ? 0 : g
+  }
+};
+
+struct F64 {
+  using T = double;
+  using reg = __m512d;
+  static constexpr int W = 8, MR = 4, NR = 4;
+  static reg zero() { return _mm512_setzero_pd(); }
+  static reg set1(double x) { return _mm512_set1_pd(x); }
+  static reg load(const double* p) { return _mm512_loadu_pd(p); }
+  static reg loadn(const double* p, int m) { return _mm512_maskz_loadu_pd(mask8(m), p); }
+  static void store(double* p, reg v) { _mm512_storeu_pd(p, v); }
+  static void storen(double* p, reg v, int m) { _mm512_mask_storeu_pd(p, mask8(m), v); }
+  static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_pd(a, b, c); }
+  static reg tanh(reg v) {  // float64 keeps libm's tanh: the equivalence tests are tight there
+    alignas(64) double t[8];
+    _mm512_store_pd(t, v);
+    for (double& x : t) x = std::tanh(x);
+    return _mm512_load_pd(t);
+  }
+  static reg relu(reg v) { return _mm512_max_pd(zero(), v); }
+  static reg tanh_bwd(reg g, reg h) { return _mm512_mul_pd(g, _mm512_fnmadd_pd(h, h, set1(1.0))); }
+  static reg relu_bwd(reg g, reg h) {
+    return _mm512_maskz_mov_pd(_mm512_cmp_pd_mask(h, zero(), _CMP_NLE_UQ), g);
+  }
+};
+
+#include "kernel_impl.h"
+
+inline F32::reg F32::tanh(reg v) { return tanh_f32<F32>(v); }
+
+}  // namespace
+
+void step(int64_t rows, int64_t n, int64_t k, const float* a, int64_t lda, const float* p,
+          int64_t ldp, float* c, int64_t ldc, const float* aux, Epilogue ep) {
+  step_impl<F32>(rows, n, k, a, lda, p, ldp, c, ldc, aux, ep);
+}
+void step(int64_t rows, int64_t n, int64_t k, const double* a, int64_t lda, const double* p,
+          int64_t ldp, double* c, int64_t ldc, const double* aux, Epilogue ep) {
+  step_impl<F64>(rows, n, k, a, lda, p, ldp, c, ldc, aux, ep);
+}
+
+}  // namespace avx512
+}  // namespace cpu
+}  // namespace rnnext
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif

@@ -1,0 +1,154 @@
+// The micro-kernel body, written once over a vector "traits" type V and included by each
+// instruction-set translation unit (kernel_<isa>.cpp) after it has set the target and defined V.
+// No includes here: the includer includes what it needs before switching the target, so no
+// library inline function is compiled for an instruction set the CPU may lack.
+//
+// V provides: T, reg, W (lanes), MR (row block), NR (column block, in vectors), and
+//   zero, set1, load (whole), loadn/storen (first m lanes), store, fma(a,b,c)=a*b+c, add, mul,
+//   tanh, relu, tanh_bwd(g, h) = g*(1-h*h), relu_bwd(g, h) = h <= 0 ? 0 : g.
+
+// One MR x NR block: rows r < mr, vectors c < nr, lanes up to `cols` in the last vector.
+template <class V, int MR, int NR>
+static inline __attribute__((always_inline)) void block(int64_t k, const typename V::T* a,
+                                                       int64_t lda, const typename V::T* p,
+                                                       int64_t ldp, typename V::T* c, int64_t ldc,
+                                                       const typename V::T* aux, int last,
+                                                       Epilogue ep) {
+  using reg = typename V::reg;
+  constexpr int W = V::W;
+  reg acc[MR][NR];
+  if (ep == Epilogue::kZero) {
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+      for (int j = 0; j < NR; ++j) acc[r][j] = V::zero();
+  } else {
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+      for (int j = 0; j < NR; ++j)
+        acc[r][j] = (j == NR - 1 && last < W) ? V::loadn(c + r * ldc + j * W, last)
+                                              : V::load(c + r * ldc + j * W);
+  }
+  for (int64_t q = 0; q < k; ++q) {
+    reg w[NR];
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) w[j] = V::load(p + q * ldp + j * W);
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r) {
+      const reg x = V::set1(a[r * lda + q]);
+#pragma GCC unroll 8
+      for (int j = 0; j < NR; ++j) acc[r][j] = V::fma(x, w[j], acc[r][j]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < MR; ++r) {
+#pragma GCC unroll 8
+    for (int j = 0; j < NR; ++j) {
+      reg v = acc[r][j];
+      const bool partial = (j == NR - 1 && last < W);
+      switch (ep) {
+        case Epilogue::kTanh: v = V::tanh(v); break;
+        case Epilogue::kRelu: v = V::relu(v); break;
+        case Epilogue::kTanhBwd:
+        case Epilogue::kReluBwd: {
+          const typename V::T* h = aux + r * ldc + j * W;
+          const reg hv = partial ? V::loadn(h, last) : V::load(h);
+          v = ep == Epilogue::kTanhBwd ? V::tanh_bwd(v, hv) : V::relu_bwd(v, hv);
+          break;
+        }
+        default: break;
+      }
+      if (partial) {
+        V::storen(c + r * ldc + j * W, v, last);
+      } else {
+        V::store(c + r * ldc + j * W, v);
+      }
+    }
+  }
+}
+
+// Rows in blocks of MR (the remainder with fewer), columns in blocks of NR vectors.
+template <class V, int NR>
+static inline __attribute__((always_inline)) void column_block(
+    int64_t rows, int64_t k, const typename V::T* a, int64_t lda, const typename V::T* p,
+    int64_t ldp, typename V::T* c, int64_t ldc, const typename V::T* aux, int last, Epilogue ep) {
+  constexpr int MR = V::MR;
+  int64_t r = 0;
+  for (; r + MR <= rows; r += MR) {
+    block<V, MR, NR>(k, a + r * lda, lda, p, ldp, c + r * ldc, ldc, aux ? aux + r * ldc : aux,
+                     last, ep);
+  }
+  const int64_t rest = rows - r;
+  a += r * lda;
+  c += r * ldc;
+  if (aux) aux += r * ldc;
+  if constexpr (MR > 3) {
+    if (rest == 3) return block<V, 3, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+  }
+  if constexpr (MR > 2) {
+    if (rest == 2) return block<V, 2, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+  }
+  if constexpr (MR > 1) {
+    if (rest == 1) return block<V, 1, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+  }
+}
+
+template <class V>
+static void step_impl(int64_t rows, int64_t n, int64_t k, const typename V::T* a, int64_t lda,
+                      const typename V::T* p, int64_t ldp, typename V::T* c, int64_t ldc,
+                      const typename V::T* aux, Epilogue ep) {
+  constexpr int W = V::W, NR = V::NR;
+  if (rows <= 0 || n <= 0) return;
+  for (int64_t j0 = 0; j0 < n; j0 += NR * W) {
+    const int64_t cols = n - j0 < NR * W ? n - j0 : NR * W;
+    const int nv = static_cast<int>((cols + W - 1) / W);
+    const int last = static_cast<int>(cols - (nv - 1) * W);
+    const typename V::T* auxj = aux ? aux + j0 : aux;
+    if (nv == NR) {
+      column_block<V, NR>(rows, k, a, lda, p + j0, ldp, c + j0, ldc, auxj, last, ep);
+    } else if (nv == 1) {
+      column_block<V, 1>(rows, k, a, lda, p + j0, ldp, c + j0, ldc, auxj, last, ep);
+    } else if constexpr (NR > 2) {
+      if (nv == 2) {
+        column_block<V, 2>(rows, k, a, lda, p + j0, ldp, c + j0, ldc, auxj, last, ep);
+      } else if constexpr (NR > 3) {
+        if (nv == 3) column_block<V, 3>(rows, k, a, lda, p + j0, ldp, c + j0, ldc, auxj, last, ep);
+      }
+    }
+  }
+}
+
+// tanh for float32 lanes (Cephes tanhf): an odd polynomial below |x| = 0.625, else
+// sign(x) (1 - 2 / (exp(2|x|) + 1)) with a Cephes expf; |x| is capped at 20 (tanh rounds to
+// exactly 1 from 9.01 on, so +-inf and huge inputs give exactly +-1, as torch's tanh does).
+// A few ulp from the correctly rounded value; NaN propagates.
+template <class V>
+static inline __attribute__((always_inline)) typename V::reg tanh_f32(typename V::reg x) {
+  using reg = typename V::reg;
+  const reg ax = V::abs(x);
+  const reg z = V::mul(x, x);
+  reg s = V::set1(-5.70498872745e-3f);
+  s = V::fma(s, z, V::set1(2.06390887954e-2f));
+  s = V::fma(s, z, V::set1(-5.37397155531e-2f));
+  s = V::fma(s, z, V::set1(1.33314422036e-1f));
+  s = V::fma(s, z, V::set1(-3.33332819422e-1f));
+  s = V::fma(V::mul(s, z), x, x);
+  // exp(y), y = 2 min(|x|, 20) in [0, 40]: y = n ln2 + f, |f| <= ln2 / 2, n <= 58.
+  const reg capped = V::min_keep_nan(V::set1(20.0f), ax);
+  const reg y = V::add(capped, capped);
+  const reg n = V::round(V::mul(y, V::set1(1.44269504088896341f)));
+  reg f = V::fma(n, V::set1(-0.693359375f), y);
+  f = V::fma(n, V::set1(2.12194440e-4f), f);
+  reg e = V::set1(1.9875691500e-4f);
+  e = V::fma(e, f, V::set1(1.3981999507e-3f));
+  e = V::fma(e, f, V::set1(8.3334519073e-3f));
+  e = V::fma(e, f, V::set1(4.1665795894e-2f));
+  e = V::fma(e, f, V::set1(1.6666665459e-1f));
+  e = V::fma(e, f, V::set1(5.0000001201e-1f));
+  e = V::fma(e, V::mul(f, f), V::add(f, V::set1(1.0f)));
+  e = V::scale_pow2(e, n);
+  reg l = V::sub(V::set1(1.0f), V::div(V::set1(2.0f), V::add(e, V::set1(1.0f))));
+  l = V::copysign(l, x);
+  return V::select_lt(ax, V::set1(0.625f), s, l);
+}
