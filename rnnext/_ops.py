@@ -105,7 +105,8 @@ def _backward_fake(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, ou
 
     return (
         new(input.shape, mask[0]),
-        new((_batch(input, batch_sizes, hx), hidden), mask[1]),
+        # Only when wanted: for packed input without hx the batch is a new (unbacked) symbol.
+        new((_batch(input, batch_sizes, hx), hidden) if mask[1] else (0,), mask[1]),
         new((hidden, features), mask[2]),
         new((hidden, hidden), mask[3]),
         new((hidden,), mask[4]),

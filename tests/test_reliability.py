@@ -192,6 +192,13 @@ def _allocations(fn: Callable[[], object]) -> tuple[object, int, int]:
     return result, total, peak
 
 
+def _packed_weights_bytes(hidden: int, features: int, item: int) -> int:
+    """The CPU kernel's per-call workspace: W_hh^T, W_ih^T and the bias row packed with their
+    columns padded to a multiple of 16 (csrc/cpu/kernels.h, kPackAlign). It depends on the weights'
+    sizes only, never on T or B, and is freed before the op returns."""
+    return (hidden + features + 1) * (-(-hidden // 16) * 16) * item
+
+
 def test_allocation_probe_sees_allocations() -> None:
     """The probe used below must see allocations, or the bounds below would hold vacuously."""
     x = torch.randn(1000, dtype=torch.float64)
@@ -222,8 +229,10 @@ def test_forward_op_allocates_only_its_outputs(dtype, packed, bias, with_hx, rev
     item = torch.empty((), dtype=dtype).element_size()
     outputs = (n_rows * H + B * H) * item
     assert out.numel() * item + h_n.numel() * item == outputs
-    # Allowed beyond the outputs: the sum of the two bias vectors, [H].
-    allowed = outputs + (H * item if bias else 0)
+    # Allowed beyond the outputs, none of it growing with T or B: the sum of the two bias vectors
+    # [H], and the CPU kernel's transient packed copy of the weights (W_hh^T, W_ih^T and the bias
+    # row: H + C + 1 rows padded to a multiple of 16 columns), freed before the op returns.
+    allowed = outputs + (H * item if bias else 0) + _packed_weights_bytes(H, C, item)
     assert outputs <= total <= allowed, f"allocated {total} B, outputs are {outputs} B"
     assert peak <= allowed
 
@@ -247,7 +256,7 @@ def test_module_inference_allocates_only_its_outputs(grad_mode: bool, packed: bo
     outputs = (rows * H + B * H) * 4  # output and h_n
     tiny = 32  # 0-d tensors: int(batch_sizes.sum()) is one int64 (8 B)
     assert tiny < B * H * 4
-    allowed = outputs + H * 4 + tiny  # + the bias sum
+    allowed = outputs + H * 4 + tiny + _packed_weights_bytes(H, C, 4)  # + bias sum, packed weights
     assert outputs <= total <= allowed, f"allocated {total} B, outputs are {outputs} B, allowed {allowed} B"
     assert peak <= allowed
 
