@@ -100,11 +100,6 @@ def rnn_cell(
     if _autocast_enabled(input.device.type):
         with torch.autocast(input.device.type, enabled=False):
             return rnn_cell(*_autocast([input, hx, w_ih, w_hh, b_ih, b_hh], input.device.type), nonlinearity)
-    if input.size(0) == 0:
-        # An empty batch: nothing to compute; ATen's expression keeps the autograd graph.
-        h = hx if hx is not None else input.new_zeros((0, w_hh.size(0)))
-        pre = F.linear(h, w_hh, b_hh) + F.linear(input, w_ih, b_ih)
-        return torch.relu(pre) if relu else torch.tanh(pre)
     if _upcast(input.dtype, input.device):
         dtype = input.dtype
         args = [t.float() if t is not None else None for t in (input, hx, w_ih, w_hh, b_ih, b_hh)]
@@ -191,12 +186,9 @@ def rnn(
         hx = input.new_zeros((num_layers * directions, int(batch_sizes[0]), weights[1].size(0)))
     if batch_sizes is None and batch_first:
         input = input.transpose(0, 1)
-    if batch_sizes is None and input.size(1) == 0:
-        output, h_n = _empty_batch(input, hx, weights, num_layers, relu, bias, dropout, training, directions)
-    else:
-        output, h_n = _layers(
-            input, hx, weights, num_layers, relu, bias, dropout, training, directions, batch_sizes
-        )
+    output, h_n = _layers(
+        input, hx, weights, num_layers, relu, bias, dropout, training, directions, batch_sizes
+    )
     if batch_sizes is None and batch_first:
         output = output.transpose(0, 1)
     return output, h_n
@@ -231,38 +223,3 @@ def _layers(
         if dropout != 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, p=dropout, training=True)
     return layer_input, finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals, 0)
-
-
-def _empty_batch(
-    input: Tensor,
-    hx: Optional[Tensor],
-    weights: Sequence[Tensor],
-    num_layers: int,
-    relu: bool,
-    bias: bool,
-    dropout: float,
-    training: bool,
-    directions: int,
-) -> tuple[Tensor, Tensor]:
-    """A zero-size batch, which torch.nn accepts: every tensor is empty, so this is only shape
-    arithmetic, written with differentiable ops so that backward gives the (zero) gradients
-    torch.nn gives."""
-    act = torch.relu if relu else torch.tanh
-    per = 4 if bias else 2
-    hidden = weights[1].size(0)
-    layer_input = input
-    finals = []
-    for layer in range(num_layers):
-        outputs = []
-        for direction in range(directions):
-            k = layer * directions + direction
-            w = weights[k * per : (k + 1) * per]
-            b_ih, b_hh = (w[2], w[3]) if bias else (None, None)
-            h0 = hx[k] if hx is not None else input.new_zeros((0, hidden))
-            out = act(F.linear(layer_input, w[0], b_ih) + F.linear(h0, w[1], b_hh))
-            outputs.append(out)
-            finals.append(out[0] if direction == 1 else out[-1])
-        layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
-        if dropout != 0 and training and layer < num_layers - 1:
-            layer_input = F.dropout(layer_input, p=dropout, training=True)
-    return layer_input, torch.stack(finals, 0)
