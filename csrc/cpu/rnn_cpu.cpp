@@ -228,8 +228,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   }
   auto opts = input.options();
   const auto [want_input, want_hx, want_w_ih, want_w_hh, want_bias] = output_mask;
-  Tensor grad_hx = want_hx ? at::zeros({g.B, g.H}, opts) : at::empty({0}, opts);
-  Tensor dpre = at::empty({g.N, g.H}, opts);
+  const auto dtype = input.scalar_type();
+  // grad_hx: every row is written by the recurrence (kZero) once a step runs; zeros otherwise.
+  Tensor grad_hx = !want_hx ? empty({0}, dtype)
+                   : g.N > 0 ? empty({g.B, g.H}, dtype)
+                             : at::zeros({g.B, g.H}, opts);
+  Tensor dpre = empty({g.N, g.H}, dtype);
   Tensor grad_input;
   bool fused_grad_input = false;
   Tensor out = output.contiguous();
@@ -278,6 +282,61 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
     });
   } else if (want_hx && grad_h_n.has_value()) {
     grad_hx.copy_(*grad_h_n);  // no step ran: h_n is hx itself
+  }
+  if (g.N * g.H * (g.I + g.H) <= kSmallProjection) {
+    // Small problem: the weight and bias gradients straight from raw pointers (no dispatcher,
+    // no h_prev copy when every step has all B rows). Same sums as the ATen tail below.
+    if (!fused_grad_input) {
+      grad_input = want_input ? at::mm(dpre, w_ih).view(input.sizes()) : empty({0}, dtype);
+    }
+    Tensor grad_w_ih = empty(want_w_ih ? at::IntArrayRef{g.H, g.I} : at::IntArrayRef{0}, dtype);
+    Tensor grad_w_hh = empty(want_w_hh ? at::IntArrayRef{g.H, g.H} : at::IntArrayRef{0}, dtype);
+    Tensor grad_bias = empty(want_bias ? at::IntArrayRef{g.H} : at::IntArrayRef{0}, dtype);
+    AT_DISPATCH_FLOATING_TYPES(dtype, "rnnext_rnn_backward_weights_cpu", [&] {
+      using T = scalar_t;
+      const T* dp = dpre.data_ptr<T>();
+      const int64_t N = g.N, H = g.H, B = g.B;
+      if (want_w_ih) {
+        // x's rows at a uniform stride (as the forward's fused projection reads them).
+        const bool rows_ok = input.stride(-1) == 1 &&
+                             (input.dim() == 2 || g.B == 1 || input.stride(0) == g.B * input.stride(1));
+        Tensor xc = rows_ok ? input : input.contiguous();
+        const int64_t ldx = xc.dim() == 2 ? xc.stride(0) : (g.B == 1 ? xc.stride(0) : xc.stride(1));
+        cpu::gemm_tn(H, g.I, N, dp, H, xc.data_ptr<T>(), ldx, T(0), grad_w_ih.data_ptr<T>(), g.I);
+      }
+      if (want_w_hh) {
+        T* gw = grad_w_hh.data_ptr<T>();
+        const T* o = out.data_ptr<T>();
+        const T* h0p = hx.has_value() ? h0.data_ptr<T>() : nullptr;
+        if (N == 0) {
+          for (int64_t j = 0; j < H * H; ++j) gw[j] = T(0);
+        } else if (!g.packed || g.batch_sizes.front() == g.batch_sizes.back()) {
+          // Every step has all B rows: step t started from the step before it in time order
+          // (t-1 forward, t+1 reverse), the first one processed from hx.
+          const int64_t carried = N - B;  // rows of the steps that continue from another step
+          const T* d_cont = reverse ? dp : dp + B * H;
+          const T* h_cont = reverse ? o + B * H : o;
+          cpu::gemm_tn(H, H, carried, d_cont, H, h_cont, H, T(0), gw, H);
+          if (h0p != nullptr) {
+            const T* d_first = reverse ? dp + carried * H : dp;
+            cpu::gemm_tn(H, H, B, d_first, H, h0p, H, T(1), gw, H);
+          }
+        } else {
+          std::vector<T> h_prev(static_cast<size_t>(N * H));
+          make_recurrence<T>(g, Tensor(), hx.has_value() ? &h0 : nullptr, relu, reverse)
+              .gather_prev(o, h_prev.data());
+          cpu::gemm_tn(H, H, N, dp, H, h_prev.data(), H, T(0), gw, H);
+        }
+      }
+      if (want_bias) {
+        T* gb = grad_bias.data_ptr<T>();
+        for (int64_t j = 0; j < H; ++j) gb[j] = T(0);
+        for (int64_t r = 0; r < N; ++r) {
+          for (int64_t j = 0; j < H; ++j) gb[j] += dp[r * H + j];
+        }
+      }
+    });
+    return {grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias};
   }
   // Everything else is one large GEMM (or reduction) over all rows.
   Tensor x2d = input.reshape({g.N, g.I});
