@@ -6,9 +6,12 @@
 // registration on the Autograd alias key for CPU tensors; other devices keep the Python one.
 // The formula is the same as _ops.py's: save (input, batch_sizes, hx, w_ih, w_hh, output), call the
 // fused rnnext::rnn_backward with output_mask = [input, hx, w_ih, w_hh, b_ih or b_hh].
+#include <ATen/EmptyTensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
+
+#include <cstring>
 
 namespace rnnext {
 namespace {
@@ -81,7 +84,12 @@ struct RnnForward : public torch::autograd::Function<RnnForward> {
     const bool need_b_ih = need("e_b_ih"), need_b_hh = need("e_b_hh");
     const std::array<bool, 5> mask = {need("e_input"), need("e_hx"), need("e_w_ih"),
                                       need("e_w_hh"), need_b_ih || need_b_hh};
-    Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
+    // An unused output (RNNCell returns only h_n): zeros without the dispatcher.
+    Tensor grad_output = grads[0];
+    if (!grad_output.defined()) {
+      grad_output = Tensor(at::detail::empty_cpu(output.sizes(), output.scalar_type()));
+      std::memset(grad_output.data_ptr(), 0, grad_output.nbytes());
+    }
     const bool relu = ctx->saved_data["relu"].toBool(), reverse = ctx->saved_data["reverse"].toBool();
     auto call = [&] {
       return backward_op().call(grad_output, maybe(grads[1]), input, maybe(saved[1]),

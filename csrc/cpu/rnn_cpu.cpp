@@ -36,6 +36,22 @@ Tensor empty(at::IntArrayRef sizes, at::ScalarType dtype) {
   return Tensor(at::detail::empty_cpu(sizes, dtype));
 }
 
+// A 2-D tensor as a contiguous one: itself, or a strided copy made without the dispatcher (the
+// grad_h_n of `cell(x, h).sum()` is a [B, H] expand of one element, strides 0).
+Tensor dense_2d(const Tensor& t) {
+  if (t.is_contiguous() || t.dim() != 2 || t.numel() == 0) return t.contiguous();
+  Tensor d = empty(t.sizes(), t.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "rnnext_dense_2d", [&] {
+    const scalar_t* src = t.data_ptr<scalar_t>();
+    scalar_t* dst = d.data_ptr<scalar_t>();
+    const int64_t rows = t.size(0), cols = t.size(1), s0 = t.stride(0), s1 = t.stride(1);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = src[r * s0 + c * s1];
+    }
+  });
+  return d;
+}
+
 int64_t packed_ld(int64_t h) { return (h + cpu::kPackAlign - 1) / cpu::kPackAlign * cpu::kPackAlign; }
 
 // W_hh packed for the micro-kernel (kernels.h): transposed for the forward (h W^T), as is for the
@@ -240,7 +256,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   Tensor h0 = hx.has_value() ? hx->contiguous() : Tensor();
   if (g.N > 0) {
     Tensor go = grad_output.contiguous();
-    Tensor ghn = grad_h_n.has_value() ? grad_h_n->contiguous() : Tensor();
+    Tensor ghn = grad_h_n.has_value() ? dense_2d(*grad_h_n) : Tensor();
     const bool blas = use_blas(g);
     Tensor w = pack_w_hh(w_hh, /*transpose=*/false, blas);
     Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
@@ -250,10 +266,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
                        (!blas && vector_kernel() && g.I <= kFusedMaxInput));
     Tensor w_ih_plain;
     if (fused_grad_input) {
-      grad_input = at::empty(input.sizes(), opts);
+      grad_input = empty(input.sizes(), dtype);
       const int64_t ldp_ih = packed_ld(g.I);
       Tensor wc = w_ih.stride(1) == 1 ? w_ih : w_ih.contiguous();
-      w_ih_plain = at::empty({g.H, ldp_ih}, opts);
+      w_ih_plain = empty({g.H, ldp_ih}, dtype);
       AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_pack_w_ih", [&] {
         cpu::pack_weight<scalar_t>(wc.data_ptr<scalar_t>(), wc.stride(0), g.I, g.H,
                                    /*transpose=*/false, w_ih_plain.data_ptr<scalar_t>(), ldp_ih);
