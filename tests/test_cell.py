@@ -218,6 +218,45 @@ def test_non_contiguous_inputs():
     torch.testing.assert_close(ours(x, hx), ref(x, hx), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("grad_kind", ["sum", "transposed", "row_broadcast"])
+def test_gradients_with_strided_grad_and_input(grad_kind):
+    """The gradient reaching the cell's output may be an expand (``.sum()``), a transposed or a
+    broadcast tensor, and x a strided view: every gradient still matches torch.nn (float64)."""
+    ref, ours = make_pair(5, 4, dtype=torch.float64)
+    x0 = torch.randn(10, 6, dtype=torch.float64)[::2, 1:]  # [5, 5], strided
+    h0 = torch.randn(5, 4, dtype=torch.float64)
+    grad = {
+        "sum": torch.ones((), dtype=torch.float64).expand(5, 4),
+        "transposed": torch.randn(4, 5, dtype=torch.float64).t(),
+        "row_broadcast": torch.randn(4, dtype=torch.float64).expand(5, 4),
+    }[grad_kind]
+    results = []
+    for m in (ref, ours):
+        x = x0.clone().requires_grad_()
+        h = h0.clone().requires_grad_()
+        out = m(x, h)
+        results.append(torch.autograd.grad(out, [x, h, *m.parameters()], grad))
+    for e, a in zip(*results):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+def test_training_loop_of_steps_matches_nn():
+    """A Python loop over the cell (each step's h feeds the next), one backward at the end."""
+    ref, ours = make_pair(6, 3, dtype=torch.float64)
+    xs = torch.randn(4, 2, 6, dtype=torch.float64)
+    results = []
+    for m in (ref, ours):
+        h = torch.randn(2, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        h.requires_grad_()
+        state, loss = h, 0
+        for t in range(4):
+            state = m(xs[t], state)
+            loss = loss + state.sin().sum()
+        results.append(torch.autograd.grad(loss, [h, *m.parameters()]))
+    for e, a in zip(*results):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
 def test_autocast_cpu():
     ref, ours = make_pair(5, 8)
     x = torch.randn(3, 5)

@@ -6,9 +6,12 @@
 // registration on the Autograd alias key for CPU tensors; other devices keep the Python one.
 // The formula is the same as _ops.py's: save (input, batch_sizes, hx, w_ih, w_hh, output), call the
 // fused rnnext::rnn_backward with output_mask = [input, hx, w_ih, w_hh, b_ih or b_hh].
+#include <ATen/EmptyTensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
+
+#include <cstring>
 
 namespace rnnext {
 namespace {
@@ -81,10 +84,29 @@ struct RnnForward : public torch::autograd::Function<RnnForward> {
     const bool need_b_ih = need("e_b_ih"), need_b_hh = need("e_b_hh");
     const std::array<bool, 5> mask = {need("e_input"), need("e_hx"), need("e_w_ih"),
                                       need("e_w_hh"), need_b_ih || need_b_hh};
-    Tensor grad_output = grads[0].defined() ? grads[0] : at::zeros_like(output);
-    auto [g_input, g_hx, g_w_ih, g_w_hh, g_bias] = backward_op().call(
-        grad_output, maybe(grads[1]), input, maybe(saved[1]), maybe(saved[2]), w_ih, w_hh, output,
-        ctx->saved_data["relu"].toBool(), ctx->saved_data["reverse"].toBool(), mask);
+    // An unused output (RNNCell returns only h_n): zeros without the dispatcher.
+    Tensor grad_output = grads[0];
+    if (!grad_output.defined()) {
+      grad_output = Tensor(at::detail::empty_cpu(output.sizes(), output.scalar_type()));
+      std::memset(grad_output.data_ptr(), 0, grad_output.nbytes());
+    }
+    const bool relu = ctx->saved_data["relu"].toBool(), reverse = ctx->saved_data["reverse"].toBool();
+    auto call = [&] {
+      return backward_op().call(grad_output, maybe(grads[1]), input, maybe(saved[1]),
+                                maybe(saved[2]), w_ih, w_hh, output, relu, reverse, mask);
+    };
+    // Without create_graph the engine runs this with grad mode off, and rnn_backward's autograd
+    // kernel (the Python one in _ops.py, which only raises on a second backward) would record
+    // nothing: skip it and go straight to the CPU kernel, saving its Python call (~30 us).
+    // With create_graph, through the dispatcher as before, so a second backward still raises.
+    std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> res;
+    if (at::GradMode::is_enabled()) {
+      res = call();
+    } else {
+      at::AutoDispatchBelowADInplaceOrView guard;
+      res = call();
+    }
+    auto& [g_input, g_hx, g_w_ih, g_w_hh, g_bias] = res;
     return {mask[0] ? g_input : Tensor(), Tensor(), mask[1] ? g_hx : Tensor(),
             mask[2] ? g_w_ih : Tensor(), mask[3] ? g_w_hh : Tensor(),
             need_b_ih ? g_bias : Tensor(), need_b_hh ? g_bias : Tensor(), Tensor(), Tensor()};

@@ -36,6 +36,22 @@ Tensor empty(at::IntArrayRef sizes, at::ScalarType dtype) {
   return Tensor(at::detail::empty_cpu(sizes, dtype));
 }
 
+// A 2-D tensor as a contiguous one: itself, or a strided copy made without the dispatcher (the
+// grad_h_n of `cell(x, h).sum()` is a [B, H] expand of one element, strides 0).
+Tensor dense_2d(const Tensor& t) {
+  if (t.is_contiguous() || t.dim() != 2 || t.numel() == 0) return t.contiguous();
+  Tensor d = empty(t.sizes(), t.scalar_type());
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "rnnext_dense_2d", [&] {
+    const scalar_t* src = t.data_ptr<scalar_t>();
+    scalar_t* dst = d.data_ptr<scalar_t>();
+    const int64_t rows = t.size(0), cols = t.size(1), s0 = t.stride(0), s1 = t.stride(1);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) dst[r * cols + c] = src[r * s0 + c * s1];
+    }
+  });
+  return d;
+}
+
 int64_t packed_ld(int64_t h) { return (h + cpu::kPackAlign - 1) / cpu::kPackAlign * cpu::kPackAlign; }
 
 // W_hh packed for the micro-kernel (kernels.h): transposed for the forward (h W^T), as is for the
@@ -228,15 +244,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   }
   auto opts = input.options();
   const auto [want_input, want_hx, want_w_ih, want_w_hh, want_bias] = output_mask;
-  Tensor grad_hx = want_hx ? at::zeros({g.B, g.H}, opts) : at::empty({0}, opts);
-  Tensor dpre = at::empty({g.N, g.H}, opts);
+  const auto dtype = input.scalar_type();
+  // grad_hx: every row is written by the recurrence (kZero) once a step runs; zeros otherwise.
+  Tensor grad_hx = !want_hx ? empty({0}, dtype)
+                   : g.N > 0 ? empty({g.B, g.H}, dtype)
+                             : at::zeros({g.B, g.H}, opts);
+  Tensor dpre = empty({g.N, g.H}, dtype);
   Tensor grad_input;
   bool fused_grad_input = false;
   Tensor out = output.contiguous();
   Tensor h0 = hx.has_value() ? hx->contiguous() : Tensor();
   if (g.N > 0) {
     Tensor go = grad_output.contiguous();
-    Tensor ghn = grad_h_n.has_value() ? grad_h_n->contiguous() : Tensor();
+    Tensor ghn = grad_h_n.has_value() ? dense_2d(*grad_h_n) : Tensor();
     const bool blas = use_blas(g);
     Tensor w = pack_w_hh(w_hh, /*transpose=*/false, blas);
     Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
@@ -246,10 +266,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
                        (!blas && vector_kernel() && g.I <= kFusedMaxInput));
     Tensor w_ih_plain;
     if (fused_grad_input) {
-      grad_input = at::empty(input.sizes(), opts);
+      grad_input = empty(input.sizes(), dtype);
       const int64_t ldp_ih = packed_ld(g.I);
       Tensor wc = w_ih.stride(1) == 1 ? w_ih : w_ih.contiguous();
-      w_ih_plain = at::empty({g.H, ldp_ih}, opts);
+      w_ih_plain = empty({g.H, ldp_ih}, dtype);
       AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_pack_w_ih", [&] {
         cpu::pack_weight<scalar_t>(wc.data_ptr<scalar_t>(), wc.stride(0), g.I, g.H,
                                    /*transpose=*/false, w_ih_plain.data_ptr<scalar_t>(), ldp_ih);
@@ -278,6 +298,61 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
     });
   } else if (want_hx && grad_h_n.has_value()) {
     grad_hx.copy_(*grad_h_n);  // no step ran: h_n is hx itself
+  }
+  if (g.N * g.H * (g.I + g.H) <= kSmallProjection) {
+    // Small problem: the weight and bias gradients straight from raw pointers (no dispatcher,
+    // no h_prev copy when every step has all B rows). Same sums as the ATen tail below.
+    if (!fused_grad_input) {
+      grad_input = want_input ? at::mm(dpre, w_ih).view(input.sizes()) : empty({0}, dtype);
+    }
+    Tensor grad_w_ih = empty(want_w_ih ? at::IntArrayRef{g.H, g.I} : at::IntArrayRef{0}, dtype);
+    Tensor grad_w_hh = empty(want_w_hh ? at::IntArrayRef{g.H, g.H} : at::IntArrayRef{0}, dtype);
+    Tensor grad_bias = empty(want_bias ? at::IntArrayRef{g.H} : at::IntArrayRef{0}, dtype);
+    AT_DISPATCH_FLOATING_TYPES(dtype, "rnnext_rnn_backward_weights_cpu", [&] {
+      using T = scalar_t;
+      const T* dp = dpre.data_ptr<T>();
+      const int64_t N = g.N, H = g.H, B = g.B;
+      if (want_w_ih) {
+        // x's rows at a uniform stride (as the forward's fused projection reads them).
+        const bool rows_ok = input.stride(-1) == 1 &&
+                             (input.dim() == 2 || g.B == 1 || input.stride(0) == g.B * input.stride(1));
+        Tensor xc = rows_ok ? input : input.contiguous();
+        const int64_t ldx = xc.dim() == 2 ? xc.stride(0) : (g.B == 1 ? xc.stride(0) : xc.stride(1));
+        cpu::gemm_tn(H, g.I, N, dp, H, xc.data_ptr<T>(), ldx, T(0), grad_w_ih.data_ptr<T>(), g.I);
+      }
+      if (want_w_hh) {
+        T* gw = grad_w_hh.data_ptr<T>();
+        const T* o = out.data_ptr<T>();
+        const T* h0p = hx.has_value() ? h0.data_ptr<T>() : nullptr;
+        if (N == 0) {
+          for (int64_t j = 0; j < H * H; ++j) gw[j] = T(0);
+        } else if (!g.packed || g.batch_sizes.front() == g.batch_sizes.back()) {
+          // Every step has all B rows: step t started from the step before it in time order
+          // (t-1 forward, t+1 reverse), the first one processed from hx.
+          const int64_t carried = N - B;  // rows of the steps that continue from another step
+          const T* d_cont = reverse ? dp : dp + B * H;
+          const T* h_cont = reverse ? o + B * H : o;
+          cpu::gemm_tn(H, H, carried, d_cont, H, h_cont, H, T(0), gw, H);
+          if (h0p != nullptr) {
+            const T* d_first = reverse ? dp + carried * H : dp;
+            cpu::gemm_tn(H, H, B, d_first, H, h0p, H, T(1), gw, H);
+          }
+        } else {
+          std::vector<T> h_prev(static_cast<size_t>(N * H));
+          make_recurrence<T>(g, Tensor(), hx.has_value() ? &h0 : nullptr, relu, reverse)
+              .gather_prev(o, h_prev.data());
+          cpu::gemm_tn(H, H, N, dp, H, h_prev.data(), H, T(0), gw, H);
+        }
+      }
+      if (want_bias) {
+        T* gb = grad_bias.data_ptr<T>();
+        for (int64_t j = 0; j < H; ++j) gb[j] = T(0);
+        for (int64_t r = 0; r < N; ++r) {
+          for (int64_t j = 0; j < H; ++j) gb[j] += dp[r * H + j];
+        }
+      }
+    });
+    return {grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias};
   }
   // Everything else is one large GEMM (or reduction) over all rows.
   Tensor x2d = input.reshape({g.N, g.I});
