@@ -13,7 +13,7 @@ from torch import Tensor
 
 from . import _C  # noqa: F401  (loading the library registers the ops)
 
-__all__ = ["rnn_forward", "rnn_backward"]
+__all__ = ["rnn_forward"]
 
 _forward = torch.ops.rnnext.rnn_forward.default
 _backward = torch.ops.rnnext.rnn_backward.default
@@ -32,11 +32,6 @@ def rnn_forward(
 ) -> tuple[Tensor, Tensor]:
     """One layer, one direction: ``(output, h_n)``. See csrc/OPS.md for shapes and semantics."""
     return _forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse)
-
-
-def rnn_backward(*args) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """The fused backward of :func:`rnn_forward` (csrc/OPS.md)."""
-    return _backward(*args)
 
 
 def _batch(input: Tensor, batch_sizes: Optional[Tensor], hx: Optional[Tensor]):

@@ -181,9 +181,6 @@ def rnn(
             batch_sizes=batch_sizes,
         )  # fmt: skip
         return output.to(dtype), h_n.to(dtype)
-    if hx is None and batch_sizes is not None and input.device.type == "meta":
-        # The fake kernel, which also serves meta tensors, cannot read batch_sizes[0] to size h_n.
-        hx = input.new_zeros((num_layers * directions, int(batch_sizes[0]), weights[1].size(0)))
     if batch_sizes is None and batch_first:
         input = input.transpose(0, 1)
     output, h_n = _layers(
