@@ -102,3 +102,30 @@ def test_compile_packed_sequence():
         rnn.zero_grad()
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_backward_of_unused_output_traces_under_fake_tensors():
+    """RNNCell returns only h_n, so the backward makes zeros for the output's gradient. Traced with
+    fake tensors (what AOT autograd does on a cold cache), that zeros must be a traced op, not a
+    real tensor made behind the dispatcher's back; the traced graph must then match eager."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    torch.manual_seed(0)
+    cell = rnnext.RNNCell(3, 4)
+
+    names = [n for n, _ in cell.named_parameters()]
+
+    def grads(x, h, *params):
+        out = torch.func.functional_call(cell, dict(zip(names, params)), (x, h))
+        return torch.autograd.grad(out.square().sum(), (x, h, *params))
+
+    def inputs():
+        return [torch.randn(2, 3), torch.randn(2, 4)] + [p.detach().clone() for p in cell.parameters()]
+
+    for mode in ("fake", "real"):
+        graph = make_fx(grads, tracing_mode=mode)(*[t.requires_grad_() for t in inputs()])
+        assert not any(n.op == "get_attr" for n in graph.graph.nodes)  # no baked-in constants
+        args = [t.requires_grad_() for t in inputs()]
+        args[0] = torch.randn(2, 3, requires_grad=True)
+        for a, b in zip(graph(*args), grads(*args)):
+            torch.testing.assert_close(a, b)

@@ -8,6 +8,8 @@
 // fused rnnext::rnn_backward with output_mask = [input, hx, w_ih, w_hh, b_ih or b_hh].
 #include <ATen/EmptyTensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/zeros_like.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -42,6 +44,17 @@ const c10::TypedOperatorHandle<BackwardSig>& backward_op() {
                               .findSchemaOrThrow("rnnext::rnn_backward", "")
                               .typed<BackwardSig>();
   return op;
+}
+
+// A plain dense CPU tensor with no tensor subclass (fake, functional) and no Python dispatch mode
+// (tracing, FakeTensorMode) watching: only then may a tensor be made without the dispatcher. Else
+// tracing would see a real tensor appear from nowhere (AOT autograd rejects it) or record a
+// constant in place of the op.
+bool plain_cpu(const Tensor& t) {
+  static const c10::DispatchKeySet plain({c10::DispatchKey::CPU, c10::DispatchKey::ADInplaceOrView,
+                                          c10::DispatchKey::AutogradCPU,
+                                          c10::DispatchKey::AutocastCPU});
+  return (t.key_set() - plain).empty() && !c10::impl::TorchDispatchModeTLS::any_modes_set();
 }
 
 bool present(const optional<Tensor>& t) { return t.has_value() && t->defined(); }
@@ -84,9 +97,12 @@ struct RnnForward : public torch::autograd::Function<RnnForward> {
     const bool need_b_ih = need("e_b_ih"), need_b_hh = need("e_b_hh");
     const std::array<bool, 5> mask = {need("e_input"), need("e_hx"), need("e_w_ih"),
                                       need("e_w_hh"), need_b_ih || need_b_hh};
-    // An unused output (RNNCell returns only h_n): zeros without the dispatcher.
+    // An unused output (RNNCell returns only h_n): zeros, without the dispatcher when nothing
+    // is tracing.
     Tensor grad_output = grads[0];
-    if (!grad_output.defined()) {
+    if (!grad_output.defined() && !plain_cpu(output)) {
+      grad_output = at::zeros_like(output);
+    } else if (!grad_output.defined()) {
       grad_output = Tensor(at::detail::empty_cpu(output.sizes(), output.scalar_type()));
       std::memset(grad_output.data_ptr(), 0, grad_output.nbytes());
     }
