@@ -275,3 +275,47 @@ def test_tanh_saturates_exactly_float32():
     w_ih, w_hh = torch.ones(1, 1), torch.zeros(1, 1)
     out, _ = torch.ops.rnnext.rnn_forward(x, None, None, w_ih, w_hh, None, None, False, False)
     assert torch.equal(out.flatten(), torch.tanh(x.flatten()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("T", [1, 2, 4, 5])
+@pytest.mark.parametrize("bias", [True, False])
+def test_few_steps_blas_path(dtype, T, bias):
+    # T <= 4 with H >= 32 runs both forward products in BLAS on the unpacked weights; T <= 2 of a
+    # large enough step (B H (H + I) >= 2^20) the backward too, grad_input included. T = 5 is the
+    # packed micro-kernel again. Padded, packed, reverse, hx or not, a transposed-view input.
+    ref, new = _pair(96, 160, 1, "tanh", bias, True, dtype, seed=T)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else None
+    x = torch.randn(T, 40, 96, dtype=dtype)
+    h0 = torch.randn(2, 40, 160, dtype=dtype)
+    _check(ref, new, x, h0, dtype, tol=tol)
+    lengths = torch.randint(1, T + 1, (40,))
+    _check(ref, new, x, h0, dtype, packed_lengths=lengths, tol=tol)
+    xb = torch.randn(40, T, 96, dtype=dtype).transpose(0, 1)
+    _check(ref, new, xb, h0, dtype, tol=tol)
+    y0, h0r = ref(x)
+    y1, h1r = new(x)
+    torch.testing.assert_close(y1, y0, **(tol or TOL[dtype]))
+    torch.testing.assert_close(h1r, h0r, **(tol or TOL[dtype]))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_few_steps_cell_strided_weight(dtype):
+    # An RNNCell step (T = 1, BLAS path) with a weight that is a non-contiguous view (its rows are
+    # read with their own stride, or copied when BLAS cannot): same values and gradients as nn.
+    torch.manual_seed(0)
+    ref = nn.RNNCell(48, 64).to(dtype)
+    big = torch.randn(64, 96, dtype=dtype)
+    wide = big[:, ::2]  # column stride 2: copied for BLAS
+    for w in (wide, big[:, :48]):  # row stride 96 > 48: read in place
+        x = torch.randn(5, 48, dtype=dtype, requires_grad=True)
+        h = torch.randn(5, 64, dtype=dtype, requires_grad=True)
+        args = (w, ref.weight_hh, ref.bias_ih, ref.bias_hh)
+        got = rnnext.functional.rnn_cell(x, h, *args)
+        want = torch.rnn_tanh_cell(x, h, *args)
+        torch.testing.assert_close(got, want, **TOL[dtype])
+        g = torch.randn_like(want)
+        gx = torch.autograd.grad((got * g).sum(), (x, h))
+        wx = torch.autograd.grad((want * g).sum(), (x, h))
+        for a, b in zip(gx, wx):
+            torch.testing.assert_close(a, b, **TOL[dtype])

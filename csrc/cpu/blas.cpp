@@ -26,13 +26,20 @@ FortranGemm<double> blas<double>() {
 }
 
 // Column-major C[m, n] = op(A) op(B) + beta C, as BLAS defines it (ta, tb: 'N' or 'T'); a plain
-// loop when there is no BLAS, or when k = 0 (beta C alone).
+// loop when there is no BLAS. k = 0 scales C by beta (a BLAS may reject k = 0's leading dimensions).
 template <typename T>
 void gemm_cm(char ta, char tb, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
              int64_t ldb, T beta, T* c, int64_t ldc) {
   if (m == 0 || n == 0) return;
+  if (k == 0) {  // beta C alone (C = 0 for beta = 0, whatever C held)
+    for (int64_t j = 0; j < n; ++j) {
+      T* col = c + j * ldc;
+      for (int64_t i = 0; i < m; ++i) col[i] = beta == T(0) ? T(0) : beta * col[i];
+    }
+    return;
+  }
   const FortranGemm<T> f = blas<T>();
-  if (f != nullptr && k > 0) {
+  if (f != nullptr) {
     const int m_ = static_cast<int>(m), n_ = static_cast<int>(n), k_ = static_cast<int>(k);
     const int lda_ = static_cast<int>(lda), ldb_ = static_cast<int>(ldb), ldc_ = static_cast<int>(ldc);
     const T one = 1;

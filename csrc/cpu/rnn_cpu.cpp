@@ -79,13 +79,10 @@ Tensor pack_w_hh(const Tensor& w_hh, bool transpose, bool blas, int64_t extra_ro
 constexpr int64_t kSmallProjection = 1 << 18;
 constexpr int64_t kFusedMaxInput = 512;
 
-// Packs W_ih^T into p (I rows of ldp) and the summed bias into the row after it.
+// b_ih + b_hh (either may be absent) into bias[0:H], zeros up to ldp.
 template <typename T>
-void pack_projection(const Tensor& w_ih, const optional<Tensor>& b_ih,
-                     const optional<Tensor>& b_hh, T* p, int64_t ldp) {
-  const int64_t I = w_ih.size(1), H = w_ih.size(0);
-  cpu::pack_weight<T>(w_ih.data_ptr<T>(), w_ih.stride(0), H, I, /*transpose=*/true, p, ldp);
-  T* bias = p + I * ldp;
+void pack_bias(const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, int64_t H, T* bias,
+               int64_t ldp) {
   for (int64_t j = 0; j < ldp; ++j) bias[j] = T(0);
   for (const auto* b : {&b_ih, &b_hh}) {
     if (b->has_value()) {
@@ -95,6 +92,35 @@ void pack_projection(const Tensor& w_ih, const optional<Tensor>& b_ih,
     }
   }
 }
+
+// Packs W_ih^T into p (I rows of ldp) and the summed bias into the row after it.
+template <typename T>
+void pack_projection(const Tensor& w_ih, const optional<Tensor>& b_ih,
+                     const optional<Tensor>& b_hh, T* p, int64_t ldp) {
+  const int64_t I = w_ih.size(1), H = w_ih.size(0);
+  cpu::pack_weight<T>(w_ih.data_ptr<T>(), w_ih.stride(0), H, I, /*transpose=*/true, p, ldp);
+  pack_bias<T>(b_ih, b_hh, H, p + I * ldp, ldp);
+}
+
+// Few steps, e.g. an RNNCell call: packing the weights for the micro-kernel (the forward's is a
+// transposing copy of W_ih and W_hh, ~0.5 ns per entry, every call) costs more than the micro-
+// kernel saves over BLAS in so few steps, so the products run in BLAS on the weights as they are.
+// The backward's packing is a plain copy of W_hh and W_ih, and its fused grad_input beats BLAS on
+// small rows: BLAS there only for one or two steps of a large problem. Measured in one process,
+// interleaved (benchmarks/NOTES.md, "Few steps"): forward T <= 4 wins at H 64 to 256; backward
+// T <= 2 wins from B H (H + I) ~ 1M multiply-adds a step.
+bool few_rows(const Geometry& g, bool bwd = false) {
+  if (g.H < 32) return false;  // tiny weights pack in ~1 us, and the micro-kernel wins
+  if (!bwd) return g.T <= 4;
+  return g.T <= 2 && g.N / g.T * g.H * (g.H + g.I) >= (int64_t{1} << 20);
+}
+
+// A 2-D weight as BLAS reads it: unit column stride and a row stride of at least a row.
+Tensor blas_ready(const Tensor& w) {
+  return w.stride(1) == 1 && w.stride(0) >= w.size(1) ? w : w.contiguous();
+}
+
+
 
 // From this hidden size on, the recurrent products run in BLAS (one call per step and thread
 // slice, then the fused epilogue in the micro-kernel): the micro-kernel has no blocking over k,
@@ -108,7 +134,9 @@ bool vector_kernel() {
   return vec;
 }
 
-bool use_blas(const Geometry& g) { return g.H >= kBlasHidden || !vector_kernel(); }
+bool use_blas(const Geometry& g, bool bwd = false) {
+  return g.H >= kBlasHidden || !vector_kernel() || few_rows(g, bwd);
+}
 
 template <typename T>
 cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor& w_packed, const Tensor* hx,
@@ -137,8 +165,7 @@ constexpr int64_t kMinParallelWork = 1 << 19;
 // holds up only its current slice, and packed batches, whose first rows are the longest, balance.
 // With BLAS steps (large H) one slice per thread: each BLAS call re-reads all of W_hh.
 template <typename F>
-void over_rows(const Geometry& g, const F& fn) {
-  const bool blas = use_blas(g);
+void over_rows(const Geometry& g, bool blas, const F& fn) {
   const int64_t threads = at::get_num_threads();
   if (threads < 2 || g.B < 2 || g.N * g.H * g.H < kMinParallelWork) {
     fn(int64_t{0}, g.B);
@@ -175,21 +202,26 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
     if (hx.has_value()) h_n.copy_(*hx); else h_n.zero_();
     return {out, h_n};
   }
-  const bool blas = use_blas(g);
-  const bool fused = g.N * g.I * g.H <= kSmallProjection ||
+  const bool blas = use_blas(g), few = few_rows(g);
+  const bool fused = few || g.N * g.I * g.H <= kSmallProjection ||
                      (!blas && vector_kernel() && g.I <= kFusedMaxInput);
-  Tensor w = pack_w_hh(w_hh, /*transpose=*/true, blas, fused ? g.I + 1 : 0);
+  // Packed W_hh^T (none for BLAS), then packed W_ih^T and the bias row (only the bias when few).
+  Tensor w = pack_w_hh(w_hh, /*transpose=*/true, blas, few ? 1 : fused ? g.I + 1 : 0);
   Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
-  Tensor xc;
+  Tensor xc, wc;
   if (fused) {
     // x's rows at a uniform stride: a 2-D input, or [T, B, I] whose steps follow each other.
     const bool rows_ok = input.stride(-1) == 1 &&
                          (input.dim() == 2 || g.B == 1 || input.stride(0) == g.B * input.stride(1));
     xc = rows_ok ? input : input.contiguous();
-    Tensor wc = w_ih.stride(1) == 1 ? w_ih : w_ih.contiguous();
+    wc = blas_ready(w_ih);
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_pack_projection", [&] {
-      pack_projection<scalar_t>(wc, b_ih, b_hh,
-                                w.data_ptr<scalar_t>() + (blas ? 0 : g.H) * w.size(1), w.size(1));
+      scalar_t* p = w.data_ptr<scalar_t>() + (blas ? 0 : g.H) * w.size(1);
+      if (few) {
+        pack_bias<scalar_t>(b_ih, b_hh, g.H, p, w.size(1));
+      } else {
+        pack_projection<scalar_t>(wc, b_ih, b_hh, p, w.size(1));
+      }
     });
   } else if (b_ih.has_value() || b_hh.has_value()) {
     // Input projection for every step in one GEMM, written straight into the output buffer.
@@ -212,10 +244,15 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
       rec.ldx = xc.dim() == 2 ? xc.stride(0) : (g.B == 1 ? xc.stride(0) : xc.stride(1));
       rec.inputs = g.I;
       rec.w_ih_packed = w.data_ptr<scalar_t>() + (blas ? 0 : g.H) * w.size(1);
+      if (few) {
+        rec.w_ih_blas = wc.data_ptr<scalar_t>();
+        rec.ldw_ih = wc.stride(0);
+        rec.bias = rec.w_ih_packed;
+      }
     }
     scalar_t* o = out.data_ptr<scalar_t>();
     scalar_t* hn = h_n.data_ptr<scalar_t>();
-    over_rows(g, [&](int64_t r0, int64_t r1) {
+    over_rows(g, blas, [&](int64_t r0, int64_t r1) {
       auto part = rec;
       part.row_begin = r0;
       part.row_end = r1;
@@ -257,15 +294,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   if (g.N > 0) {
     Tensor go = grad_output.contiguous();
     Tensor ghn = grad_h_n.has_value() ? dense_2d(*grad_h_n) : Tensor();
-    const bool blas = use_blas(g);
+    const bool blas = use_blas(g, true), few = few_rows(g, true);
     Tensor w = pack_w_hh(w_hh, /*transpose=*/false, blas);
     Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
     // grad_input inside the recurrence, as the forward's projection (see kFusedMaxInput).
     fused_grad_input =
-        want_input && (g.N * g.I * g.H <= kSmallProjection ||
+        want_input && (few || g.N * g.I * g.H <= kSmallProjection ||
                        (!blas && vector_kernel() && g.I <= kFusedMaxInput));
     Tensor w_ih_plain;
-    if (fused_grad_input) {
+    if (fused_grad_input && few) {
+      grad_input = empty(input.sizes(), dtype);
+      w_ih_plain = blas_ready(w_ih);
+    } else if (fused_grad_input) {
       grad_input = empty(input.sizes(), dtype);
       const int64_t ldp_ih = packed_ld(g.I);
       Tensor wc = w_ih.stride(1) == 1 ? w_ih : w_ih.contiguous();
@@ -281,15 +321,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
       if (fused_grad_input) {
         rec.grad_x = grad_input.data_ptr<scalar_t>();
         rec.inputs = g.I;
-        rec.w_ih_plain = w_ih_plain.data_ptr<scalar_t>();
-        rec.ldp_ih = w_ih_plain.size(1);
+        if (few) {
+          rec.w_ih_blas = w_ih_plain.data_ptr<scalar_t>();
+          rec.ldw_ih = w_ih_plain.stride(0);
+        } else {
+          rec.w_ih_plain = w_ih_plain.data_ptr<scalar_t>();
+          rec.ldp_ih = w_ih_plain.size(1);
+        }
       }
       const scalar_t* gop = go.data_ptr<scalar_t>();
       const scalar_t* ghnp = grad_h_n.has_value() ? ghn.data_ptr<scalar_t>() : nullptr;
       const scalar_t* op = out.data_ptr<scalar_t>();
       scalar_t* dp = dpre.data_ptr<scalar_t>();
       scalar_t* ghx = want_hx ? grad_hx.data_ptr<scalar_t>() : nullptr;
-      over_rows(g, [&](int64_t r0, int64_t r1) {
+      over_rows(g, blas, [&](int64_t r0, int64_t r1) {
         auto part = rec;
         part.row_begin = r0;
         part.row_end = r1;
@@ -332,10 +377,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
           const int64_t carried = N - B;  // rows of the steps that continue from another step
           const T* d_cont = reverse ? dp : dp + B * H;
           const T* h_cont = reverse ? o + B * H : o;
-          cpu::gemm_tn(H, H, carried, d_cont, H, h_cont, H, T(0), gw, H);
+          if (carried > 0 || h0p == nullptr) {  // (k = 0 writes zeros)
+            cpu::gemm_tn(H, H, carried, d_cont, H, h_cont, H, T(0), gw, H);
+          }
           if (h0p != nullptr) {
             const T* d_first = reverse ? dp + carried * H : dp;
-            cpu::gemm_tn(H, H, B, d_first, H, h0p, H, T(1), gw, H);
+            cpu::gemm_tn(H, H, B, d_first, H, h0p, H, T(carried > 0 ? 1 : 0), gw, H);
           }
         } else {
           std::vector<T> h_prev(static_cast<size_t>(N * H));
