@@ -3,10 +3,14 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "fast_path.h"
+
 // `import rnnext._C` loads this shared library, which runs the static registrations below.
-// The module itself holds nothing: every entry point is a torch.ops.rnnext op.
+// Every computation is a torch.ops.rnnext op; the module's functions are only the eager fast path
+// of the modules' forward (fast_path.cpp), which calls those ops.
 PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
+                                          rnnext::fast_path_methods()};
   return PyModule_Create(&module_def);
 }
 

@@ -205,13 +205,17 @@ def _layers(
 ) -> tuple[Tensor, Tensor]:
     per = 4 if bias else 2
     finals = []
+    # Each layer and direction's initial state as a view of hx: one backward node for them all
+    # (unbind; squeeze for a single one), where hx[k] would make one per state, each allocating
+    # a zero gradient of all of hx.
+    h0s = None if hx is None else ((hx.squeeze(0),) if hx.size(0) == 1 else hx.unbind(0))
     for layer in range(num_layers):
         outputs = []
         for direction in range(directions):
             k = layer * directions + direction
             w = weights[k * per : (k + 1) * per]
             b_ih, b_hh = (w[2], w[3]) if bias else (None, None)
-            h0 = hx[k] if hx is not None else None
+            h0 = h0s[k] if h0s is not None else None
             out, h_n = rnn_forward(layer_input, batch_sizes, h0, w[0], w[1], b_ih, b_hh, relu, direction == 1)
             outputs.append(out)
             finals.append(h_n)

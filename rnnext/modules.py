@@ -18,9 +18,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import functional
+from . import _C, functional
 
 __all__ = ["RNN", "RNNCell"]
+
+# The eager fast path (csrc/fast_path.cpp): the same op calls as the Python path below, made from
+# C++ for ordinary calls (it returns None for anything else, and Python then runs as before).
+# Never under torch.compile, which traces the Python path. Set to None to always use Python.
+_fast_cell = _C._cell_forward
+_fast_rnn = _C._rnn_forward
+_MISSING = object()
 
 
 class RNNCell(nn.RNNCell):
@@ -66,6 +73,21 @@ class RNNCell(nn.RNNCell):
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         """One step from ``hx`` (zeros if ``None``); see the class docstring for shapes."""
+        if _fast_cell is not None and not torch.compiler.is_compiling():
+            # Parameters straight from _parameters (what self.weight_ih returns, without
+            # nn.Module.__getattr__); a parametrized or otherwise replaced one takes Python.
+            p = self._parameters
+            nonlinearity = self.nonlinearity
+            ret = None
+            if nonlinearity == "tanh" or nonlinearity == "relu":
+                w_ih = p.get("weight_ih", _MISSING)
+                w_hh = p.get("weight_hh", _MISSING)
+                b_ih = p.get("bias_ih", _MISSING)
+                b_hh = p.get("bias_hh", _MISSING)
+                if not (w_ih is _MISSING or w_hh is _MISSING or b_ih is _MISSING or b_hh is _MISSING):
+                    ret = _fast_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity == "relu")
+            if ret is not None:
+                return ret
         if input.dim() not in (1, 2):
             raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and hx.dim() not in (1, 2):
@@ -231,6 +253,18 @@ class RNN(nn.RNNBase):
                     weights = self._flat_weights
                     break
         is_packed = isinstance(input, PackedSequence)
+        if (
+            _fast_rnn is not None
+            and not is_packed
+            and not torch.compiler.is_compiling()
+            and not (self.dropout and self.training and self.num_layers > 1)
+        ):
+            ret = _fast_rnn(
+                input, hx, weights, self.input_size, self.hidden_size, self.num_layers,
+                self.bidirectional, self.bias, self.batch_first, self.mode == "RNN_RELU",
+            )  # fmt: skip
+            if ret is not None:
+                return ret
         is_batched = True
         batch_dim = 0 if self.batch_first else 1
         sorted_indices = unsorted_indices = None

@@ -13,6 +13,8 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include "../op_handles.h"
+
 #include <cstring>
 
 namespace rnnext {
@@ -22,29 +24,6 @@ using at::Tensor;
 using c10::optional;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-using ForwardSig = std::tuple<Tensor, Tensor>(const Tensor&, const optional<Tensor>&,
-                                              const optional<Tensor>&, const Tensor&,
-                                              const Tensor&, const optional<Tensor>&,
-                                              const optional<Tensor>&, bool, bool);
-using BackwardSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const Tensor&, const optional<Tensor>&, const Tensor&, const optional<Tensor>&,
-    const optional<Tensor>&, const Tensor&, const Tensor&, const Tensor&, bool, bool,
-    std::array<bool, 5>);
-
-const c10::TypedOperatorHandle<ForwardSig>& forward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                              .findSchemaOrThrow("rnnext::rnn_forward", "")
-                              .typed<ForwardSig>();
-  return op;
-}
-
-const c10::TypedOperatorHandle<BackwardSig>& backward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                              .findSchemaOrThrow("rnnext::rnn_backward", "")
-                              .typed<BackwardSig>();
-  return op;
-}
 
 // A plain dense CPU tensor with no tensor subclass (fake, functional) and no Python dispatch mode
 // (tracing, FakeTensorMode) watching: only then may a tensor be made without the dispatcher. Else
@@ -60,6 +39,9 @@ bool plain_cpu(const Tensor& t) {
 bool present(const optional<Tensor>& t) { return t.has_value() && t->defined(); }
 optional<Tensor> maybe(const Tensor& t) { return t.defined() ? optional<Tensor>(t) : c10::nullopt; }
 
+// The differentiable arguments' slots in the saved code (see RnnForward::forward).
+enum Slot : int { kInput = 0, kHx, kWih, kWhh, kBih, kBhh };
+
 struct RnnForward : public torch::autograd::Function<RnnForward> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input,
                                const optional<Tensor>& batch_sizes, const optional<Tensor>& hx,
@@ -72,31 +54,35 @@ struct RnnForward : public torch::autograd::Function<RnnForward> {
     ctx->save_for_backward({input, batch_sizes.value_or(Tensor()), hx.value_or(Tensor()), w_ih,
                             w_hh, out});
     // needs_input_grad counts only the tensor arguments that were given (absent optionals are
-    // not inputs of the graph node): record each argument's edge index, or -1.
-    int64_t edge = 0;
-    auto index = [&](bool is_var) { return is_var ? edge++ : int64_t{-1}; };
-    ctx->saved_data["e_input"] = index(true);
-    index(present(batch_sizes));
-    ctx->saved_data["e_hx"] = index(present(hx));
-    ctx->saved_data["e_w_ih"] = index(true);
-    ctx->saved_data["e_w_hh"] = index(true);
-    ctx->saved_data["e_b_ih"] = index(present(b_ih));
-    ctx->saved_data["e_b_hh"] = index(present(b_hh));
-    ctx->saved_data["relu"] = relu;
-    ctx->saved_data["reverse"] = reverse;
+    // not inputs of the graph node): each argument's edge index (4 bits, 15 when absent), and
+    // relu and reverse, in one saved integer (one hash-map entry rather than nine).
+    int64_t code = 0, edge = 0;
+    auto put = [&](int slot, bool is_var) {
+      code |= (is_var ? edge++ : int64_t{15}) << (4 * slot);
+    };
+    put(kInput, true);
+    edge += present(batch_sizes) ? 1 : 0;
+    put(kHx, present(hx));
+    put(kWih, true);
+    put(kWhh, true);
+    put(kBih, present(b_ih));
+    put(kBhh, present(b_hh));
+    code |= (int64_t{relu} << 24) | (int64_t{reverse} << 25);
+    ctx->saved_data["k"] = code;
     return {out, h_n};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto saved = ctx->get_saved_variables();
     const Tensor &input = saved[0], &w_ih = saved[3], &w_hh = saved[4], &output = saved[5];
-    auto need = [&](const char* key) {
-      const int64_t e = ctx->saved_data[key].toInt();
-      return e >= 0 && ctx->needs_input_grad(static_cast<size_t>(e));
+    const int64_t code = ctx->saved_data["k"].toInt();
+    auto need = [&](int slot) {
+      const int64_t e = (code >> (4 * slot)) & 15;
+      return e != 15 && ctx->needs_input_grad(static_cast<size_t>(e));
     };
-    const bool need_b_ih = need("e_b_ih"), need_b_hh = need("e_b_hh");
-    const std::array<bool, 5> mask = {need("e_input"), need("e_hx"), need("e_w_ih"),
-                                      need("e_w_hh"), need_b_ih || need_b_hh};
+    const bool need_b_ih = need(kBih), need_b_hh = need(kBhh);
+    const std::array<bool, 5> mask = {need(kInput), need(kHx), need(kWih), need(kWhh),
+                                      need_b_ih || need_b_hh};
     // An unused output (RNNCell returns only h_n): zeros, without the dispatcher when nothing
     // is tracing.
     Tensor grad_output = grads[0];
@@ -106,7 +92,7 @@ struct RnnForward : public torch::autograd::Function<RnnForward> {
       grad_output = Tensor(at::detail::empty_cpu(output.sizes(), output.scalar_type()));
       std::memset(grad_output.data_ptr(), 0, grad_output.nbytes());
     }
-    const bool relu = ctx->saved_data["relu"].toBool(), reverse = ctx->saved_data["reverse"].toBool();
+    const bool relu = (code >> 24) & 1, reverse = (code >> 25) & 1;
     auto call = [&] {
       return backward_op().call(grad_output, maybe(grads[1]), input, maybe(saved[1]),
                                 maybe(saved[2]), w_ih, w_hh, output, relu, reverse, mask);

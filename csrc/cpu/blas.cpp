@@ -25,6 +25,19 @@ FortranGemm<double> blas<double>() {
   return f;
 }
 
+// MKL runs even a tiny GEMM on all its OpenMP threads: a fork/join of a few us, and a worker that
+// spins afterwards on the machine's other core. Below this many multiply-adds (~10 us of one
+// core) a call runs on the calling thread alone: MKL_Set_Num_Threads_Local (the C entry; the
+// lower-case one is Fortran's, taking a pointer) when the BLAS is MKL; others choose for themselves.
+constexpr int64_t kSerialGemm = int64_t{1} << 18;
+
+using MklSetLocal = int (*)(int);
+MklSetLocal mkl_set_local() {
+  static const auto f =
+      reinterpret_cast<MklSetLocal>(dlsym(RTLD_DEFAULT, "MKL_Set_Num_Threads_Local"));
+  return f;
+}
+
 // Column-major C[m, n] = op(A) op(B) + beta C, as BLAS defines it (ta, tb: 'N' or 'T'); a plain
 // loop when there is no BLAS. k = 0 scales C by beta (a BLAS may reject k = 0's leading dimensions).
 template <typename T>
@@ -43,7 +56,10 @@ void gemm_cm(char ta, char tb, int64_t m, int64_t n, int64_t k, const T* a, int6
     const int m_ = static_cast<int>(m), n_ = static_cast<int>(n), k_ = static_cast<int>(k);
     const int lda_ = static_cast<int>(lda), ldb_ = static_cast<int>(ldb), ldc_ = static_cast<int>(ldc);
     const T one = 1;
+    const MklSetLocal set_local = m * n * k < kSerialGemm ? mkl_set_local() : nullptr;
+    const int prev = set_local != nullptr ? set_local(1) : 0;
     f(&ta, &tb, &m_, &n_, &k_, &one, a, &lda_, b, &ldb_, &beta, c, &ldc_);
+    if (set_local != nullptr) set_local(prev);
     return;
   }
   for (int64_t j = 0; j < n; ++j) {

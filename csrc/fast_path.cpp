@@ -1,0 +1,171 @@
+// Eager fast path of rnnext.RNN / rnnext.RNNCell forward: the same op calls as rnnext/functional.py
+// (the same ATen ops around them, in the same order, through the dispatcher with autograd), made
+// from C++ so that a small call does not pay for Python argument parsing of every op (~2 us each)
+// and the Python checks that can only pass.
+//
+// Each entry returns None, computing nothing, unless the call is an ordinary one: exact Tensor or
+// Parameter arguments (no subclass), no torch-function mode, no autocast, float32 / float64 with
+// one dtype and one device throughout, every shape consistent. Then Python takes its general path,
+// which raises what torch.nn raises or handles the case (half types, autocast, unbatched input,
+// packed sequences, dropout). The modules do not call this under torch.compile (Python there).
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <ATen/PythonTorchFunctionTLS.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/autograd/python_variable.h>
+
+#include "fast_path.h"
+#include "op_handles.h"
+
+#include <optional>
+#include <vector>
+
+namespace rnnext {
+namespace {
+
+using at::Tensor;
+
+// Ordinary tensor arguments only: no subclass, no torch-function mode, no autocast.
+bool plain_call() {
+  if (at::impl::torch_function_mode_enabled()) return false;
+  // Autocast is on for a device type when its key is not excluded (every one is, by default).
+  const auto excluded = c10::impl::tls_local_dispatch_key_set().excluded_;
+  return (c10::autocast_dispatch_keyset - excluded).empty();
+}
+
+// obj as an exact Tensor / Parameter, or nullptr.
+const Tensor* tensor_arg(PyObject* obj) {
+  return THPVariable_CheckExact(obj) ? &THPVariable_Unpack(obj) : nullptr;
+}
+
+bool same_kind(const Tensor& t, const Tensor& like) {
+  return t.scalar_type() == like.scalar_type() && t.device() == like.device();
+}
+
+bool supported_dtype(const Tensor& t) {
+  return t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble;
+}
+
+// rnnext._C._cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, relu) -> h' or None
+PyObject* cell_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 7 || !plain_call()) Py_RETURN_NONE;
+  const Tensor* input = tensor_arg(args[0]);
+  const Tensor* w_ih = tensor_arg(args[2]);
+  const Tensor* w_hh = tensor_arg(args[3]);
+  if (input == nullptr || w_ih == nullptr || w_hh == nullptr) Py_RETURN_NONE;
+  std::optional<Tensor> hx, b_ih, b_hh;
+  for (auto [obj, dst] : {std::pair{args[1], &hx}, {args[4], &b_ih}, {args[5], &b_hh}}) {
+    if (obj == Py_None) continue;
+    const Tensor* t = tensor_arg(obj);
+    if (t == nullptr || !same_kind(*t, *input)) Py_RETURN_NONE;
+    *dst = *t;
+  }
+  if (input->dim() != 2 || !supported_dtype(*input) || !same_kind(*w_ih, *input) ||
+      !same_kind(*w_hh, *input) || w_ih->dim() != 2 || w_hh->dim() != 2 ||
+      input->size(1) != w_ih->size(1)) {
+    Py_RETURN_NONE;
+  }
+  if (hx && (hx->dim() != 2 || hx->size(0) != input->size(0) || hx->size(1) != w_hh->size(1))) {
+    Py_RETURN_NONE;
+  }
+  const bool relu = args[6] == Py_True;
+  Tensor h;
+  {
+    pybind11::gil_scoped_release no_gil;
+    h = std::get<1>(forward_op().call(input->unsqueeze(0), std::nullopt, hx, *w_ih, *w_hh, b_ih,
+                                      b_hh, relu, false));
+  }
+  return THPVariable_Wrap(std::move(h));
+  END_HANDLE_TH_ERRORS
+}
+
+// rnnext._C._rnn_forward(input, hx, weights, input_size, hidden_size, num_layers, bidirectional,
+//                        bias, batch_first, relu) -> (output, h_n) or None
+// A padded, batched input; no dropout between layers (the caller checks).
+PyObject* rnn_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  if (nargs != 10 || !plain_call()) Py_RETURN_NONE;
+  const Tensor* input = tensor_arg(args[0]);
+  if (input == nullptr || input->dim() != 3 || !supported_dtype(*input)) Py_RETURN_NONE;
+  const int64_t input_size = PyLong_AsLongLong(args[3]), H = PyLong_AsLongLong(args[4]);
+  const int64_t layers = PyLong_AsLongLong(args[5]);
+  if (PyErr_Occurred()) return nullptr;
+  const int64_t dirs = args[6] == Py_True ? 2 : 1;
+  const bool bias = args[7] == Py_True, batch_first = args[8] == Py_True, relu = args[9] == Py_True;
+  const int64_t per = bias ? 4 : 2;
+  PyObject* wlist = args[2];
+  if (!PyList_CheckExact(wlist) || PyList_GET_SIZE(wlist) != layers * dirs * per) Py_RETURN_NONE;
+  const int64_t T = input->size(batch_first ? 1 : 0), B = input->size(batch_first ? 0 : 1);
+  if (T == 0 || B == 0 || input->size(2) != input_size) Py_RETURN_NONE;
+  std::optional<Tensor> hx;
+  if (args[1] != Py_None) {
+    const Tensor* t = tensor_arg(args[1]);
+    if (t == nullptr || !same_kind(*t, *input) || t->dim() != 3 || t->size(0) != layers * dirs ||
+        t->size(1) != B || t->size(2) != H) {
+      Py_RETURN_NONE;
+    }
+    hx = *t;
+  }
+  std::vector<Tensor> w;
+  w.reserve(PyList_GET_SIZE(wlist));
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(wlist); ++i) {
+    const Tensor* t = tensor_arg(PyList_GET_ITEM(wlist, i));
+    if (t == nullptr || !same_kind(*t, *input)) Py_RETURN_NONE;
+    // Shapes as torch.nn.RNN makes them: [H, in] (in = input_size, then dirs * H), [H, H], [H].
+    const int64_t k = i / per, role = i % per;
+    const int64_t in = k < dirs ? input_size : dirs * H;
+    const bool ok = role == 0 ? t->dim() == 2 && t->size(0) == H && t->size(1) == in
+                    : role == 1 ? t->dim() == 2 && t->size(0) == H && t->size(1) == H
+                                : t->dim() == 1 && t->size(0) == H;
+    if (!ok) Py_RETURN_NONE;
+    w.push_back(*t);
+  }
+  Tensor output, h_n;
+  {
+    pybind11::gil_scoped_release no_gil;
+    const auto& op = forward_op();
+    Tensor x = batch_first ? input->transpose(0, 1) : *input;
+    std::vector<Tensor> finals, h0s;
+    finals.reserve(layers * dirs);
+    if (hx) {  // as functional._layers: views of hx under one backward node
+      h0s = layers * dirs == 1 ? std::vector<Tensor>{hx->squeeze(0)} : hx->unbind(0);
+    }
+    for (int64_t layer = 0; layer < layers; ++layer) {
+      Tensor outs[2];
+      for (int64_t d = 0; d < dirs; ++d) {
+        const int64_t k = layer * dirs + d;
+        const Tensor* p = w.data() + k * per;
+        auto [out, h] = op.call(x, std::nullopt, hx ? std::optional<Tensor>(h0s[k]) : std::nullopt,
+                                p[0], p[1], bias ? std::optional<Tensor>(p[2]) : std::nullopt,
+                                bias ? std::optional<Tensor>(p[3]) : std::nullopt, relu, d == 1);
+        outs[d] = std::move(out);
+        finals.push_back(std::move(h));
+      }
+      x = dirs == 1 ? outs[0] : at::cat({outs[0], outs[1]}, -1);
+    }
+    output = batch_first ? x.transpose(0, 1) : x;
+    h_n = finals.size() == 1 ? finals[0].unsqueeze(0) : at::stack(finals, 0);
+  }
+  PyObject* result = PyTuple_New(2);
+  if (result == nullptr) return nullptr;
+  PyTuple_SET_ITEM(result, 0, THPVariable_Wrap(std::move(output)));
+  PyTuple_SET_ITEM(result, 1, THPVariable_Wrap(std::move(h_n)));
+  return result;
+  END_HANDLE_TH_ERRORS
+}
+
+PyMethodDef methods[] = {
+    {"_cell_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(cell_forward)),
+     METH_FASTCALL, "RNNCell forward fast path (see csrc/fast_path.cpp); None when not taken."},
+    {"_rnn_forward", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_forward)),
+     METH_FASTCALL, "RNN forward fast path (see csrc/fast_path.cpp); None when not taken."},
+    {nullptr, nullptr, 0, nullptr}};
+
+}  // namespace
+
+PyMethodDef* fast_path_methods() { return methods; }
+
+}  // namespace rnnext
