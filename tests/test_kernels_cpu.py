@@ -319,3 +319,23 @@ def test_few_steps_cell_strided_weight(dtype):
         wx = torch.autograd.grad((want * g).sum(), (x, h))
         for a, b in zip(gx, wx):
             torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("T,B,H", [(1, 5, 48), (6, 3, 20), (6, 9, 64), (3, 40, 160)])
+def test_expanded_input_rows(dtype, T, B, H):
+    # An input broadcast over the batch (row stride 0): BLAS (the projection of narrow batches,
+    # the weight gradient) needs a row stride >= I, so it is copied; never read at stride 0.
+    ref, new = _pair(7, H, 1, "tanh", True, False, dtype, seed=T * B)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else None
+    x = torch.randn(T, 1, 7, dtype=dtype).expand(T, B, 7)
+    h0 = torch.randn(1, B, H, dtype=dtype)
+    _check(ref, new, x, h0, dtype, tol=tol)
+    cell_ref = nn.RNNCell(7, H).to(dtype)
+    cell = rnnext.RNNCell(7, H).to(dtype)
+    cell.load_state_dict(cell_ref.state_dict())
+    xc = torch.randn(1, 7, dtype=dtype).expand(B, 7)
+    for m in (cell_ref, cell):
+        m(xc, h0[0]).square().sum().backward()
+    for a, b in zip(cell.parameters(), cell_ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, **(tol or TOL[dtype]))

@@ -35,12 +35,10 @@ struct Recurrence {
   int64_t ldx = 0;
   int64_t inputs = 0;
   const T* w_ih_packed = nullptr;
-  // Instead of w_ih_packed, W_ih itself [H, inputs] (row stride ldw_ih) for BLAS: few rows, where
-  // packing the weights would cost more than the products (the forward's bias then sits in `bias`,
-  // [H]). The backward's grad_x uses it too, in place of w_ih_plain.
+  // backward() only: W_ih itself [H, inputs] (row stride ldw_ih) for grad_x in BLAS, in place of
+  // w_ih_plain (few steps, where packing costs more than it saves).
   const T* w_ih_blas = nullptr;
   int64_t ldw_ih = 0;
-  const T* bias = nullptr;
   // When grad_x is set, backward() also computes grad_input = dpre W_ih for its rows at each
   // step: grad_x [N, inputs] contiguous; w_ih_plain: W_ih packed as is [H, ldp_ih].
   T* grad_x = nullptr;
@@ -70,15 +68,10 @@ struct Recurrence {
       if (n <= r0) continue;
       T* cur = rows(out, t);
       if (x != nullptr) {  // this slice's rows of x_t W_ih^T + b_ih + b_hh
-        const T* b = w_ih_blas != nullptr ? bias : w_ih_packed + inputs * ldp;
-        for (int64_t r = r0; r < n; ++r) std::memcpy(cur + r * H, b, H * sizeof(T));
-        const T* xr = x + (offsets[t] + r0) * ldx;
-        if (w_ih_blas != nullptr) {
-          gemm_rows(true, n - r0, H, inputs, xr, ldx, w_ih_blas, ldw_ih, T(1), cur + r0 * H, H);
-        } else {
-          kernel(n - r0, H, inputs, xr, ldx, w_ih_packed, ldp, cur + r0 * H, H, nullptr,
-                 Epilogue::kNone);
-        }
+        const T* bias = w_ih_packed + inputs * ldp;
+        for (int64_t r = r0; r < n; ++r) std::memcpy(cur + r * H, bias, H * sizeof(T));
+        kernel(n - r0, H, inputs, x + (offsets[t] + r0) * ldx, ldx, w_ih_packed, ldp, cur + r0 * H,
+               H, nullptr, Epilogue::kNone);
       }
       if (carried > r0) {
         product(true, carried - r0, H, rows(static_cast<const T*>(out), prev_step(t)) + r0 * H,

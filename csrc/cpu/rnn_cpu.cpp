@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 namespace rnnext {
@@ -77,6 +78,10 @@ Tensor pack_w_hh(const Tensor& w_hh, bool transpose, bool blas, int64_t extra_ro
 // per call instead of an MKL region plus ours, and the rows are hot in cache for the step.
 // Otherwise (large I or BLAS steps) one MKL addmm for all rows before the recurrence.
 constexpr int64_t kSmallProjection = 1 << 18;
+// ...but only with this many rows a step (on average, for packed input) or more: with fewer, each
+// step's kernel call reuses every W_ih^T row for too few rows, and one GEMM over all steps was
+// faster at every shape measured (B = 1 to 4, H = 20 to 256; benchmarks/NOTES.md section 16).
+constexpr int64_t kFusedMinRows = 8;
 constexpr int64_t kFusedMaxInput = 512;
 
 // b_ih + b_hh (either may be absent) into bias[0:H], zeros up to ldp.
@@ -113,6 +118,21 @@ bool few_rows(const Geometry& g, bool bwd = false) {
   if (g.H < 32) return false;  // tiny weights pack in ~1 us, and the micro-kernel wins
   if (!bwd) return g.T <= 4;
   return g.T <= 2 && g.N / g.T * g.H * (g.H + g.I) >= (int64_t{1} << 20);
+}
+
+// The input's N rows as one matrix: (x, row stride), the stride uniform and at least I, as BLAS
+// requires (an expanded input's stride 0 is not), or else a contiguous copy. A 2-D input (packed
+// or a cell's step) or [T, B, I] whose steps follow each other (padded, batch_first too when B = 1)
+// is read in place.
+std::pair<Tensor, int64_t> input_rows(const Tensor& input, const Geometry& g) {
+  if (input.stride(-1) == 1) {
+    const bool uniform =
+        input.dim() == 2 || g.B == 1 || input.stride(0) == g.B * input.stride(1);
+    const int64_t ld = input.dim() == 2 || g.B == 1 ? input.stride(0) : input.stride(1);
+    if (uniform && ld >= g.I) return {input, ld};
+    if (uniform && g.N <= 1) return {input, g.I};  // one row: the stride is never used
+  }
+  return {input.contiguous(), g.I};
 }
 
 // A 2-D weight as BLAS reads it: unit column stride and a row stride of at least a row.
@@ -203,52 +223,37 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
     return {out, h_n};
   }
   const bool blas = use_blas(g), few = few_rows(g);
-  const bool fused = few || g.N * g.I * g.H <= kSmallProjection ||
-                     (!blas && vector_kernel() && g.I <= kFusedMaxInput);
-  // Packed W_hh^T (none for BLAS), then packed W_ih^T and the bias row (only the bias when few).
-  Tensor w = pack_w_hh(w_hh, /*transpose=*/true, blas, few ? 1 : fused ? g.I + 1 : 0);
+  const bool fused = !few && g.N >= kFusedMinRows * g.T &&
+                     (g.N * g.I * g.H <= kSmallProjection ||
+                      (!blas && vector_kernel() && g.I <= kFusedMaxInput));
+  // Packed W_hh^T (none for BLAS), then, when fused, packed W_ih^T and the bias row.
+  Tensor w = pack_w_hh(w_hh, /*transpose=*/true, blas, fused ? g.I + 1 : 0);
   Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
-  Tensor xc, wc;
-  if (fused) {
-    // x's rows at a uniform stride: a 2-D input, or [T, B, I] whose steps follow each other.
-    const bool rows_ok = input.stride(-1) == 1 &&
-                         (input.dim() == 2 || g.B == 1 || input.stride(0) == g.B * input.stride(1));
-    xc = rows_ok ? input : input.contiguous();
-    wc = blas_ready(w_ih);
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_pack_projection", [&] {
-      scalar_t* p = w.data_ptr<scalar_t>() + (blas ? 0 : g.H) * w.size(1);
-      if (few) {
-        pack_bias<scalar_t>(b_ih, b_hh, g.H, p, w.size(1));
-      } else {
-        pack_projection<scalar_t>(wc, b_ih, b_hh, p, w.size(1));
-      }
-    });
-  } else if (b_ih.has_value() || b_hh.has_value()) {
+  const auto [xc, ldx] = input_rows(input, g);
+  Tensor wc = fused ? (w_ih.stride(1) == 1 ? w_ih : w_ih.contiguous()) : blas_ready(w_ih);
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_projection", [&] {
+    using T = scalar_t;
+    if (fused) {
+      pack_projection<T>(wc, b_ih, b_hh, w.data_ptr<T>() + (blas ? 0 : g.H) * w.size(1), w.size(1));
+      return;
+    }
     // Input projection for every step in one GEMM, written straight into the output buffer.
-    Tensor out2d = out.view({g.N, g.H});
-    Tensor x2d = input.reshape({g.N, g.I});
-    Tensor bias = b_ih.has_value() && b_hh.has_value() ? at::add(*b_ih, *b_hh)
-                  : b_ih.has_value()                  ? *b_ih
-                                                      : *b_hh;
-    at::addmm_out(out2d, bias, x2d, w_ih.t());
-  } else {
-    Tensor out2d = out.view({g.N, g.H});
-    at::mm_out(out2d, input.reshape({g.N, g.I}), w_ih.t());
-  }
+    T* o = out.data_ptr<T>();
+    std::vector<T> bias(static_cast<size_t>(g.H));
+    pack_bias<T>(b_ih, b_hh, g.H, bias.data(), g.H);
+    for (int64_t r = 0; r < g.N; ++r) std::memcpy(o + r * g.H, bias.data(), g.H * sizeof(T));
+    cpu::gemm_rows(true, g.N, g.H, g.I, xc.data_ptr<T>(), ldx, wc.data_ptr<T>(), wc.stride(0), T(1),
+                   o, g.H);
+  });
   Tensor h0 = hx.has_value() ? hx->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_forward_cpu", [&] {
     auto rec =
         make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse, w_blas);
     if (fused) {
       rec.x = xc.data_ptr<scalar_t>();
-      rec.ldx = xc.dim() == 2 ? xc.stride(0) : (g.B == 1 ? xc.stride(0) : xc.stride(1));
+      rec.ldx = ldx;
       rec.inputs = g.I;
       rec.w_ih_packed = w.data_ptr<scalar_t>() + (blas ? 0 : g.H) * w.size(1);
-      if (few) {
-        rec.w_ih_blas = wc.data_ptr<scalar_t>();
-        rec.ldw_ih = wc.stride(0);
-        rec.bias = rec.w_ih_packed;
-      }
     }
     scalar_t* o = out.data_ptr<scalar_t>();
     scalar_t* hn = h_n.data_ptr<scalar_t>();
@@ -358,11 +363,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
       const T* dp = dpre.data_ptr<T>();
       const int64_t N = g.N, H = g.H, B = g.B;
       if (want_w_ih) {
-        // x's rows at a uniform stride (as the forward's fused projection reads them).
-        const bool rows_ok = input.stride(-1) == 1 &&
-                             (input.dim() == 2 || g.B == 1 || input.stride(0) == g.B * input.stride(1));
-        Tensor xc = rows_ok ? input : input.contiguous();
-        const int64_t ldx = xc.dim() == 2 ? xc.stride(0) : (g.B == 1 ? xc.stride(0) : xc.stride(1));
+        const auto [xc, ldx] = input_rows(input, g);
         cpu::gemm_tn(H, g.I, N, dp, H, xc.data_ptr<T>(), ldx, T(0), grad_w_ih.data_ptr<T>(), g.I);
       }
       if (want_w_hh) {
