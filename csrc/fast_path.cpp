@@ -82,22 +82,35 @@ PyObject* cell_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   END_HANDLE_TH_ERRORS
 }
 
-// rnnext._C._rnn_forward(input, hx, weights, input_size, hidden_size, num_layers, bidirectional,
-//                        bias, batch_first, relu) -> (output, h_n) or None
-// A padded, batched input; no dropout between layers (the caller checks).
+// rnnext._C._rnn_forward(input, hx, flat_weights, parameters, flat_weight_names, input_size,
+//                        hidden_size, num_layers, bidirectional, bias, batch_first, relu)
+//   -> (output, h_n) or None
+// A padded, batched input; no dropout between layers (the caller checks). flat_weights[i] must
+// be parameters[flat_weight_names[i]] itself (the module's _parameters dict), as RNN.forward's
+// Python path checks before it trusts _flat_weights.
 PyObject* rnn_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
-  if (nargs != 10 || !plain_call()) Py_RETURN_NONE;
+  if (nargs != 12 || !plain_call()) Py_RETURN_NONE;
   const Tensor* input = tensor_arg(args[0]);
   if (input == nullptr || input->dim() != 3 || !supported_dtype(*input)) Py_RETURN_NONE;
-  const int64_t input_size = PyLong_AsLongLong(args[3]), H = PyLong_AsLongLong(args[4]);
-  const int64_t layers = PyLong_AsLongLong(args[5]);
+  const int64_t input_size = PyLong_AsLongLong(args[5]), H = PyLong_AsLongLong(args[6]);
+  const int64_t layers = PyLong_AsLongLong(args[7]);
   if (PyErr_Occurred()) return nullptr;
-  const int64_t dirs = args[6] == Py_True ? 2 : 1;
-  const bool bias = args[7] == Py_True, batch_first = args[8] == Py_True, relu = args[9] == Py_True;
+  const int64_t dirs = args[8] == Py_True ? 2 : 1;
+  const bool bias = args[9] == Py_True, batch_first = args[10] == Py_True;
+  const bool relu = args[11] == Py_True;
   const int64_t per = bias ? 4 : 2;
-  PyObject* wlist = args[2];
-  if (!PyList_CheckExact(wlist) || PyList_GET_SIZE(wlist) != layers * dirs * per) Py_RETURN_NONE;
+  PyObject *wlist = args[2], *params = args[3], *names = args[4];
+  if (!PyList_CheckExact(wlist) || PyList_GET_SIZE(wlist) != layers * dirs * per ||
+      !PyDict_CheckExact(params) || !PyList_CheckExact(names) ||
+      PyList_GET_SIZE(names) != PyList_GET_SIZE(wlist)) {
+    Py_RETURN_NONE;
+  }
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(wlist); ++i) {
+    PyObject* registered = PyDict_GetItemWithError(params, PyList_GET_ITEM(names, i));
+    if (registered == nullptr && PyErr_Occurred()) return nullptr;
+    if (registered != PyList_GET_ITEM(wlist, i)) Py_RETURN_NONE;
+  }
   const int64_t T = input->size(batch_first ? 1 : 0), B = input->size(batch_first ? 0 : 1);
   if (T == 0 || B == 0 || input->size(2) != input_size) Py_RETURN_NONE;
   std::optional<Tensor> hx;

@@ -238,6 +238,20 @@ class RNN(nn.RNNBase):
         self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
     ) -> tuple[Union[Tensor, PackedSequence], Tensor]:
         """Runs the RNN over ``input`` from ``hx`` (zeros if ``None``); see the class docstring."""
+        if (
+            _fast_rnn is not None
+            and not torch.compiler.is_compiling()
+            and not (self.dropout and self.training and self.num_layers > 1)
+        ):
+            # Refused (None) unless every flat weight is still the registered parameter of its
+            # name (else the resynchronisation below runs) and the call is an ordinary one.
+            ret = _fast_rnn(
+                input, hx, self._flat_weights, self._parameters, self._flat_weights_names,
+                self.input_size, self.hidden_size, self.num_layers, self.bidirectional, self.bias,
+                self.batch_first, self.mode == "RNN_RELU",
+            )  # fmt: skip
+            if ret is not None:
+                return ret
         if torch.compiler.is_compiling():
             # Read the parameters as they are now (torch.func.functional_call, export) without
             # rebuilding _flat_weights, which would be a module mutation inside the graph.
@@ -253,18 +267,6 @@ class RNN(nn.RNNBase):
                     weights = self._flat_weights
                     break
         is_packed = isinstance(input, PackedSequence)
-        if (
-            _fast_rnn is not None
-            and not is_packed
-            and not torch.compiler.is_compiling()
-            and not (self.dropout and self.training and self.num_layers > 1)
-        ):
-            ret = _fast_rnn(
-                input, hx, weights, self.input_size, self.hidden_size, self.num_layers,
-                self.bidirectional, self.bias, self.batch_first, self.mode == "RNN_RELU",
-            )  # fmt: skip
-            if ret is not None:
-                return ret
         is_batched = True
         batch_dim = 0 if self.batch_first else 1
         sorted_indices = unsorted_indices = None

@@ -187,3 +187,22 @@ def test_parametrized_weight_takes_python(counting):
 class _Double(torch.nn.Module):
     def forward(self, w):
         return 2 * w
+
+
+def test_parameter_replaced_behind_setattr(counting):
+    # _parameters edited directly (as torch.func / some libraries do): _flat_weights is stale, so
+    # the fast path refuses and Python resynchronises; the new weight is the one used.
+    rnn_c, _ = counting
+    rnn = rnnext.RNN(3, 4)
+    x = torch.randn(2, 1, 3)
+    rnn(x)
+    new = torch.nn.Parameter(torch.zeros(4, 4))
+    rnn._parameters["weight_hh_l0"] = new
+    y, _ = rnn(x)
+    ref = torch.nn.RNN(3, 4)
+    ref.load_state_dict(rnn.state_dict())
+    torch.testing.assert_close(y, ref(x)[0])
+    assert rnn._flat_weights[1] is new
+    assert rnn_c.served == 1 and rnn_c.refused == 1
+    rnn(x)
+    assert rnn_c.served == 2
