@@ -4,8 +4,8 @@
 // and the Python checks that can only pass.
 //
 // Each entry returns None, computing nothing, unless the call is an ordinary one: exact Tensor or
-// Parameter arguments (no subclass), no torch-function mode, no autocast, float32 / float64 with
-// one dtype and one device throughout, every shape consistent. Then Python takes its general path,
+// Parameter arguments (no subclass), no torch-function mode, no autocast, float32 / float64 on the
+// CPU with one dtype and one device throughout, every shape consistent. Then Python takes its general path,
 // which raises what torch.nn raises or handles the case (half types, autocast, unbatched input,
 // packed sequences, dropout). The modules do not call this under torch.compile (Python there).
 #include <Python.h>
@@ -44,8 +44,10 @@ bool same_kind(const Tensor& t, const Tensor& like) {
   return t.scalar_type() == like.scalar_type() && t.device() == like.device();
 }
 
+// float32 / float64 CPU tensors. (CUDA tensors take the Python path, as validated on the GPU
+// machine: this path has not run on a GPU yet.)
 bool supported_dtype(const Tensor& t) {
-  return t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble;
+  return (t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble) && t.is_cpu();
 }
 
 // rnnext._C._cell_forward(input, hx, w_ih, w_hh, b_ih, b_hh, relu) -> h' or None

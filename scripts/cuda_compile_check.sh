@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Compile-only check of the CUDA sources (csrc/cuda/*.cu and the CUDA glue csrc/cuda/*.cpp) with
-# nvcc, so that a CUDA syntax or type error fails CI on a machine without a GPU.
+# nvcc, so that a CUDA syntax or type error fails CI on a machine without a GPU; also the shared
+# csrc/*.cpp (op schemas, the Python fast path), which the CUDA build compiles against the CUDA
+# torch's headers, a different torch version from the CPU wheel's.
 #
 # The CPU torch wheel lacks some CUDA headers (c10/cuda/impl/cuda_cmake_macros.h, ...), so the
 # headers come from the CUDA build of torch (torch/include of the torch==2.14.1 wheel) plus the
@@ -72,7 +74,7 @@ CU_FLAGS=(-D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__
 OUTDIR="$CACHE/obj"
 mkdir -p "$OUTDIR"
 shopt -s nullglob
-sources=(csrc/cuda/*.cu csrc/cuda/*.cpp)
+sources=(csrc/cuda/*.cu csrc/cuda/*.cpp csrc/*.cpp)
 [ ${#sources[@]} -gt 0 ] || { echo "cuda_compile_check: no CUDA sources" >&2; exit 1; }
 
 compile() {
