@@ -4,10 +4,10 @@
 // and the Python checks that can only pass.
 //
 // Each entry returns None, computing nothing, unless the call is an ordinary one: exact Tensor or
-// Parameter arguments (no subclass), no torch-function mode, no autocast, float32 / float64 on the
-// CPU with one dtype and one device throughout, every shape consistent. Then Python takes its general path,
-// which raises what torch.nn raises or handles the case (half types, autocast, unbatched input,
-// packed sequences, dropout). The modules do not call this under torch.compile (Python there).
+// Parameter arguments (no subclass), no torch-function mode, no autocast, float32 / float64 on
+// the CPU with one dtype throughout, every shape consistent. Otherwise Python takes its general
+// path, which raises what torch.nn raises or handles the case (half types, autocast, unbatched
+// input, packed sequences, dropout, CUDA). The modules never call this under torch.compile.
 #include <Python.h>
 
 #include <ATen/ATen.h>
