@@ -39,6 +39,18 @@ def counting(monkeypatch):
     return rnn, cell
 
 
+def _assert_fast_equals_python(module, args, entry, monkeypatch):
+    """The fast path serves the call (entry: "_fast_rnn" / "_fast_cell") and gives exactly what
+    the Python path gives: outputs and every gradient, bit for bit."""
+    served = _Counting(getattr(modules, entry))
+    monkeypatch.setattr(modules, entry, served)
+    fast = _run(module, args, False, monkeypatch)
+    assert served.served == 1
+    slow = _run(module, args, True, monkeypatch)
+    for a, b in zip(fast[0] + fast[1], slow[0] + slow[1]):
+        assert torch.equal(a, b)
+
+
 def _run(module, args, slow, monkeypatch):
     """(outputs, grads of inputs and parameters) on the fast or the Python path."""
     if slow:
@@ -75,14 +87,7 @@ def test_rnn_fast_equals_python(monkeypatch, layers, bidirectional, bias, batch_
                    bidirectional=bidirectional).double()  # fmt: skip
     x = torch.randn(3, 4, 5, dtype=torch.float64)
     hx = torch.randn(layers * (2 if bidirectional else 1), 3 if batch_first else 4, 7, dtype=torch.float64)
-    args = [x, hx if with_hx else None]
-    served = _Counting(modules._fast_rnn)
-    monkeypatch.setattr(modules, "_fast_rnn", served)
-    fast = _run(m, args, False, monkeypatch)
-    assert served.served == 1
-    slow = _run(m, args, True, monkeypatch)
-    for a, b in zip(fast[0] + fast[1], slow[0] + slow[1]):
-        assert torch.equal(a, b)
+    _assert_fast_equals_python(m, [x, hx if with_hx else None], "_fast_rnn", monkeypatch)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -92,13 +97,7 @@ def test_cell_fast_equals_python(monkeypatch, bias, nonlinearity, with_hx):
     torch.manual_seed(0)
     m = rnnext.RNNCell(5, 40, bias=bias, nonlinearity=nonlinearity)
     args = [torch.randn(6, 5), torch.randn(6, 40) if with_hx else None]
-    served = _Counting(modules._fast_cell)
-    monkeypatch.setattr(modules, "_fast_cell", served)
-    fast = _run(m, args, False, monkeypatch)
-    assert served.served == 1
-    slow = _run(m, args, True, monkeypatch)
-    for a, b in zip(fast[0] + fast[1], slow[0] + slow[1]):
-        assert torch.equal(a, b)
+    _assert_fast_equals_python(m, args, "_fast_cell", monkeypatch)
 
 
 class _Sub(torch.Tensor):
