@@ -38,7 +38,10 @@ RNNEXT_CPU_ONLY=1 CFLAGS="$SAN" LDFLAGS="-fsanitize=address,undefined" \
 SO=$(ls "$OUT"/lib/rnnext/_C*.so)
 for f in rnnext/*.py; do ln -sf "$ROOT/$f" "$OUT/pkg/rnnext/$(basename "$f")"; done
 cp -f "$SO" "$OUT/pkg/rnnext/"
-nm -D "$OUT/pkg/rnnext/$(basename "$SO")" | grep -q __asan_init \
+# (nm's output captured first: `nm | grep -q` under pipefail fails when grep exits before nm has
+# written everything, and nm dies of SIGPIPE.)
+SYMBOLS=$(nm -D "$OUT/pkg/rnnext/$(basename "$SO")")
+grep -q __asan_init <<<"$SYMBOLS" \
   || { echo "sanitize: the built extension is not instrumented" >&2; exit 2; }
 
 # libstdc++ is preloaded too: python does not link it, and ASan resolves the real __cxa_throw when
