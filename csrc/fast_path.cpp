@@ -73,12 +73,13 @@ PyObject* cell_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   if (hx && (hx->dim() != 2 || hx->size(0) != input->size(0) || hx->size(1) != w_hh->size(1))) {
     Py_RETURN_NONE;
   }
-  const bool relu = args[6] == Py_True;
+  const int relu = PyObject_IsTrue(args[6]);
+  if (relu < 0) return nullptr;
   Tensor h;
   {
     pybind11::gil_scoped_release no_gil;
     h = std::get<1>(forward_op().call(input->unsqueeze(0), std::nullopt, hx, *w_ih, *w_hh, b_ih,
-                                      b_hh, relu, false));
+                                      b_hh, relu != 0, false));
   }
   return THPVariable_Wrap(std::move(h));
   END_HANDLE_TH_ERRORS
@@ -98,9 +99,14 @@ PyObject* rnn_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   const int64_t input_size = PyLong_AsLongLong(args[5]), H = PyLong_AsLongLong(args[6]);
   const int64_t layers = PyLong_AsLongLong(args[7]);
   if (PyErr_Occurred()) return nullptr;
-  const int64_t dirs = args[8] == Py_True ? 2 : 1;
-  const bool bias = args[9] == Py_True, batch_first = args[10] == Py_True;
-  const bool relu = args[11] == Py_True;
+  // Truth values, as Python's `if` reads them (torch.nn keeps batch_first=1 as the int 1).
+  int flags[4];
+  for (int i = 0; i < 4; ++i) {
+    flags[i] = PyObject_IsTrue(args[8 + i]);
+    if (flags[i] < 0) return nullptr;
+  }
+  const int64_t dirs = flags[0] ? 2 : 1;
+  const bool bias = flags[1], batch_first = flags[2], relu = flags[3];
   const int64_t per = bias ? 4 : 2;
   PyObject *wlist = args[2], *params = args[3], *names = args[4];
   if (!PyList_CheckExact(wlist) || PyList_GET_SIZE(wlist) != layers * dirs * per ||

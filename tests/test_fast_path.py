@@ -205,3 +205,15 @@ def test_parameter_replaced_behind_setattr(counting):
     assert rnn_c.served == 1 and rnn_c.refused == 1
     rnn(x)
     assert rnn_c.served == 2
+
+
+def test_int_flags_read_as_python_truth(monkeypatch):
+    # Flags set to ints (bidirectional=1 passes torch.nn's constructor; batch_first can be set
+    # afterwards): the Python path reads them with `if`, and so must the fast path.
+    torch.manual_seed(0)
+    m = rnnext.RNN(5, 7, 2, bidirectional=1).double()
+    m.batch_first = 1
+    x = torch.randn(3, 4, 5, dtype=torch.float64)
+    _assert_fast_equals_python(m, [x, None], "_fast_rnn", monkeypatch)
+    y, h = m(x)
+    assert y.shape == (3, 4, 14) and h.shape == (4, 3, 7)

@@ -140,8 +140,6 @@ Tensor blas_ready(const Tensor& w) {
   return w.stride(1) == 1 && w.stride(0) >= w.size(1) ? w : w.contiguous();
 }
 
-
-
 // From this hidden size on, the recurrent products run in BLAS (one call per step and thread
 // slice, then the fused epilogue in the micro-kernel): the micro-kernel has no blocking over k,
 // and with W_hh of several MB, MKL's blocked GEMM was ~15% faster per step in our runs.
