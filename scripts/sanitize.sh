@@ -37,6 +37,7 @@ RNNEXT_CPU_ONLY=1 CFLAGS="$SAN" LDFLAGS="-fsanitize=address,undefined" \
   "$PYTHON" setup.py -q build_ext --force --build-lib "$OUT/lib" --build-temp "$OUT/tmp" >&2
 SO=$(ls "$OUT"/lib/rnnext/_C*.so)
 for f in rnnext/*.py; do ln -sf "$ROOT/$f" "$OUT/pkg/rnnext/$(basename "$f")"; done
+ln -sfn "$ROOT/benchmarks" "$OUT/pkg/benchmarks"  # tests/test_benchmarks.py imports it
 cp -f "$SO" "$OUT/pkg/rnnext/"
 # (nm's output captured first: `nm | grep -q` under pipefail fails when grep exits before nm has
 # written everything, and nm dies of SIGPIPE.)
