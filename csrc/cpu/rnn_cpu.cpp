@@ -73,10 +73,10 @@ Tensor pack_w_hh(const Tensor& w_hh, bool transpose, bool blas, int64_t extra_ro
 
 // The input projection runs inside the recurrence (each thread slice, each step: its rows'
 // x_t W_ih^T + bias in the micro-kernel, just before the recurrent product) when the whole
-// projection is small (an ATen addmm's dispatch and BLAS set-up cost more than its arithmetic),
-// or when the recurrence itself runs in the micro-kernel and I is moderate: one parallel region
-// per call instead of an MKL region plus ours, and the rows are hot in cache for the step.
-// Otherwise (large I or BLAS steps) one MKL addmm for all rows before the recurrence.
+// projection is small, or when the recurrence itself runs in the micro-kernel and I is moderate:
+// one parallel region per call instead of an MKL region plus ours, and the rows are hot in cache
+// for the step. Otherwise (large I, BLAS steps, few steps, narrow batches) one GEMM for all rows
+// before the recurrence (BLAS called directly, rnn_forward_cpu).
 constexpr int64_t kSmallProjection = 1 << 18;
 // ...but only with this many rows a step (on average, for packed input) or more: with fewer, each
 // step's kernel call reuses every W_ih^T row for too few rows, and one GEMM over all steps was
