@@ -75,11 +75,13 @@ PyObject* cell_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   }
   const int relu = PyObject_IsTrue(args[6]);
   if (relu < 0) return nullptr;
+  // Own references (not the Python objects' tensors) while the GIL is released.
+  const Tensor x = *input, wi = *w_ih, wh = *w_hh;
   Tensor h;
   {
     pybind11::gil_scoped_release no_gil;
-    h = std::get<1>(forward_op().call(input->unsqueeze(0), std::nullopt, hx, *w_ih, *w_hh, b_ih,
-                                      b_hh, relu != 0, false));
+    h = std::get<1>(forward_op().call(x.unsqueeze(0), std::nullopt, hx, wi, wh, b_ih, b_hh,
+                                      relu != 0, false));
   }
   return THPVariable_Wrap(std::move(h));
   END_HANDLE_TH_ERRORS
@@ -99,6 +101,7 @@ PyObject* rnn_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   const int64_t input_size = PyLong_AsLongLong(args[5]), H = PyLong_AsLongLong(args[6]);
   const int64_t layers = PyLong_AsLongLong(args[7]);
   if (PyErr_Occurred()) return nullptr;
+  if (layers < 1 || H < 1 || input_size < 0) Py_RETURN_NONE;
   // Truth values, as Python's `if` reads them (torch.nn keeps batch_first=1 as the int 1).
   int flags[4];
   for (int i = 0; i < 4; ++i) {
@@ -130,6 +133,7 @@ PyObject* rnn_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     }
     hx = *t;
   }
+  const Tensor in = *input;  // own references while the GIL is released (w and hx are copies too)
   std::vector<Tensor> w;
   w.reserve(PyList_GET_SIZE(wlist));
   for (Py_ssize_t i = 0; i < PyList_GET_SIZE(wlist); ++i) {
@@ -148,7 +152,7 @@ PyObject* rnn_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   {
     pybind11::gil_scoped_release no_gil;
     const auto& op = forward_op();
-    Tensor x = batch_first ? input->transpose(0, 1) : *input;
+    Tensor x = batch_first ? in.transpose(0, 1) : in;
     std::vector<Tensor> finals, h0s;
     finals.reserve(layers * dirs);
     if (hx) {  // as functional._layers: views of hx under one backward node
@@ -170,10 +174,16 @@ PyObject* rnn_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     output = batch_first ? x.transpose(0, 1) : x;
     h_n = finals.size() == 1 ? finals[0].unsqueeze(0) : at::stack(finals, 0);
   }
-  PyObject* result = PyTuple_New(2);
-  if (result == nullptr) return nullptr;
-  PyTuple_SET_ITEM(result, 0, THPVariable_Wrap(std::move(output)));
-  PyTuple_SET_ITEM(result, 1, THPVariable_Wrap(std::move(h_n)));
+  PyObject* py_out = THPVariable_Wrap(std::move(output));
+  if (py_out == nullptr) return nullptr;
+  PyObject* py_h = THPVariable_Wrap(std::move(h_n));
+  if (py_h == nullptr) {
+    Py_DECREF(py_out);
+    return nullptr;
+  }
+  PyObject* result = PyTuple_Pack(2, py_out, py_h);
+  Py_DECREF(py_out);
+  Py_DECREF(py_h);
   return result;
   END_HANDLE_TH_ERRORS
 }
