@@ -6,8 +6,8 @@
 // Each entry returns None, computing nothing, unless the call is an ordinary one: exact Tensor or
 // Parameter arguments (no subclass), no torch-function mode, no autocast, float32 / float64 on
 // the CPU with one dtype throughout, every shape consistent. Otherwise Python takes its general
-// path, which raises what torch.nn raises or handles the case (half types, autocast, unbatched
-// input, packed sequences, dropout, CUDA). The modules never call this under torch.compile.
+// path, which raises what torch.nn raises or handles the case (half types, autocast, packed
+// sequences, dropout, CUDA). The modules never call this under torch.compile.
 #include <Python.h>
 
 #include <ATen/ATen.h>
@@ -65,12 +65,16 @@ PyObject* cell_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     if (t == nullptr || !same_kind(*t, *input)) Py_RETURN_NONE;
     *dst = *t;
   }
-  if (input->dim() != 2 || !supported_dtype(*input) || !same_kind(*w_ih, *input) ||
+  // Batched [B, I] with hx [B, H], or unbatched [I] with hx [H] (torch.nn's 1-D input with a 2-D
+  // hx quirk takes Python).
+  const bool batched = input->dim() == 2;
+  if ((input->dim() != 1 && !batched) || !supported_dtype(*input) || !same_kind(*w_ih, *input) ||
       !same_kind(*w_hh, *input) || w_ih->dim() != 2 || w_hh->dim() != 2 ||
-      input->size(1) != w_ih->size(1)) {
+      input->size(-1) != w_ih->size(1)) {
     Py_RETURN_NONE;
   }
-  if (hx && (hx->dim() != 2 || hx->size(0) != input->size(0) || hx->size(1) != w_hh->size(1))) {
+  if (hx && (hx->dim() != input->dim() || (batched && hx->size(0) != input->size(0)) ||
+             hx->size(-1) != w_hh->size(1))) {
     Py_RETURN_NONE;
   }
   const int relu = PyObject_IsTrue(args[6]);
@@ -80,8 +84,12 @@ PyObject* cell_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   Tensor h;
   {
     pybind11::gil_scoped_release no_gil;
-    h = std::get<1>(forward_op().call(x.unsqueeze(0), std::nullopt, hx, wi, wh, b_ih, b_hh,
+    // As RNNCell.forward and functional.rnn_cell: unbatched gets a batch of 1, then one step.
+    const Tensor x2 = batched ? x : x.unsqueeze(0);
+    if (hx && !batched) hx = hx->unsqueeze(0);
+    h = std::get<1>(forward_op().call(x2.unsqueeze(0), std::nullopt, hx, wi, wh, b_ih, b_hh,
                                       relu != 0, false));
+    if (!batched) h = h.squeeze(0);
   }
   return THPVariable_Wrap(std::move(h));
   END_HANDLE_TH_ERRORS
@@ -90,14 +98,17 @@ PyObject* cell_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 // rnnext._C._rnn_forward(input, hx, flat_weights, parameters, flat_weight_names, input_size,
 //                        hidden_size, num_layers, bidirectional, bias, batch_first, relu)
 //   -> (output, h_n) or None
-// A padded, batched input; no dropout between layers (the caller checks). flat_weights[i] must
+// A padded input, batched or not; no dropout between layers (the caller checks). flat_weights[i] must
 // be parameters[flat_weight_names[i]] itself (the module's _parameters dict), as RNN.forward's
 // Python path checks before it trusts _flat_weights.
 PyObject* rnn_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   if (nargs != 12 || !plain_call()) Py_RETURN_NONE;
   const Tensor* input = tensor_arg(args[0]);
-  if (input == nullptr || input->dim() != 3 || !supported_dtype(*input)) Py_RETURN_NONE;
+  if (input == nullptr || (input->dim() != 3 && input->dim() != 2) || !supported_dtype(*input)) {
+    Py_RETURN_NONE;
+  }
+  const bool batched = input->dim() == 3;  // unbatched: [T, I] with hx [layers * dirs, H]
   const int64_t input_size = PyLong_AsLongLong(args[5]), H = PyLong_AsLongLong(args[6]);
   const int64_t layers = PyLong_AsLongLong(args[7]);
   if (PyErr_Occurred()) return nullptr;
@@ -122,13 +133,16 @@ PyObject* rnn_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     if (registered == nullptr && PyErr_Occurred()) return nullptr;
     if (registered != PyList_GET_ITEM(wlist, i)) Py_RETURN_NONE;
   }
-  const int64_t T = input->size(batch_first ? 1 : 0), B = input->size(batch_first ? 0 : 1);
-  if (T == 0 || B == 0 || input->size(2) != input_size) Py_RETURN_NONE;
+  // As RNN.forward: an unbatched input gets a batch of 1 (at batch_first's batch dimension).
+  const int64_t batch_dim = batch_first ? 0 : 1;
+  const int64_t T = batched ? input->size(1 - batch_dim) : input->size(0);
+  const int64_t B = batched ? input->size(batch_dim) : 1;
+  if (T == 0 || B == 0 || input->size(-1) != input_size) Py_RETURN_NONE;
   std::optional<Tensor> hx;
   if (args[1] != Py_None) {
     const Tensor* t = tensor_arg(args[1]);
-    if (t == nullptr || !same_kind(*t, *input) || t->dim() != 3 || t->size(0) != layers * dirs ||
-        t->size(1) != B || t->size(2) != H) {
+    if (t == nullptr || !same_kind(*t, *input) || t->dim() != (batched ? 3 : 2) ||
+        t->size(0) != layers * dirs || (batched && t->size(1) != B) || t->size(-1) != H) {
       Py_RETURN_NONE;
     }
     hx = *t;
@@ -152,7 +166,9 @@ PyObject* rnn_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   {
     pybind11::gil_scoped_release no_gil;
     const auto& op = forward_op();
-    Tensor x = batch_first ? in.transpose(0, 1) : in;
+    if (!batched && hx) hx = hx->unsqueeze(1);
+    Tensor x = batched ? in : in.unsqueeze(batch_dim);
+    if (batch_first) x = x.transpose(0, 1);
     std::vector<Tensor> finals, h0s;
     finals.reserve(layers * dirs);
     if (hx) {  // as functional._layers: views of hx under one backward node
@@ -173,6 +189,10 @@ PyObject* rnn_forward(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     }
     output = batch_first ? x.transpose(0, 1) : x;
     h_n = finals.size() == 1 ? finals[0].unsqueeze(0) : at::stack(finals, 0);
+    if (!batched) {
+      output = output.squeeze(batch_dim);
+      h_n = h_n.squeeze(1);
+    }
   }
   PyObject* py_out = THPVariable_Wrap(std::move(output));
   if (py_out == nullptr) return nullptr;

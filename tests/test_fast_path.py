@@ -93,11 +93,29 @@ def test_rnn_fast_equals_python(monkeypatch, layers, bidirectional, bias, batch_
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("with_hx", [False, True])
-def test_cell_fast_equals_python(monkeypatch, bias, nonlinearity, with_hx):
+@pytest.mark.parametrize("batched", [True, False])
+def test_cell_fast_equals_python(monkeypatch, bias, nonlinearity, with_hx, batched):
     torch.manual_seed(0)
     m = rnnext.RNNCell(5, 40, bias=bias, nonlinearity=nonlinearity)
     args = [torch.randn(6, 5), torch.randn(6, 40) if with_hx else None]
+    if not batched:
+        args = [a[0] if a is not None else None for a in args]
     _assert_fast_equals_python(m, args, "_fast_cell", monkeypatch)
+
+
+@pytest.mark.parametrize("layers,bidirectional", [(1, False), (2, True)])
+@pytest.mark.parametrize("batch_first", [False, True])
+@pytest.mark.parametrize("with_hx", [False, True])
+def test_rnn_unbatched_fast_equals_python(monkeypatch, layers, bidirectional, batch_first, with_hx):
+    torch.manual_seed(0)
+    m = rnnext.RNN(5, 7, layers, batch_first=batch_first, bidirectional=bidirectional).double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    hx = torch.randn(layers * (2 if bidirectional else 1), 7, dtype=torch.float64)
+    _assert_fast_equals_python(m, [x, hx if with_hx else None], "_fast_rnn", monkeypatch)
+    ref = torch.nn.RNN(5, 7, layers, batch_first=batch_first, bidirectional=bidirectional).double()
+    ref.load_state_dict(m.state_dict())
+    for a, b in zip(m(x, hx if with_hx else None), ref(x, hx if with_hx else None)):
+        torch.testing.assert_close(a, b)
 
 
 class _Sub(torch.Tensor):
@@ -127,10 +145,10 @@ def test_refused_calls_take_python(counting):
             pass
     assert rnn_c.served == 0 and cell_c.served == 0
     assert rnn_c.refused == 6 and cell_c.refused == 3
-    # Calls the modules never offer to the fast path: unbatched, packed, half on the CPU.
-    rnn(x[:, 0])
+    # Refused as well: packed input, half on the CPU, torch.nn's 1-D cell input with a 2-D hx.
     rnn(torch.nn.utils.rnn.pack_padded_sequence(x, [3, 2]))
-    cell(x[0, 0])
+    rnn.half()(x.half())
+    cell(x[0, 0, :4], torch.randn(6, 6))
     assert rnn_c.served == 0 and cell_c.served == 0
 
 
