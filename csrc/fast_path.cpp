@@ -27,9 +27,14 @@ namespace {
 
 using at::Tensor;
 
-// Ordinary tensor arguments only: no subclass, no torch-function mode, no autocast.
+// Ordinary tensor arguments only: no subclass, no torch-function mode, no autocast, no torch.func
+// transform (those take Python, which gives functorch a Python autograd.Function: _ops.py).
 bool plain_call() {
   if (at::impl::torch_function_mode_enabled()) return false;
+  // A torch.func transform includes functorch's front-mode key while it is active.
+  if (c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode)) {
+    return false;
+  }
   // Autocast is on for a device type when its key is not excluded (every one is, by default).
   const auto excluded = c10::impl::tls_local_dispatch_key_set().excluded_;
   return (c10::autocast_dispatch_keyset - excluded).empty();

@@ -31,6 +31,9 @@ def rnn_forward(
     reverse: bool,
 ) -> tuple[Tensor, Tensor]:
     """One layer, one direction: ``(output, h_n)``. See csrc/OPS.md for shapes and semantics."""
+    if not torch.compiler.is_compiling() and _peek_functorch() is not None:
+        # Under torch.func transforms: functorch refuses the C++ autograd node that CPU calls use.
+        return _RnnForward.apply(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse)
     return _forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse)
 
 
@@ -115,13 +118,13 @@ def _setup_context(ctx, inputs, output):
     ctx.reverse = reverse
 
 
-def _backward_formula(ctx, grad_output, grad_h_n):
+def _backward_formula(ctx, grad_output, grad_h_n, backward=_backward):
     input, batch_sizes, hx, w_ih, w_hh, output = ctx.saved_tensors
     need = ctx.needs_input_grad
     mask = [need[0], need[2], need[3], need[4], need[5] or need[6]]
     if grad_output is None:
         grad_output = torch.zeros_like(output)
-    grads = _backward(
+    grads = backward(
         grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, ctx.relu, ctx.reverse, mask
     )
     g_input, g_hx, g_w_ih, g_w_hh, g_bias = (g if m else None for g, m in zip(grads, mask))
@@ -139,6 +142,72 @@ def _backward_formula(ctx, grad_output, grad_h_n):
 
 
 torch.library.register_autograd("rnnext::rnn_forward", _backward_formula, setup_context=_setup_context)
+
+
+def _vmap_by_loop(apply):
+    """A vmap rule that runs ``apply`` once per vmapped entry and stacks the results: correct for any
+    in_dims (the op has no batching rule of its own), one call per entry."""
+
+    def vmap(info, in_dims, *args):
+        per_entry = []
+        for i in range(info.batch_size):
+            per_entry.append(
+                apply(*(a.select(d, i) if isinstance(d, int) else a for a, d in zip(args, in_dims)))
+            )
+        outputs = tuple(torch.stack(parts, 0) for parts in zip(*per_entry))
+        return outputs, (0,) * len(outputs)
+
+    return staticmethod(vmap)
+
+
+class _RnnForward(torch.autograd.Function):
+    """rnn_forward with the autograd above as a Python autograd.Function: what torch.func.grad /
+    vjp / jacrev run (functorch rejects C++ torch::autograd::Function nodes, and on the CPU the op's
+    autograd kernel is one, csrc/cpu/autograd_cpu.cpp). Same saved tensors, same fused backward."""
+
+    @staticmethod
+    def forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse):
+        with torch._C._AutoDispatchBelowAutograd():
+            return _forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse)
+
+    setup_context = staticmethod(_setup_context)
+
+    @staticmethod
+    def backward(ctx, grad_output, grad_h_n):
+        return _backward_formula(ctx, grad_output, grad_h_n, _RnnBackward.apply)
+
+    vmap = _vmap_by_loop(lambda *a: _RnnForward.apply(*a))
+
+
+class _RnnBackward(torch.autograd.Function):
+    """rnn_backward for _RnnForward: torch.func records it (its transforms differentiate with
+    create_graph), and, like the op's own registration, its derivative raises."""
+
+    @staticmethod
+    def forward(*args):
+        with torch._C._AutoDispatchBelowAutograd():
+            return _backward(*args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        pass
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _double_backward(ctx, *grads)
+
+    vmap = _vmap_by_loop(lambda *a: _RnnBackward.apply(*a))
+
+
+def _peek_functorch():
+    """The innermost torch.func transform active, or None (always None where torch lacks the API)."""
+    return _functorch_peek() if _functorch_peek is not None else None
+
+
+try:
+    from torch._C._functorch import peek_interpreter_stack as _functorch_peek
+except ImportError:  # pragma: no cover - very old torch
+    _functorch_peek = None
 
 
 def _double_backward(ctx, *grads: Tensor) -> tuple[Optional[Tensor], ...]:
