@@ -105,4 +105,20 @@ inline Geometry make_geometry(const at::Tensor& input, const c10::optional<at::T
   return g;
 }
 
+// rnn_backward's own arguments against the geometry: the incoming gradients and the saved output.
+inline void check_backward(const Geometry& g, const at::Tensor& input,
+                           const at::Tensor& grad_output,
+                           const c10::optional<at::Tensor>& grad_h_n, const at::Tensor& output) {
+  check_same(input, grad_output, "input", "grad_output");
+  check_same(input, output, "input", "output");
+  TORCH_CHECK(output.numel() == g.N * g.H && grad_output.sizes() == output.sizes(),
+              "rnnext: output and grad_output must have the forward output's shape [rows, ", g.H,
+              "], got ", output.sizes(), " and ", grad_output.sizes());
+  if (grad_h_n.has_value()) {
+    check_same(input, *grad_h_n, "input", "grad_h_n");
+    TORCH_CHECK(grad_h_n->dim() == 2 && grad_h_n->size(0) == g.B && grad_h_n->size(1) == g.H,
+                "rnnext: grad_h_n must have shape [", g.B, ", ", g.H, "], got ", grad_h_n->sizes());
+  }
+}
+
 }  // namespace rnnext

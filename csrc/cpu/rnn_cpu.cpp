@@ -6,6 +6,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "../rnn_backward_tail.h"
 #include "../rnn_common.h"
 #include "rnn_core.h"
 
@@ -135,7 +136,8 @@ std::pair<Tensor, int64_t> input_rows(const Tensor& input, const Geometry& g) {
   return {input.contiguous(), g.I};
 }
 
-// A 2-D weight as BLAS reads it: unit column stride and a row stride of at least a row.
+// A 2-D weight as BLAS and pack_weight read it: unit column stride and a row stride of at least a
+// row (a copy otherwise, which only an expanded or overlapping view needs).
 Tensor blas_ready(const Tensor& w) {
   return w.stride(1) == 1 && w.stride(0) >= w.size(1) ? w : w.contiguous();
 }
@@ -228,7 +230,7 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
   Tensor w = pack_w_hh(w_hh, /*transpose=*/true, blas, fused ? g.I + 1 : 0);
   Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
   const auto [xc, ldx] = input_rows(input, g);
-  Tensor wc = fused ? (w_ih.stride(1) == 1 ? w_ih : w_ih.contiguous()) : blas_ready(w_ih);
+  Tensor wc = blas_ready(w_ih);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_projection", [&] {
     using T = scalar_t;
     if (fused) {
@@ -272,16 +274,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
     std::array<bool, 5> output_mask) {
   const Geometry g = make_geometry(input, batch_sizes, hx, w_ih, w_hh, {}, {});
   check_cpu(input);
-  check_same(input, grad_output, "input", "grad_output");
-  check_same(input, output, "input", "output");
-  TORCH_CHECK(output.numel() == g.N * g.H && grad_output.sizes() == output.sizes(),
-              "rnnext: output and grad_output must have the forward output's shape [rows, ", g.H,
-              "], got ", output.sizes(), " and ", grad_output.sizes());
-  if (grad_h_n.has_value()) {
-    check_same(input, *grad_h_n, "input", "grad_h_n");
-    TORCH_CHECK(grad_h_n->dim() == 2 && grad_h_n->size(0) == g.B && grad_h_n->size(1) == g.H,
-                "rnnext: grad_h_n must have shape [", g.B, ", ", g.H, "], got ", grad_h_n->sizes());
-  }
+  check_backward(g, input, grad_output, grad_h_n, output);
   auto opts = input.options();
   const auto [want_input, want_hx, want_w_ih, want_w_hh, want_bias] = output_mask;
   const auto dtype = input.scalar_type();
@@ -304,19 +297,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
     fused_grad_input =
         want_input && (few || g.N * g.I * g.H <= kSmallProjection ||
                        (!blas && vector_kernel() && g.I <= kFusedMaxInput));
-    Tensor w_ih_plain;
-    if (fused_grad_input && few) {
+    Tensor w_ih_plain;  // W_ih as is: itself for BLAS (few), else packed for the micro-kernel
+    if (fused_grad_input) {
       grad_input = empty(input.sizes(), dtype);
       w_ih_plain = blas_ready(w_ih);
-    } else if (fused_grad_input) {
-      grad_input = empty(input.sizes(), dtype);
-      const int64_t ldp_ih = packed_ld(g.I);
-      Tensor wc = w_ih.stride(1) == 1 ? w_ih : w_ih.contiguous();
-      w_ih_plain = empty({g.H, ldp_ih}, dtype);
-      AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_pack_w_ih", [&] {
-        cpu::pack_weight<scalar_t>(wc.data_ptr<scalar_t>(), wc.stride(0), g.I, g.H,
-                                   /*transpose=*/false, w_ih_plain.data_ptr<scalar_t>(), ldp_ih);
-      });
+      if (!few) {
+        const int64_t ldp_ih = packed_ld(g.I);
+        Tensor packed = empty({g.H, ldp_ih}, dtype);
+        AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_pack_w_ih", [&] {
+          cpu::pack_weight<scalar_t>(w_ih_plain.data_ptr<scalar_t>(), w_ih_plain.stride(0), g.I,
+                                     g.H, /*transpose=*/false, packed.data_ptr<scalar_t>(), ldp_ih);
+        });
+        w_ih_plain = packed;
+      }
     }
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_backward_cpu", [&] {
       auto rec =
@@ -401,24 +394,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
     return {grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias};
   }
   // Everything else is one large GEMM (or reduction) over all rows.
-  Tensor x2d = input.reshape({g.N, g.I});
-  if (!fused_grad_input) {
-    grad_input = want_input ? at::mm(dpre, w_ih).view(input.sizes()) : at::empty({0}, opts);
-  }
-  Tensor grad_w_ih = want_w_ih ? at::mm(dpre.t(), x2d) : at::empty({0}, opts);
-  Tensor grad_w_hh = at::empty({0}, opts);
-  if (want_w_hh) {
-    Tensor h_prev = at::empty({g.N, g.H}, opts);
-    if (g.N > 0) {
-      AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_gather_prev_cpu", [&] {
-        make_recurrence<scalar_t>(g, Tensor(), hx.has_value() ? &h0 : nullptr, relu, reverse)
-            .gather_prev(out.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>());
-      });
-    }
-    grad_w_hh = at::mm(dpre.t(), h_prev);
-  }
-  Tensor grad_bias = want_bias ? dpre.sum(0) : at::empty({0}, opts);
-  return {grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias};
+  return backward_tail(g, input, w_ih, dpre, grad_input, grad_hx, output_mask, [&](Tensor& h_prev) {
+    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_gather_prev_cpu", [&] {
+      make_recurrence<scalar_t>(g, Tensor(), hx.has_value() ? &h0 : nullptr, relu, reverse)
+          .gather_prev(out.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>());
+    });
+  });
 }
 
 }  // namespace

@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "../rnn_backward_tail.h"
 #include "../rnn_common.h"
 #include "rnn_kernels.h"
 
@@ -228,19 +229,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cuda(
     std::array<bool, 5> output_mask) {
   const Geometry g = make_geometry(input, batch_sizes, hx, w_ih, w_hh, {}, {});
   check_cuda(g, input);
-  check_same(input, grad_output, "input", "grad_output");
-  check_same(input, output, "input", "output");
-  TORCH_CHECK(output.numel() == g.N * g.H && grad_output.sizes() == output.sizes(),
-              "rnnext: output and grad_output must have the forward output's shape [rows, ", g.H,
-              "], got ", output.sizes(), " and ", grad_output.sizes());
-  if (grad_h_n.has_value()) {
-    check_same(input, *grad_h_n, "input", "grad_h_n");
-    TORCH_CHECK(grad_h_n->dim() == 2 && grad_h_n->size(0) == g.B && grad_h_n->size(1) == g.H,
-                "rnnext: grad_h_n must have shape [", g.B, ", ", g.H, "], got ", grad_h_n->sizes());
-  }
+  check_backward(g, input, grad_output, grad_h_n, output);
   const c10::cuda::CUDAGuard guard(input.device());
   auto opts = input.options();
-  const auto [want_input, want_hx, want_w_ih, want_w_hh, want_bias] = output_mask;
+  const bool want_hx = output_mask[1];
   Tensor dpre = at::empty({g.N, g.H}, opts);
   Tensor grad_hx = at::empty({0}, opts);
   const Tensor out = output.contiguous();
@@ -271,20 +263,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cuda(
     }
   }
   // Everything else is one large GEMM (or reduction) over all rows.
-  Tensor x2d = input.reshape({g.N, g.I});
-  Tensor grad_input = want_input ? at::mm(dpre, w_ih).view(input.sizes()) : at::empty({0}, opts);
-  Tensor grad_w_ih = want_w_ih ? at::mm(dpre.t(), x2d) : at::empty({0}, opts);
-  Tensor grad_w_hh = at::empty({0}, opts);
-  if (want_w_hh) {
-    Tensor h_prev = at::empty({g.N, g.H}, opts);
-    if (g.N > 0 && g.H > 0) {
-      cuda::gather_prev(to_dtype(input.scalar_type()), seq, out.data_ptr(),
-                        hx.has_value() ? h0.data_ptr() : nullptr, h_prev.data_ptr(), stream);
-    }
-    grad_w_hh = at::mm(dpre.t(), h_prev);
-  }
-  Tensor grad_bias = want_bias ? dpre.sum(0) : at::empty({0}, opts);
-  return {grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias};
+  return backward_tail(g, input, w_ih, dpre, Tensor(), grad_hx, output_mask, [&](Tensor& h_prev) {
+    cuda::gather_prev(to_dtype(input.scalar_type()), seq, out.data_ptr(),
+                      hx.has_value() ? h0.data_ptr() : nullptr, h_prev.data_ptr(), stream);
+  });
 }
 
 }  // namespace
