@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 from torch import Tensor
+from torch._C._functorch import peek_interpreter_stack as _functorch_transform
 
 from . import _C  # noqa: F401  (loading the library registers the ops)
 
@@ -31,7 +32,7 @@ def rnn_forward(
     reverse: bool,
 ) -> tuple[Tensor, Tensor]:
     """One layer, one direction: ``(output, h_n)``. See csrc/OPS.md for shapes and semantics."""
-    if not torch.compiler.is_compiling() and _peek_functorch() is not None:
+    if not torch.compiler.is_compiling() and _functorch_transform() is not None:
         # Under torch.func transforms: functorch refuses the C++ autograd node that CPU calls use.
         return _RnnForward.apply(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse)
     return _forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse)
@@ -199,15 +200,6 @@ class _RnnBackward(torch.autograd.Function):
     vmap = _vmap_by_loop(lambda *a: _RnnBackward.apply(*a))
 
 
-def _peek_functorch():
-    """The innermost torch.func transform active, or None (always None where torch lacks the API)."""
-    return _functorch_peek() if _functorch_peek is not None else None
-
-
-try:
-    from torch._C._functorch import peek_interpreter_stack as _functorch_peek
-except ImportError:  # pragma: no cover - very old torch
-    _functorch_peek = None
 
 
 def _double_backward(ctx, *grads: Tensor) -> tuple[Optional[Tensor], ...]:
