@@ -169,7 +169,6 @@ def run_case(
     modes: list[str],
     args: argparse.Namespace,
     cfg: timing.TimingConfig,
-    gemm: float,
     state: dict,
     progress: Progress,
 ) -> tuple[list[dict], list[dict]]:
@@ -236,6 +235,7 @@ def run_case(
         results = timing.interleaved(
             calls, cfg,
             on_round=lambda r, m=mode: progress.show(f"{case.name}/{m} ({dname}, {tname}): round {r}", True),
+            threads=state["threads"],
         )
         fl = cases_mod.flops(case, mode)
         base = results.get(impls_mod.BASELINE)
@@ -243,8 +243,8 @@ def run_case(
             row = dict(case=case.name, mode=mode, impl=name, median_ms=st.median * 1e3, iqr_ms=st.iqr * 1e3,
                        **shape_params, tokens=cases_mod.tokens(case),
                        dtype=tname, device=dname, threads=state["threads"],
-                       flops=fl, gflops=fl / st.median / 1e9, gemm_share=(fl / st.median / 1e9) / gemm,
-                       floor_ms=fl / (gemm * 1e9) * 1e3,
+                       path=impls_mod.path_of(name, device),
+                       flops=fl, gflops=fl / st.median / 1e9,
                        speedup_vs_torch=(base.median / st.median) if base else None,
                        max_err=errors[name], samples=st.samples, calls_per_sample=st.number, **info[name])
             rows.append(row)
@@ -299,43 +299,62 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"devices {devices}, dtypes {args.dtypes}, modes {args.modes}, {len(selected)} cases",
           file=sys.stderr)
 
-    # The GEMM rate: measured at the start, after every case (shortly; not under --quick) and at the
-    # end. Other processes only slow a measurement down, so the highest is the machine's capability.
+    # The references, measured at the start, after every case (shortly; not under --quick) and at the
+    # end; other processes only slow a measurement down, so the highest is the machine's capability:
+    # the CPU's FMA peak (register-only FMA chains, csrc/cpu/peak.cpp), the ceiling every row is a
+    # share of, and torch.mm's rate, the BLAS torch uses (on CUDA only the latter).
     gemm_min, gemm_between = (0.2, 0.0) if args.quick else (1.0, 0.3)
+    peak_s, peak_between = (0.1, 0.0) if args.quick else (0.5, 0.1)
     gemm: dict[str, dict] = {}
+    peak: dict[str, dict] = {}
+
+    def measure(dev: str, dt: str, gemm_s: float, fma_s: float) -> None:
+        key = f"{dev}/{dt}"
+        if gemm_s:
+            rate = timing.gemm_gflops(DTYPES[dt], torch.device(dev), gemm_s, threads)
+            gemm.setdefault(key, {"n": 2048 if dev == "cpu" else 8192, "start": rate, "samples": []})
+            gemm[key]["samples"].append(rate)
+        if dev == "cpu" and fma_s:
+            rate, ran, isa = timing.fma_peak(DTYPES[dt], fma_s, threads)
+            if ran != threads:
+                notes.append(f"the FMA peak ran on {ran} threads, not {threads}")
+            peak.setdefault(key, {"isa": isa, "threads": ran, "start": rate, "samples": []})
+            peak[key]["samples"].append(rate)
+
     for dev in devices:
         for dt in args.dtypes:
-            rate = timing.gemm_gflops(DTYPES[dt], torch.device(dev), gemm_min)
-            gemm[f"{dev}/{dt}"] = {"n": 2048 if dev == "cpu" else 8192, "start": rate, "samples": [rate]}
+            measure(dev, dt, gemm_min, peak_s)
 
     progress = Progress(len(devices) * len(args.dtypes) * len(selected) * len(args.modes))
     rows: list[dict] = []
     skipped: list[dict] = []
     for dev in devices:
         for dt in args.dtypes:
-            g = gemm[f"{dev}/{dt}"]
             for case in selected:
-                r, s = run_case(
-                    case, torch.device(dev), DTYPES[dt], args.modes, args, cfg, max(g["samples"]), state,
-                    progress,
-                )
+                r, s = run_case(case, torch.device(dev), DTYPES[dt], args.modes, args, cfg, state, progress)
                 rows += r
                 skipped += s
-                if gemm_between:
-                    g["samples"].append(timing.gemm_gflops(DTYPES[dt], torch.device(dev), gemm_between))
-    progress.show("GEMM rate (end)")
+                measure(dev, dt, gemm_between, peak_between)
+    progress.show("references (end)")
     progress.close()
     for dev in devices:
         for dt in args.dtypes:
-            g = gemm[f"{dev}/{dt}"]
-            g["end"] = timing.gemm_gflops(DTYPES[dt], torch.device(dev), gemm_min)
-            g["samples"].append(g["end"])
-            g["used"] = max(g["samples"])
+            measure(dev, dt, gemm_min, peak_s)
+            for ref in (gemm, peak):
+                g = ref.get(f"{dev}/{dt}")
+                if g is not None:
+                    g["end"] = g["samples"][-1]
+                    g["used"] = max(g["samples"])
     for row in rows:
-        used = gemm[f"{row['device']}/{row['dtype']}"]["used"]
+        key = f"{row['device']}/{row['dtype']}"
+        used = gemm[key]["used"]
         row["gemm_gflops"] = used
         row["gemm_share"] = row["gflops"] / used
-        row["floor_ms"] = row["flops"] / (used * 1e9) * 1e3
+        p = peak.get(key)
+        row["peak_gflops"] = p["used"] if p else None
+        row["peak_share"] = row["gflops"] / p["used"] if p else None
+        # The least time the case's FLOPs take: at the FMA peak (CPU), else at torch.mm's rate (CUDA).
+        row["floor_ms"] = row["flops"] / ((p["used"] if p else used) * 1e9) * 1e3
 
     result = dict(
         machine=machine,
@@ -359,6 +378,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         loadavg_start=load0,
         loadavg_end=_loadavg(),
         gemm_gflops=gemm,
+        fma_peak_gflops=peak,
+        cpu_isa=impls_mod.cpu_isa(),
         notes=notes,
         skipped=skipped,
         rows=rows,

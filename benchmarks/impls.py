@@ -294,6 +294,26 @@ def compare(got: tuple[Tensor, ...], want: tuple[Tensor, ...]) -> float:
     return worst
 
 
+def cpu_isa() -> str:
+    """The ISA rnnext's CPU kernels dispatch to: ``avx512``, ``avx2`` or ``base`` (portable scalar code),
+    as ``rnnext._C`` reports it (csrc/cpu/kernels.cpp; ``RNNEXT_CPU_ISA`` may lower it)."""
+    from rnnext import _C
+
+    return _C._cpu_isa()
+
+
+def path_of(impl: str, device: torch.device) -> Optional[str]:
+    """The path an rnnext row ran, as the extension reports it; None for the other implementations.
+
+    CPU: the ISA of the kernels (hook: once the CPU planner names its paths, ``cpu::make_plan``, the
+    plan's name per case goes here)."""
+    if not impl.startswith("rnnext."):
+        return None
+    if device.type == "cpu":
+        return cpu_isa()
+    return None
+
+
 def device_of(impls: list[Impl]) -> Optional[torch.device]:
     """The device the baseline's parameters live on."""
     return impls[0].params[0].device if impls and impls[0].params else None

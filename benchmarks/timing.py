@@ -17,20 +17,27 @@ Method, per (case, mode):
 ``torch.utils.benchmark.Timer`` synchronises the accelerator before reading the clock, so a CUDA block
 is timed from an idle device to an idle device (the calls inside a block queue asynchronously, as
 they would in a real program).
+
+Threads: ``Timer`` sets torch's intra-op thread count around every timed block, to its
+``num_threads`` argument, which defaults to **1**, whatever ``torch.set_num_threads`` said before. Every
+Timer here is given the run's thread count (``threads``, default ``torch.get_num_threads()`` at the
+call), so a timed block runs on the threads the results report (tests/test_benchmarks.py checks what
+a block sees).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator, Optional
 
 import torch
 import torch.utils.benchmark as tb
 
-__all__ = ["TimingConfig", "Stats", "interleaved", "gemm_gflops", "stats"]
+__all__ = ["TimingConfig", "Stats", "interleaved", "gemm_gflops", "fma_peak", "stats"]
 
 
 @dataclass(frozen=True)
@@ -71,13 +78,28 @@ def stats(samples: list[float], number: int) -> Stats:
     return Stats(statistics.median(samples), q3 - q1, len(samples), number)
 
 
-def _timer(fn: Callable[[], object]) -> tb.Timer:
-    return tb.Timer(stmt="fn()", globals={"fn": fn})
+def _threads(threads: Optional[int]) -> int:
+    return torch.get_num_threads() if threads is None else threads
 
 
-def _calibrate(fn: Callable[[], object], block_s: float) -> int:
+@contextlib.contextmanager
+def on_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``threads`` inside, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _timer(fn: Callable[[], object], threads: int) -> tb.Timer:
+    return tb.Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads)
+
+
+def _calibrate(fn: Callable[[], object], block_s: float, threads: int) -> int:
     """Calls per block so that a block lasts about ``block_s`` (at least 1)."""
-    timer = _timer(fn)
+    timer = _timer(fn, threads)
     number = 1
     while True:
         per_call = timer.timeit(number).mean
@@ -90,17 +112,21 @@ def interleaved(
     fns: dict[str, Callable[[], object]],
     cfg: TimingConfig,
     on_round: Callable[[int], None] = lambda r: None,
+    threads: Optional[int] = None,
 ) -> dict[str, Stats]:
-    """Time every callable in ``fns`` in interleaved rounds (see the module docstring)."""
+    """Time every callable in ``fns`` in interleaved rounds (see the module docstring), on ``threads``
+    intra-op threads (default: ``torch.get_num_threads()`` now)."""
+    threads = _threads(threads)
     names = list(fns)
-    for name in names:
-        t0 = time.perf_counter()
-        for _ in range(max(1, cfg.warmup_calls)):
-            fns[name]()
-            if time.perf_counter() - t0 > cfg.warmup_s:
-                break
-    numbers = {name: _calibrate(fns[name], cfg.block_s) for name in names}
-    timers = {name: _timer(fns[name]) for name in names}
+    with on_threads(threads):  # the warm-up too runs on the timed thread count
+        for name in names:
+            t0 = time.perf_counter()
+            for _ in range(max(1, cfg.warmup_calls)):
+                fns[name]()
+                if time.perf_counter() - t0 > cfg.warmup_s:
+                    break
+    numbers = {name: _calibrate(fns[name], cfg.block_s, threads) for name in names}
+    timers = {name: _timer(fns[name], threads) for name in names}
     samples: dict[str, list[float]] = {name: [] for name in names}
     start = time.perf_counter()
     rounds = 0
@@ -118,14 +144,29 @@ def interleaved(
     return {name: stats(samples[name], numbers[name]) for name in names}
 
 
-def gemm_gflops(dtype: torch.dtype, device: torch.device, min_run_time: float = 1.0) -> float:
-    """The machine's GEMM rate: ``a @ b`` on square matrices (n = 2048 on CPU, 8192 on CUDA) at this
-    dtype and the current thread count; GFLOP/s = 2 n^3 / median seconds / 1e9."""
+def gemm_gflops(dtype: torch.dtype, device: torch.device, min_run_time: float = 1.0,
+                threads: Optional[int] = None) -> float:
+    """torch's GEMM rate: ``torch.mm`` on square matrices (n = 2048 on CPU, 8192 on CUDA) at this dtype
+    on ``threads`` threads; GFLOP/s = 2 n^3 / median seconds / 1e9. A second reference (the BLAS torch
+    uses: MKL on x86 CPUs, which may take a narrower ISA than the CPU runs), not the ceiling: see
+    :func:`fma_peak`."""
     n = 2048 if device.type == "cpu" else 8192
     g = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=g).to(device=device, dtype=dtype)
-    timer = tb.Timer(stmt="torch.mm(a, b)", globals={"torch": torch, "a": a, "b": b})
+    timer = tb.Timer(stmt="torch.mm(a, b)", globals={"torch": torch, "a": a, "b": b},
+                     num_threads=_threads(threads))
     timer.timeit(2)  # warm-up
     m = timer.blocked_autorange(min_run_time=min_run_time)
     return 2.0 * n**3 / m.median / 1e9
+
+
+def fma_peak(dtype: torch.dtype, seconds: float = 0.2, threads: Optional[int] = None,
+             isa: str = "") -> tuple[float, int, str]:
+    """The CPU's FMA peak in GFLOP/s at ``dtype`` (float32 / float64): register-only FMA chains on
+    ``threads`` of torch's threads, the widest ISA the CPU runs unless ``isa`` names one
+    (``rnnext._C._fma_peak``, csrc/cpu/peak.cpp). Returns (GFLOP/s, threads that ran, ISA)."""
+    from rnnext import _C
+
+    with on_threads(_threads(threads)):
+        return _C._fma_peak(str(dtype).replace("torch.", ""), isa, seconds)

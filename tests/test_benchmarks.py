@@ -20,7 +20,7 @@ ROW_FIELDS = {
     "case": str, "mode": str, "impl": str, "median_ms": float, "iqr_ms": float,
     "T": int, "B": int, "I": int, "H": int, "layers": int, "bidirectional": bool, "packed": bool,
     "dtype": str, "device": str, "gflops": float, "gemm_share": float, "floor_ms": float,
-    "max_err": float, "samples": int,
+    "peak_gflops": float, "peak_share": float, "threads": int, "max_err": float, "samples": int,
 }
 
 
@@ -44,6 +44,10 @@ def test_header(tutorial: dict) -> None:
     assert tutorial["threads"] == 1
     gemm = tutorial["gemm_gflops"]["cpu/float32"]
     assert gemm["used"] == max(gemm["samples"]) >= max(gemm["start"], gemm["end"]) > 0
+    peak = tutorial["fma_peak_gflops"]["cpu/float32"]
+    assert peak["used"] == max(peak["samples"]) >= max(peak["start"], peak["end"]) > 0
+    assert peak["threads"] == 1 and peak["isa"] in ("avx512", "avx2", "base")
+    assert tutorial["cpu_isa"] in ("avx512", "avx2", "base")
 
 
 def test_rows(tutorial: dict) -> None:
@@ -59,6 +63,11 @@ def test_rows(tutorial: dict) -> None:
         assert r["dtype"] == "float32" and r["device"] == "cpu"
         assert r["median_ms"] > 0 and r["iqr_ms"] >= 0 and r["samples"] >= 3
         assert math.isclose(r["gflops"], r["flops"] / (r["median_ms"] * 1e-3) / 1e9, rel_tol=1e-9)
+        assert math.isclose(r["peak_share"], r["gflops"] / r["peak_gflops"], rel_tol=1e-9)
+        assert math.isclose(r["gemm_share"], r["gflops"] / r["gemm_gflops"], rel_tol=1e-9)
+        assert math.isclose(r["floor_ms"], r["flops"] / (r["peak_gflops"] * 1e9) * 1e3, rel_tol=1e-9)
+        assert r["threads"] == 1
+        assert r["path"] == (tutorial["cpu_isa"] if r["impl"].startswith("rnnext.") else None)
         assert r["max_err"] <= 1e-4
     fwd = 2 * 10 * 3 * (100 * 20 + 20 * 20)
     assert {r["mode"]: r["flops"] for r in rows} == {"inference": fwd, "training": 3 * fwd}
@@ -130,3 +139,56 @@ def test_mismatch_is_reported_and_not_timed(tmp_path: Path, monkeypatch: pytest.
     reasons = [s["reason"] for s in res["skipped"] if s["impl"] == "rnnext.RNN"]
     assert len(reasons) == 1 and reasons[0].startswith("output mismatch")
     assert "WARNING: rnnext.RNN" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_timed_block_runs_on_the_reported_threads(threads: int) -> None:
+    """torch.utils.benchmark.Timer sets torch's thread count around each block (to 1 unless told):
+    every block the suite times must see the thread count the results report."""
+    import torch
+
+    from benchmarks import timing
+
+    seen: list[int] = []
+
+    def fn() -> None:
+        seen.append(torch.get_num_threads())
+
+    before = torch.get_num_threads()
+    other = 2 if threads == 1 else 1
+    try:
+        torch.set_num_threads(threads)  # the run's count, taken by default
+        timing.interleaved({"a": fn, "b": fn}, timing.TimingConfig.quick())
+        torch.set_num_threads(other)  # a count given explicitly wins over the current one
+        timing.interleaved({"a": fn}, timing.TimingConfig.quick(), threads=threads)
+        assert torch.get_num_threads() == other
+        timing.gemm_gflops(torch.float32, torch.device("cpu"), 0.01, threads=threads)
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {threads}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fma_peak_is_measured_on_the_run_threads(threads: int, dtype: str) -> None:
+    """The FMA peak runs on the thread count asked for, with the ISA asked for, at a rate no real
+    core exceeds: a loop the compiler had removed would time as (nearly) nothing and fail the bound."""
+    import torch
+
+    from benchmarks import timing
+    from rnnext import _C
+
+    isas = _C._cpu_isas()
+    assert isas[-1] == "base" and _C._cpu_isa() in isas
+    before = torch.get_num_threads()
+    for isa in isas:
+        gflops, ran, got = timing.fma_peak(getattr(torch, dtype), 0.02, threads, isa)
+        lanes = {"avx512": 64, "avx2": 32, "base": 16}[isa] // (4 if dtype == "float32" else 8)
+        # lanes x 2 FLOPs per FMA x at most 2 FMA units per core x at most 6 GHz
+        bound = lanes * 2 * 2 * 6.0 * threads
+        assert got == isa and ran == threads and 0 < gflops < bound, (isa, gflops, bound)
+    assert torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="dtype"):
+        _C._fma_peak("float16")
+    with pytest.raises(ValueError, match="ISA"):
+        _C._fma_peak("float32", "sse9")
