@@ -27,7 +27,8 @@ ROW_FIELDS = {
 def _run(tmp_path: Path, *args: str) -> dict:
     cmd = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path), "--machine", "t",
            "--threads", "1", "--devices", "cpu", *args]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    # The timeout guards against a hang (a quick run takes seconds), not the machine's speed.
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "t.md").read_text().startswith("# rnnext benchmarks")
     return json.loads((tmp_path / "t.json").read_text())
@@ -172,7 +173,8 @@ def test_timed_block_runs_on_the_reported_threads(threads: int) -> None:
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_fma_peak_is_measured_on_the_run_threads(threads: int, dtype: str) -> None:
     """The FMA peak runs on the thread count asked for, with the ISA asked for, at a rate no real
-    core exceeds: a loop the compiler had removed would time as (nearly) nothing and fail the bound."""
+    core exceeds (a bound far above any CPU's, so the machine's speed cannot fail it): a loop the
+    compiler had removed would time as (nearly) nothing, orders of magnitude above the bound."""
     import torch
 
     from benchmarks import timing
@@ -184,8 +186,8 @@ def test_fma_peak_is_measured_on_the_run_threads(threads: int, dtype: str) -> No
     for isa in isas:
         gflops, ran, got = timing.fma_peak(getattr(torch, dtype), 0.02, threads, isa)
         lanes = {"avx512": 64, "avx2": 32, "base": 16}[isa] // (4 if dtype == "float32" else 8)
-        # lanes x 2 FLOPs per FMA x at most 2 FMA units per core x at most 6 GHz
-        bound = lanes * 2 * 2 * 6.0 * threads
+        # lanes x 2 FLOPs per FMA x 4 FMA units per core (today's have 2) x 8 GHz
+        bound = lanes * 2 * 4 * 8.0 * threads
         assert got == isa and ran == threads and 0 < gflops < bound, (isa, gflops, bound)
     assert torch.get_num_threads() == before
     with pytest.raises(ValueError, match="dtype"):
