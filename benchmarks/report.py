@@ -17,12 +17,15 @@ __all__ = ["markdown", "write_json", "plot", "COLUMNS"]
 COLUMNS = (
     "torch.nn.RNN",
     "rnnext.RNN",
+    "rnnext.RNN fallback",
     "torch.nn.RNNCell loop",
     "rnnext.RNNCell loop",
     "torch.compile(nn.RNN)",
     "onnxruntime",
 )
 
+
+CELLS = ("torch.nn.RNNCell loop", "rnnext.RNNCell loop")
 
 NOISY = 0.5  # IQR above this share of the median: the cell is marked "~" (noisy)
 
@@ -84,6 +87,13 @@ def markdown(result: dict) -> str:
                      f"reference, not the ceiling): {g['used']:.1f} GFLOP/s, the highest of {len(samples)} "
                      f"measurements in the run (start {g['start']:.1f}, end {g['end']:.1f}, lowest "
                      f"{min(samples):.1f})")
+    cuda = result.get("cuda")
+    if cuda:
+        lines.append(f"- CUDA {cuda['cuda']}, cuDNN {cuda['cudnn']}, {cuda['gpu']} ({cuda['sms']} SMs); "
+                     f"cudnn.allow_tf32={cuda['cudnn_allow_tf32']} (torch.nn.RNN's float32 may run in TF32; "
+                     "rnnext's never does); timed with CUDA events; `path`: the CUDA planner's choice, from "
+                     "the extension (`fwd/bwd` where they differ); `rnnext.RNN fallback`: forced onto the "
+                     "per-step GEMM path")
     if result.get("cpu_isa"):
         lines.append(f"- rnnext's CPU kernels ran {result['cpu_isa']} code (the `path` column)")
     lines.append("- method: outputs (inference) or all gradients (training) checked against torch.nn.RNN "
@@ -103,7 +113,7 @@ def markdown(result: dict) -> str:
         lines.append("")
         head = ["case", "shape", "mode"] + [f"{c} ms" for c in present]
         head += ["speedup", "path", "rnnext GFLOP/s", "% peak", "% mm", "floor ms"]
-        if any(c in present for c in COLUMNS[2:4]):
+        if any(c in present for c in CELLS):
             head.append("cell speedup")
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
@@ -117,7 +127,7 @@ def markdown(result: dict) -> str:
             cells.append(_pct(new, "peak_share"))
             cells.append(_pct(new, "gemm_share"))
             cells.append(f"{any_row['floor_ms']:.3f}")
-            if any(c in present for c in COLUMNS[2:4]):
+            if any(c in present for c in CELLS):
                 cells.append(_ratio(impls.get("torch.nn.RNNCell loop"), impls.get("rnnext.RNNCell loop")))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")

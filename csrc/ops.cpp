@@ -4,6 +4,9 @@
 #include <torch/library.h>
 
 #include "cpu/peak.h"
+#ifdef RNNEXT_WITH_CUDA
+#include "cuda/plan_info.h"
+#endif
 #include "fast_path.h"
 
 // `import rnnext._C` loads this shared library, which runs the static registrations below.
@@ -15,6 +18,10 @@ PyMODINIT_FUNC PyInit__C(void) {
   PyObject* m = PyModule_Create(&module_def);
   // The benchmark suite's probes: FMA peak, CPU ISA (cpu/peak.cpp).
   if (m != nullptr && PyModule_AddFunctions(m, rnnext::cpu::peak_methods()) != 0) Py_CLEAR(m);
+#ifdef RNNEXT_WITH_CUDA
+  // The CUDA planner's choice, for the benchmark suite (cuda/plan_py.cpp).
+  if (m != nullptr && PyModule_AddFunctions(m, rnnext::cuda::plan_methods()) != 0) Py_CLEAR(m);
+#endif
   return m;
 }
 

@@ -194,3 +194,118 @@ def test_fma_peak_is_measured_on_the_run_threads(threads: int, dtype: str) -> No
         _C._fma_peak("float16")
     with pytest.raises(ValueError, match="ISA"):
         _C._fma_peak("float32", "sse9")
+
+
+def test_run_config_from_the_command_line() -> None:
+    import dataclasses
+
+    import torch
+
+    from benchmarks import cases
+    from benchmarks.config import parse
+
+    before = torch.get_num_threads()
+    try:
+        argv = ["--quick", "--cases", "edges,edge-3l,tutorial", "--dtypes", "float32,bfloat16",
+                "--devices", "cpu", "--threads", "1", "--no-onnx"]
+        cfg, list_only = parse(argv, lambda d, t: f"m-{t}t")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert not list_only and cfg is not None
+    assert [c.name for c in cfg.cases] == cases.GROUPS["edges"] + ["tutorial"]  # each case once
+    assert cfg.pairs() == [("cpu", "float32")] and cfg.threads == 1 and cfg.machine == "m-1t-quick"
+    assert any("bfloat16 not run" in n for n in cfg.notes)
+    assert not cfg.onnx and not cfg.compile and "--quick" in cfg.compile_off
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.threads = 2  # type: ignore[misc]
+    off = cfg.without_compile("too slow")
+    assert off is not cfg and (off.compile, off.compile_off) == (False, "too slow")
+    assert parse(["--list"]) == (None, True)
+    with pytest.raises(SystemExit):
+        parse(["--cases", "no-such-case"])
+
+
+def test_cuda_path_is_asked_of_the_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path of a CUDA row is what rnnext._C._cuda_path answers (the planner itself, compiled only in
+    the CUDA build), under the RNNEXT_CUDA_PATH the row ran with; a build without it gives None."""
+    import os
+
+    import torch
+
+    from benchmarks import cases, impls
+    from rnnext import _C
+
+    case, cuda0 = cases.ALL_CASES["medium"], torch.device("cuda", 0)
+    if not hasattr(_C, "_cuda_path"):
+        assert impls.path_of("rnnext.RNN", case, torch.float32, cuda0, "training") is None
+    calls = []
+
+    def planner(dtype: str, B: int, H: int, backward: bool, device: int) -> str:
+        forced = os.environ.get(impls.CUDA_PATH_ENV)
+        calls.append((dtype, B, H, backward, device, forced))
+        return forced or ("bwd-plan" if backward else "fwd-plan")
+
+    monkeypatch.setattr(_C, "_cuda_path", planner, raising=False)
+    monkeypatch.delenv(impls.CUDA_PATH_ENV, raising=False)
+    assert impls.path_of("rnnext.RNN", case, torch.float32, cuda0, "inference") == "fwd-plan"
+    assert impls.path_of("rnnext.RNN", case, torch.bfloat16, cuda0, "training") == "fwd-plan/bwd-plan"
+    assert impls.path_of(impls.FALLBACK_IMPL, case, torch.float32, cuda0, "training") == "fallback"
+    assert impls.path_of("torch.nn.RNN", case, torch.float32, cuda0, "training") is None
+    assert calls[0] == ("float32", 32, 128, False, 0, None)
+    assert calls[1][:4] == ("bfloat16", 32, 128, False) and calls[2][3] is True
+    assert impls.CUDA_PATH_ENV not in os.environ  # the forced setting did not leak
+    monkeypatch.setenv(impls.CUDA_PATH_ENV, "smem")  # an override the user set is what ran
+    assert impls.path_of("rnnext.RNN", case, torch.float32, cuda0, "inference") == "smem"
+    assert os.environ[impls.CUDA_PATH_ENV] == "smem"
+
+
+def test_cpu_path_is_the_kernels_isa() -> None:
+    import torch
+
+    from benchmarks import cases, impls
+    from rnnext import _C
+
+    case = cases.ALL_CASES["tutorial"]
+    assert impls.path_of("rnnext.RNN", case, torch.float32, torch.device("cpu"), "training") == _C._cpu_isa()
+    assert impls.path_of("torch.nn.RNN", case, torch.float32, torch.device("cpu"), "training") is None
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_cuda_run(tmp_path: Path) -> None:
+    """On a GPU: the one driver times CUDA rows with events, with the planner's path per row."""
+    import torch
+
+    from benchmarks import cases, impls
+
+    cmd = [sys.executable, "-m", "benchmarks", "--quick", "--out", str(tmp_path), "--machine", "g",
+           "--devices", "cuda", "--cases", "tutorial,medium", "--dtypes", "float32"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads((tmp_path / "g.json").read_text())
+    assert res["cuda"]["gpu"] == torch.cuda.get_device_name(0)
+    rows = {(r["case"], r["mode"], r["impl"]): r for r in res["rows"]}
+    for (case, mode, impl), r in rows.items():
+        assert r["device"] == "cuda" and r["median_ms"] > 0 and r["peak_share"] is None
+        if impl.startswith("rnnext."):
+            want = impls.path_of(impl, cases.ALL_CASES[case], torch.float32, torch.device("cuda", 0), mode)
+            assert r["path"] == want and want is not None
+    assert rows[("medium", "inference", impls.FALLBACK_IMPL)]["path"] == "fallback"
+
+
+def test_tolerance_allows_cudnn_tf32_only_on_cuda() -> None:
+    import torch
+
+    from benchmarks.impls import tolerance
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert tolerance(torch.float32, "inference", cpu) == 2e-5
+    assert tolerance(torch.float64, "training", cuda) == 1e-9
+    tf32 = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = True
+        assert tolerance(torch.float32, "inference", cuda) > tolerance(torch.float32, "inference", cpu)
+        torch.backends.cudnn.allow_tf32 = False
+        assert tolerance(torch.float32, "inference", cuda) == tolerance(torch.float32, "inference", cpu)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
