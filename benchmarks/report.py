@@ -102,8 +102,9 @@ def markdown(result: dict) -> str:
                  f"exceeds {NOISY:.0%} of the median (noisy)")
     lines.append("- speedup = torch.nn.RNN ms / rnnext.RNN ms (cell speedup: the same for the RNNCell "
                  "loops); rnnext GFLOP/s counts 2*T*B*(I*H + H*H) per layer and direction forward, 3x "
-                 "that for training; % peak = that rate over the FMA peak = floor ms / rnnext ms, where "
-                 "floor ms is the case's FLOPs at the FMA peak; % mm = that rate over torch.mm's")
+                 "that for training; % peak = that rate over the FMA peak = floor ms / rnnext ms; % mm = "
+                 "that rate over torch.mm's; floor ms = the case's FLOPs at the FMA peak, or at torch.mm's "
+                 "rate where no peak was measured (CUDA; results from before 2026-12-01)")
     for note in result.get("notes", []):
         lines.append(f"- note: {note}")
     lines.append("")
