@@ -80,8 +80,9 @@ def _git_commit() -> str:
 class Progress:
     """A plain progress bar on stderr: redrawn in place on a terminal, one line per step otherwise."""
 
-    def __init__(self, total: int, stream=sys.stderr) -> None:
-        self.total, self.done, self.stream = total, 0, stream
+    def __init__(self, total: int, stream=None) -> None:
+        # sys.stderr at the call, not at import (pytest swaps it per test)
+        self.total, self.done, self.stream = total, 0, sys.stderr if stream is None else stream
         self.start = time.perf_counter()
         self.tty = hasattr(stream, "isatty") and stream.isatty()
         self.label = ""

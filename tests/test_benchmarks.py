@@ -309,3 +309,41 @@ def test_tolerance_allows_cudnn_tf32_only_on_cuda() -> None:
         assert tolerance(torch.float32, "inference", cuda) == tolerance(torch.float32, "inference", cpu)
     finally:
         torch.backends.cudnn.allow_tf32 = tf32
+
+
+def test_driver_times_every_call_on_the_threads_it_reports(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end through ``python -m benchmarks --threads 2``: every call the driver makes of an
+    implementation (the check before timing, the warm-up, calibration and the timed blocks) sees
+    the thread count the results report."""
+    import torch
+
+    from benchmarks import cli, impls
+
+    seen: list[int] = []
+    build = impls.build_impls
+
+    def with_probe(*args, **kwargs):
+        built, skipped = build(*args, **kwargs)
+        forward = built[1].forward  # rnnext.RNN
+
+        def probed(inp, h0):
+            seen.append(torch.get_num_threads())
+            return forward(inp, h0)
+
+        built[1] = impls.Impl(built[1].name, probed, built[1].params)
+        return built, skipped
+
+    monkeypatch.setattr(impls, "build_impls", with_probe)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        argv = ["--quick", "--cases", "tutorial", "--no-onnx", "--devices", "cpu", "--threads", "2",
+                "--out", str(tmp_path), "--machine", "m"]
+        assert cli.main(argv) == 0
+    finally:
+        torch.set_num_threads(before)
+    res = json.loads((tmp_path / "m.json").read_text())
+    assert res["threads"] == 2 and {r["threads"] for r in res["rows"]} == {2}
+    assert res["fma_peak_gflops"]["cpu/float32"]["threads"] == 2
+    assert len(seen) > 10 and set(seen) == {2}
