@@ -94,12 +94,15 @@ def markdown(result: dict) -> str:
                      "rnnext's never does); timed with CUDA events; `path`: the CUDA planner's choice, from "
                      "the extension (`fwd/bwd` where they differ); `rnnext.RNN fallback`: forced onto the "
                      "per-step GEMM path")
+    # Files written before the thread fix (2026-12-01) have no fma_peak_gflops: their blocks ran on 1.
+    threads_note = ("every block on the run's threads" if "fma_peak_gflops" in result
+                    else "every block on ONE thread (Timer's default; before the fix of 2026-12-01)")
     if result.get("cpu_isa"):
         lines.append(f"- rnnext's CPU kernels ran {result['cpu_isa']} code (the `path` column)")
     lines.append("- method: outputs (inference) or all gradients (training) checked against torch.nn.RNN "
-                 "before timing; warm-up; torch.utils.benchmark.Timer blocks, implementations "
-                 "interleaved across rounds; cells are median ±IQR in ms per call, `~` where the IQR "
-                 f"exceeds {NOISY:.0%} of the median (noisy)")
+                 "before timing; warm-up; blocks of calls (CPU: torch.utils.benchmark.Timer; CUDA: CUDA "
+                 f"events), {threads_note}, implementations interleaved across rounds; cells are median "
+                 f"±IQR in ms per call, `~` where the IQR exceeds {NOISY:.0%} of the median (noisy)")
     lines.append("- speedup = torch.nn.RNN ms / rnnext.RNN ms (cell speedup: the same for the RNNCell "
                  "loops); rnnext GFLOP/s counts 2*T*B*(I*H + H*H) per layer and direction forward, 3x "
                  "that for training; % peak = that rate over the FMA peak = floor ms / rnnext ms; % mm = "
