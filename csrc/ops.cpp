@@ -3,6 +3,10 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/peak.h"
+#ifdef RNNEXT_WITH_CUDA
+#include "cuda/plan_info.h"
+#endif
 #include "fast_path.h"
 
 // `import rnnext._C` loads this shared library, which runs the static registrations below.
@@ -11,7 +15,14 @@
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
                                           rnnext::fast_path_methods()};
-  return PyModule_Create(&module_def);
+  PyObject* m = PyModule_Create(&module_def);
+  // The benchmark suite's probes: FMA peak, CPU ISA (cpu/peak.cpp).
+  if (m != nullptr && PyModule_AddFunctions(m, rnnext::cpu::peak_methods()) != 0) Py_CLEAR(m);
+#ifdef RNNEXT_WITH_CUDA
+  // The CUDA planner's choice, for the benchmark suite (cuda/plan_py.cpp).
+  if (m != nullptr && PyModule_AddFunctions(m, rnnext::cuda::plan_methods()) != 0) Py_CLEAR(m);
+#endif
+  return m;
 }
 
 TORCH_LIBRARY(rnnext, m) {
