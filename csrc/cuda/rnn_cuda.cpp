@@ -70,6 +70,7 @@ cuda::Seq make_seq(const Geometry& g, bool reverse, const Tensor& input, Tensor*
   seq.B = g.B;
   seq.H = g.H;
   seq.reverse = reverse;
+  seq.device = input.device().index();
   if (g.packed && g.T > 0) {
     Tensor host =
         at::empty({2 * g.T + 1}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));

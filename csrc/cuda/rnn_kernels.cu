@@ -670,15 +670,32 @@ struct Device {
   int sms = 1, smem_optin = 0, major = 0;
 };
 
-Device device_info() {
-  Device d;
-  int device = 0;
+// The device attributes the planner needs, queried once per device and cached: a call makes no
+// runtime query (issue 14: four queries per call were part of the ~0.1 ms fixed cost). Thread-safe:
+// one std::call_once per device index.
+constexpr int kMaxDevices = 64;
+
+const Device& device_info(int device) {
+  static Device devices[kMaxDevices];
+  static std::once_flag once[kMaxDevices];
+  TORCH_INTERNAL_ASSERT(device >= 0 && device < kMaxDevices, "rnnext: CUDA device index ", device,
+                        " out of range");
+  std::call_once(once[device], [device] {
+    Device& d = devices[device];
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device));
+    C10_CUDA_CHECK(
+        cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device));
+    d.sms = std::max(d.sms, 1);
+  });
+  return devices[device];
+}
+
+// The device of a call: the glue passes it (Seq::device); otherwise (plan_name) the current one.
+int resolve_device(int device) {
+  if (device >= 0) return device;
   C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device));
-  d.sms = std::max(d.sms, 1);
-  return d;
+  return device;
 }
 
 // Shared-memory variant with R rows of W_hh per CTA and C CTAs per cluster (C = 1, R = H: one CTA
@@ -716,9 +733,7 @@ std::mutex& cache_mutex() {
   return m;
 }
 
-bool cluster_kernel_ok(const void* kernel) {
-  int device = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
+bool cluster_kernel_ok(int device, const void* kernel) {
   static std::map<std::pair<int, const void*>, bool> cache;
   {
     std::lock_guard<std::mutex> lock(cache_mutex());
@@ -737,11 +752,11 @@ bool cluster_kernel_ok(const void* kernel) {
 
 // cluster_kernel: the cluster variant to use if W_hh does not fit one SM; it is used only if the
 // device and the kernel's compiled binary support thread-block clusters (sm_90+).
-Plan make_plan(int64_t B, int64_t H, size_t acc_size, size_t w_size, Path path,
+Plan make_plan(int device, int64_t B, int64_t H, size_t acc_size, size_t w_size, Path path,
                const void* cluster_kernel) {
   Plan plan;
   if (path == Path::Fallback || B <= 0 || H <= 0) return plan;
-  const Device d = device_info();
+  const Device& d = device_info(device);
   const int64_t acc = static_cast<int64_t>(acc_size), ws = static_cast<int64_t>(w_size);
   const bool auto_choice = path == Path::Auto;
   const int64_t want_tile = std::max<int64_t>(1, (B + d.sms - 1) / d.sms);
@@ -770,7 +785,7 @@ Plan make_plan(int64_t B, int64_t H, size_t acc_size, size_t w_size, Path path,
   if (path != Path::PersistentCluster && plan_smem(B, H, H, 1, acc, ws, d, auto_choice, &plan)) {
     return plan;
   }
-  if (path != Path::PersistentSmem && d.major >= 9 && cluster_kernel_ok(cluster_kernel)) {
+  if (path != Path::PersistentSmem && d.major >= 9 && cluster_kernel_ok(device, cluster_kernel)) {
     for (int C : {2, 4, 8}) {
       if (plan_smem(B, H, (H + C - 1) / C, C, acc, ws, d, auto_choice, &plan)) return plan;
     }
@@ -778,25 +793,32 @@ Plan make_plan(int64_t B, int64_t H, size_t acc_size, size_t w_size, Path path,
   return Plan{};
 }
 
-template <typename Kernel>
-void allow_smem(Kernel kernel, size_t smem) {
-  if (smem > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)));
-  }
+// cudaFuncSetAttribute once per (kernel, device) and size: the largest dynamic shared memory
+// allowed so far is cached, so a launch makes no runtime call for it after the first of its size.
+void allow_smem(int device, const void* kernel, size_t smem) {
+  if (smem <= 48 * 1024) return;
+  static std::map<std::pair<int, const void*>, size_t> allowed;
+  std::lock_guard<std::mutex> lock(cache_mutex());
+  size_t& have = allowed[{device, kernel}];
+  if (have >= smem) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
+  have = smem;
 }
 
-template <typename Kernel, typename Params>
-void launch(Kernel kernel, const Plan& plan, const Params& p, cudaStream_t stream) {
-  allow_smem(kernel, plan.smem);
+template <typename Params>
+void launch(int device, void (*kernel)(Params), const Plan& plan, const Params& p,
+            cudaStream_t stream) {
+  allow_smem(device, reinterpret_cast<const void*>(kernel), plan.smem);
   kernel<<<static_cast<unsigned>(plan.blocks), plan.threads, plan.smem, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // Launches a cluster kernel; false (nothing launched) when the clusters cannot be scheduled.
 template <typename Params>
-bool launch_cluster(void (*kernel)(Params), const Plan& plan, const Params& p, cudaStream_t stream) {
-  allow_smem(kernel, plan.smem);
+bool launch_cluster(int device, void (*kernel)(Params), const Plan& plan, const Params& p,
+                    cudaStream_t stream) {
+  allow_smem(device, reinterpret_cast<const void*>(kernel), plan.smem);
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(plan.blocks));
   cfg.blockDim = dim3(static_cast<unsigned>(plan.threads));
@@ -809,8 +831,6 @@ bool launch_cluster(void (*kernel)(Params), const Plan& plan, const Params& p, c
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  int device = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
   static std::map<std::tuple<int, const void*, int, int, size_t>, int> cache;
   const auto key = std::make_tuple(device, reinterpret_cast<const void*>(kernel), plan.C, plan.threads,
                                    plan.smem);
@@ -834,7 +854,8 @@ bool launch_cluster(void (*kernel)(Params), const Plan& plan, const Params& p, c
 template <typename S>
 bool persistent_forward_t(const Seq& seq, const void* w_hh, const void* hx, void* out, void* h_n,
                           bool relu, Path path, cudaStream_t stream) {
-  const Plan plan = make_plan(seq.B, seq.H, sizeof(Acc<S>), sizeof(WStore<S>), path,
+  const int device = resolve_device(seq.device);
+  const Plan plan = make_plan(device, seq.B, seq.H, sizeof(Acc<S>), sizeof(WStore<S>), path,
                               reinterpret_cast<const void*>(persistent_forward_cluster_kernel<S>));
   if (plan.variant == Variant::None) return false;
   FwdParams<S> p;
@@ -856,15 +877,17 @@ bool persistent_forward_t(const Seq& seq, const void* w_hh, const void* hx, void
   if constexpr (!std::is_same_v<S, double>) {
     if (plan.variant == Variant::Regs) {
       if (plan.KPT == 8) {
-        launch(persistent_forward_regs_kernel<S, 8>, plan, p, stream);
+        launch(device, persistent_forward_regs_kernel<S, 8>, plan, p, stream);
       } else {
-        launch(persistent_forward_regs_kernel<S, 16>, plan, p, stream);
+        launch(device, persistent_forward_regs_kernel<S, 16>, plan, p, stream);
       }
       return true;
     }
   }
-  if (plan.variant == Variant::Cluster) return launch_cluster(persistent_forward_cluster_kernel<S>, plan, p, stream);
-  launch(persistent_forward_kernel<S>, plan, p, stream);
+  if (plan.variant == Variant::Cluster) {
+    return launch_cluster(device, persistent_forward_cluster_kernel<S>, plan, p, stream);
+  }
+  launch(device, persistent_forward_kernel<S>, plan, p, stream);
   return true;
 }
 
@@ -872,7 +895,8 @@ template <typename S>
 bool persistent_backward_t(const Seq& seq, const void* w_hh, const void* grad_out,
                            const void* grad_h_n, const void* out, void* dpre, void* grad_hx,
                            bool relu, Path path, cudaStream_t stream) {
-  const Plan plan = make_plan(seq.B, seq.H, sizeof(Acc<S>), sizeof(WStore<S>), path,
+  const int device = resolve_device(seq.device);
+  const Plan plan = make_plan(device, seq.B, seq.H, sizeof(Acc<S>), sizeof(WStore<S>), path,
                               reinterpret_cast<const void*>(persistent_backward_cluster_kernel<S>));
   if (plan.variant == Variant::None) return false;
   BwdParams<S> p;
@@ -896,15 +920,17 @@ bool persistent_backward_t(const Seq& seq, const void* w_hh, const void* grad_ou
   if constexpr (!std::is_same_v<S, double>) {
     if (plan.variant == Variant::Regs) {
       if (plan.KPT == 8) {
-        launch(persistent_backward_regs_kernel<S, 8>, plan, p, stream);
+        launch(device, persistent_backward_regs_kernel<S, 8>, plan, p, stream);
       } else {
-        launch(persistent_backward_regs_kernel<S, 16>, plan, p, stream);
+        launch(device, persistent_backward_regs_kernel<S, 16>, plan, p, stream);
       }
       return true;
     }
   }
-  if (plan.variant == Variant::Cluster) return launch_cluster(persistent_backward_cluster_kernel<S>, plan, p, stream);
-  launch(persistent_backward_kernel<S>, plan, p, stream);
+  if (plan.variant == Variant::Cluster) {
+    return launch_cluster(device, persistent_backward_cluster_kernel<S>, plan, p, stream);
+  }
+  launch(device, persistent_backward_kernel<S>, plan, p, stream);
   return true;
 }
 
@@ -1030,7 +1056,8 @@ template <typename S>
 const char* plan_name_t(int64_t B, int64_t H, Path path, bool backward) {
   const void* cluster = backward ? reinterpret_cast<const void*>(persistent_backward_cluster_kernel<S>)
                                  : reinterpret_cast<const void*>(persistent_forward_cluster_kernel<S>);
-  return variant_name(make_plan(B, H, sizeof(Acc<S>), sizeof(WStore<S>), path, cluster));
+  return variant_name(
+      make_plan(resolve_device(-1), B, H, sizeof(Acc<S>), sizeof(WStore<S>), path, cluster));
 }
 
 }  // namespace

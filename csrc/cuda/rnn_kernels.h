@@ -24,6 +24,7 @@ struct Seq {
   // batch_sizes[0..T) followed by offsets[0..T] (offsets[T] = N).
   const int64_t* meta = nullptr;
   bool reverse = false;
+  int device = -1;  // CUDA device index of the call (-1: the current device, one runtime query)
 };
 
 // Which recurrence implementation to use (the glue reads RNNEXT_CUDA_PATH for tests):
