@@ -37,7 +37,7 @@ FWD = torch.ops.rnnext.rnn_forward.default
 BWD = torch.ops.rnnext.rnn_backward.default
 F64 = dict(rtol=1e-9, atol=1e-9)
 F32 = dict(rtol=1e-4, atol=1e-5, scaled=True)
-PATHS = ["persistent", "smem", "cluster", "fallback"]
+PATHS = ["persistent", "smem", "cluster", "tiled", "fallback"]
 
 
 @pytest.fixture(autouse=True)
