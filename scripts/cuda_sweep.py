@@ -94,8 +94,8 @@ def sync() -> None:
             with env(RNNEXT_CUDA_PATH=path, RNNEXT_CUDA_TILE=tile):
                 plan = rnnext._C._cuda_path("float32", B, H, False)
                 with torch.no_grad():
-                    t0 = timed(lambda: FWD(*short, False, False))
-                    t1 = timed(lambda: FWD(*long_, False, False))
+                    t0 = timed(lambda a=short: FWD(*a, False, False))
+                    t1 = timed(lambda a=long_: FWD(*a, False, False))
             name = path + (f" C={tile.split(',')[0]}" if tile else "")
             print(f"{name:<22} {B:>3} {plan:<22} {1000 * (t1 - t0) / 1024:>8.3f}", flush=True)
 
@@ -109,12 +109,12 @@ def sweep() -> None:
         a = args(T, B, H)
         with torch.no_grad():
             ref, ref_hn = FWD(*a, False, False)
-            base = timed(lambda: FWD(*a, False, False))
+            base = timed(lambda a=a: FWD(*a, False, False))
             plan = rnnext._C._cuda_path("float32", B, H, False)
             print(f"{T:>4} {B:>4} {H:>5}  {'default ' + plan:<26} {base:>8.3f} {0:>9.1e}", flush=True)
             rnn = torch.nn.RNN(64, H).cuda()
             with torch.backends.cudnn.flags(allow_tf32=False):
-                cud = timed(lambda: rnn(a[0], a[2][None]))
+                cud = timed(lambda a=a, rnn=rnn: rnn(a[0], a[2][None]))
             print(f"{T:>4} {B:>4} {H:>5}  {'cudnn (fp32, no tf32)':<26} {cud:>8.3f} {'':>9}", flush=True)
             for C in (1, 2, 4, 8):
                 for BT in (4, 8, 16, 32, 64):
@@ -131,7 +131,7 @@ def sweep() -> None:
                                 continue  # this (C, BT, KS) does not fit
                             out, hn = FWD(*a, False, False)
                             diff = max(float((out - ref).abs().max()), float((hn - ref_hn).abs().max()))
-                            ms = timed(lambda: FWD(*a, False, False))
+                            ms = timed(lambda a=a: FWD(*a, False, False))
                         if not diff < 1e-4:
                             MISMATCHES += 1
                         print(f"{T:>4} {B:>4} {H:>5}  {name + ' ' + tile:<26} {ms:>8.3f} {diff:>9.1e}"
