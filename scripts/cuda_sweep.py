@@ -120,7 +120,7 @@ def sweep() -> None:
                 for BT in (4, 8, 16, 32, 64):
                     if BT > max(4, 4 * -(-B // 4)):
                         continue
-                    for KS in (1, 2, 4):
+                    for KS in (1, 2, 4, 8):
                         if out_of_time():
                             print("# time budget spent", flush=True)
                             return

@@ -891,10 +891,10 @@ def _run_tiled(x, bs, hx, w_ih, w_hh, b, relu, reverse, go, ghn, *, C, BT, KS, s
 
 
 TILED_CASES = [
-    # (C, BT, KS, H, B): clusters of 1-8 CTAs, tiles of 4-8 rows, 1-4 lanes per dot product, H not a
+    # (C, BT, KS, H, B): clusters of 1-8 CTAs, tiles of 4-8 rows, 1-8 lanes per dot product, H not a
     # multiple of 4 or of C, a partial last tile, CTAs whose rows are all padding (H=5, C=4)
     (1, 4, 1, 6, 3), (1, 4, 4, 9, 5), (2, 4, 2, 10, 6), (2, 8, 4, 7, 9), (4, 4, 1, 13, 4),
-    (4, 4, 4, 5, 2), (8, 4, 2, 17, 5), (2, 4, 1, 4, 1),
+    (4, 4, 4, 5, 2), (8, 4, 2, 17, 5), (2, 4, 1, 4, 1), (2, 4, 8, 23, 3),
 ]
 
 

@@ -1077,7 +1077,8 @@ bool cluster_kernel_ok(int device, const void* kernel) {
 // fit one SM next to a tile of kTNB entries, then doubled while the grid still fits the SMs and R
 // stays >= 16 (a small batch spreads its hidden columns over more SMs). BT: the batch spread over
 // the clusters that fit the SMs, rounded up to kTNB, capped by the threads (kTiledThreads) and the
-// shared memory. KS: the most lanes per dot product (4, 2, 1) within kTiledThreads. C > 1 needs
+// shared memory. KS: the most lanes per dot product (4, 2, 1) within kTiledThreads (the override
+// also takes 8: lanes 4-7 then own no rows in the epilogue). C > 1 needs
 // sm_90 and a cluster kernel compiled for it (cluster_ok). RNNEXT_CUDA_TILE="C,BT,KS" (read per
 // plan, for the sweep in scripts/gpu_check.sh) sets them; a setting that does not fit gives no plan.
 bool plan_tiled(int64_t B, int64_t H, int64_t acc, const Device& d, bool cluster_ok, Plan* plan) {
@@ -1095,7 +1096,7 @@ bool plan_tiled(int64_t B, int64_t H, int64_t acc, const Device& d, bool cluster
     if (std::sscanf(env, "%lld,%lld,%lld", &c, &bt, &ks) != 3) return false;
     C = c, BT = bt, KS = ks;
     if ((C != 1 && C != 2 && C != 4 && C != 8) || (C > 1 && !cluster_ok) || BT < kTNB ||
-        BT % kTNB != 0 || (KS != 1 && KS != 2 && KS != 4) || !fits(C, BT) ||
+        BT % kTNB != 0 || (KS != 1 && KS != 2 && KS != 4 && KS != 8) || !fits(C, BT) ||
         KS * (rows_of(C) / kTNJ) * (BT / kTNB) > kTiledThreads) {
       return false;
     }
