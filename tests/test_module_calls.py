@@ -223,3 +223,63 @@ def test_meta_tensors():
     with pytest.raises(RuntimeError) as got:
         rnn(x, torch.zeros(1, 2, 6, device="meta"))
     assert str(got.value) == str(want.value)
+
+
+def _stack_args(bidirectional=True, bias=True, batch_first=False, packed=False, with_hx=True):
+    torch.manual_seed(0)
+    layers, D = 2, 2 if bidirectional else 1
+    m = nn.RNN(3, 4, layers, bias=bias, bidirectional=bidirectional).double()
+    weights = [w.detach().clone().requires_grad_() for w in m._flat_weights]
+    if packed:
+        x, batch_sizes = torch.randn(6, 3, dtype=torch.float64), torch.tensor([3, 2, 1])
+        B = 3
+    else:
+        x, batch_sizes = torch.randn((2, 4, 3) if batch_first else (4, 2, 3), dtype=torch.float64), None
+        B = 2
+    hx = torch.randn(layers * D, B, 4, dtype=torch.float64) if with_hx else None
+    return (x.requires_grad_(), batch_sizes, hx, weights, bias, layers, 0.0, False, bidirectional,
+            batch_first, False)  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["padded", "batch_first", "packed", "no_hx_no_bias"])
+def test_opcheck_stack_and_cell(kind):
+    args = {
+        "padded": _stack_args(),
+        "batch_first": _stack_args(batch_first=True),
+        "packed": _stack_args(packed=True),
+        "no_hx_no_bias": _stack_args(bidirectional=False, bias=False, with_hx=False),
+    }[kind]
+    torch.library.opcheck(torch.ops.rnnext.rnn.default, args)
+    x = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    w = [torch.randn(s, dtype=torch.float64, requires_grad=True) for s in [(4, 5), (4, 4), (4,), (4,)]]
+    hx = torch.randn(3, 4, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.rnnext.rnn_cell.default, (x, hx, *w, True))
+    torch.library.opcheck(torch.ops.rnnext.rnn_cell.default, (x[0], None, *w, False))
+
+
+def test_stack_gradcheck():
+    x, batch_sizes, hx, weights, *rest = _stack_args()
+    hx.requires_grad_()
+
+    def f(x, hx, *weights):
+        return torch.ops.rnnext.rnn(x, batch_sizes, hx, list(weights), *rest)
+
+    torch.autograd.gradcheck(f, (x, hx, *weights))
+
+
+def test_jit_trace_records_the_stack_as_one_op():
+    rnn = rnnext.RNN(3, 4, 2, bidirectional=True, batch_first=True)
+    graph = torch.jit.trace(rnn, (torch.randn(2, 5, 3),)).graph
+    kinds = [n.kind() for n in graph.nodes()]
+    assert kinds.count("rnnext::rnn") == 1 and "rnnext::rnn_forward" not in kinds
+
+
+def test_forward_mode_ad_raises():
+    rnn = rnnext.RNN(3, 4).double()
+    x, t = torch.randn(2, 1, 3, dtype=torch.float64), torch.randn(2, 1, 3, dtype=torch.float64)
+    with pytest.raises(NotImplementedError, match="forward-mode AD"):
+        torch.func.jvp(lambda x: rnn(x)[0], (x,), (t,))
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level(), pytest.raises(NotImplementedError, match="forward-mode AD"):
+        rnn(fwAD.make_dual(x, t))
