@@ -113,7 +113,7 @@ struct RnnForwardBackward : public Node {
   }
 };
 
-std::tuple<Tensor, Tensor> rnn_forward_autograd(const Tensor& input,
+std::tuple<Tensor, Tensor> rnn_forward_autograd(c10::DispatchKeySet ks, const Tensor& input,
                                                 const optional<Tensor>& batch_sizes,
                                                 const optional<Tensor>& hx, const Tensor& w_ih,
                                                 const Tensor& w_hh, const optional<Tensor>& b_ih,
@@ -125,9 +125,10 @@ std::tuple<Tensor, Tensor> rnn_forward_autograd(const Tensor& input,
     node = c10::make_intrusive<RnnForwardBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(input, hx, w_ih, w_hh, b_ih, b_hh));
   }
-  auto outs = [&] {
+  auto outs = [&] {  // the device kernel (as PyTorch's generated autograd kernels redispatch)
     at::AutoDispatchBelowADInplaceOrView guard;
-    return forward_op().call(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse);
+    return forward_op().redispatch(ks & c10::after_autograd_keyset, input, batch_sizes, hx, w_ih,
+                                   w_hh, b_ih, b_hh, relu, reverse);
   }();
   if (node) {  // nothing to differentiate otherwise: no node, outputs without history
     auto& [output, h_n] = outs;
@@ -149,7 +150,7 @@ std::tuple<Tensor, Tensor> rnn_forward_autograd(const Tensor& input,
 // (gradients taken with create_graph=True are still computed; only differentiating them raises).
 // Without one, such a backward would silently give None.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_autograd(
-    const Tensor& grad_output, const optional<Tensor>& grad_h_n, const Tensor& input,
+    c10::DispatchKeySet ks, const Tensor& grad_output, const optional<Tensor>& grad_h_n, const Tensor& input,
     const optional<Tensor>& batch_sizes, const optional<Tensor>& hx, const Tensor& w_ih,
     const Tensor& w_hh, const Tensor& output, bool relu, bool reverse,
     std::array<bool, 5> output_mask) {
@@ -163,8 +164,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_autograd(
   }
   auto res = [&] {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return backward_op().call(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output,
-                              relu, reverse, output_mask);
+    return backward_op().redispatch(ks & c10::after_autograd_keyset, grad_output, grad_h_n, input,
+                                    batch_sizes, hx, w_ih, w_hh, output, relu, reverse,
+                                    output_mask);
   }();
   if (node) {
     std::apply([&](auto&... g) { (torch::autograd::set_history(g, node), ...); }, res);

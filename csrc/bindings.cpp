@@ -20,8 +20,9 @@
 #include "bindings.h"
 #include "op_handles.h"
 
+#include <c10/util/SmallVector.h>
+
 #include <optional>
-#include <vector>
 
 namespace rnnext {
 namespace {
@@ -96,7 +97,7 @@ PyObject* rnn(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   Tensor input;
   optional<Tensor> batch_sizes, hx;
-  std::vector<Tensor> weights;
+  c10::SmallVector<Tensor, 16> weights;
   bool has_biases, train, bidirectional, batch_first, relu;
   int64_t num_layers;
   double dropout;
@@ -119,8 +120,8 @@ PyObject* rnn(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   std::tuple<Tensor, Tensor> outs;
   {
     pybind11::gil_scoped_release no_gil;
-    outs = rnn_op().call(input, batch_sizes, hx, weights, has_biases, num_layers, dropout, train,
-                         bidirectional, batch_first, relu);
+    outs = rnn_op().call(input, batch_sizes, hx, at::TensorList(weights), has_biases, num_layers,
+                         dropout, train, bidirectional, batch_first, relu);
   }
   return wrap_pair(std::move(outs));
   END_HANDLE_TH_ERRORS

@@ -14,8 +14,9 @@
 
 #include "op_handles.h"
 
+#include <c10/util/SmallVector.h>
+
 #include <optional>
-#include <vector>
 
 namespace rnnext {
 namespace {
@@ -52,16 +53,19 @@ std::tuple<Tensor, Tensor> rnn_stack(const Tensor& input, const optional<Tensor>
   }
   // Each layer and direction's initial state as a view of hx: one backward node for them all
   // (unbind; squeeze for a single one), where hx[k] would make one per state.
-  std::vector<Tensor> h0s;
+  c10::SmallVector<Tensor, 8> h0s;
   if (hx.has_value()) {
     TORCH_CHECK(hx->dim() == 3 && hx->sym_size(0) == num_layers * dirs,
                 "rnnext::rnn: hx must be [num_layers * directions = ", num_layers * dirs,
                 ", B, H], got ", hx->sym_sizes());
-    h0s = num_layers * dirs == 1 ? std::vector<Tensor>{hx->squeeze(0)} : hx->unbind(0);
+    if (num_layers * dirs == 1) {
+      h0s.push_back(hx->squeeze(0));
+    } else {
+      for (Tensor& h : hx->unbind(0)) h0s.push_back(std::move(h));
+    }
   }
   const auto& layer_op = forward_op();
-  std::vector<Tensor> finals;
-  finals.reserve(num_layers * dirs);
+  c10::SmallVector<Tensor, 8> finals;
   for (int64_t layer = 0; layer < num_layers; ++layer) {
     Tensor outs[2];
     for (int64_t d = 0; d < dirs; ++d) {
@@ -77,7 +81,8 @@ std::tuple<Tensor, Tensor> rnn_stack(const Tensor& input, const optional<Tensor>
     x = dirs == 1 ? outs[0] : at::cat({outs[0], outs[1]}, -1);
     if (dropout != 0 && train && layer < num_layers - 1) x = at::dropout(x, dropout, true);
   }
-  Tensor h_n = finals.size() == 1 ? finals[0].unsqueeze(0) : at::stack(finals, 0);
+  Tensor h_n =
+      finals.size() == 1 ? finals[0].unsqueeze(0) : at::stack(at::TensorList(finals), 0);
   return {!packed && batch_first ? x.transpose(0, 1) : x, std::move(h_n)};
 }
 

@@ -158,7 +158,13 @@ def rnn(
         ``hx`` and every weight. Shapes and dtypes are not validated beyond the op's own checks:
         :class:`rnnext.RNN` validates as ``torch.nn.RNN`` does.
     """
-    relu = _is_relu(nonlinearity)  # (the op checks the rest, the number of weights included)
+    relu = _is_relu(nonlinearity)
+    directions = 2 if bidirectional else 1
+    per = 4 if bias else 2
+    if len(weights) != num_layers * directions * per:
+        raise ValueError(
+            f"rnnext: expected {num_layers * directions * per} weight tensors, got {len(weights)}"
+        )
     device_type = input.device.type
     if _autocast_enabled(device_type):
         cast = _autocast([input, hx, *weights], device_type)

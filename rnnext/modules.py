@@ -252,24 +252,20 @@ class RNN(nn.RNNBase):
             # Read the parameters as they are now (torch.func.functional_call, export) without
             # rebuilding _flat_weights, which would be a module mutation inside the graph.
             weights = [getattr(self, name) for name in self._flat_weights_names]
-        elif list(params) == self._flat_weights_names:
-            # The registered parameters, in order (what _flat_weights holds unless something
-            # replaced one in _parameters directly, which RNNBase.__setattr__ does not see).
-            weights = list(params.values())
         else:
             weights = self._flat_weights
             for name, w in zip(self._flat_weights_names, weights):
                 if params.get(name) is not w:
-                    # A parameter is not a plain registered one (parametrized, deleted):
-                    # torch.nn's full resynchronisation.
+                    # Something replaced a parameter without RNNBase.__setattr__ seeing it (or it
+                    # is not a plain parameter): torch.nn's full resynchronisation.
                     self._update_flat_weights()
                     weights = self._flat_weights
                     break
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx, weights)
         dim = input.dim()
-        batch_dim = 0 if self.batch_first else 1
         if dim == 2:  # unbatched: a batch of 1, as torch.nn
+            batch_dim = 0 if self.batch_first else 1
             data = input.unsqueeze(batch_dim)
             if hx is not None:
                 if hx.dim() != 2:

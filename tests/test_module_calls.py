@@ -176,6 +176,7 @@ def test_parameter_replaced_behind_setattr():
         torch.testing.assert_close(y, ref(x)[0])
         y.sum().backward()
         assert new.grad is not None
+        assert rnn._flat_weights[1] is new  # resynchronised, as torch.nn does
     # A parameter deleted (torch.nn then reads None for it) or parametrized: torch.nn's
     # resynchronisation of _flat_weights.
     torch.nn.utils.parametrize.register_parametrization(rnn, "weight_hh_l0", _Double())
