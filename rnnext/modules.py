@@ -22,9 +22,10 @@ from . import _C, functional
 
 __all__ = ["RNN", "RNNCell"]
 
-_MISSING = object()
-# What a refused op call raises (the op's checks, or torch.ops's argument conversion).
-_CALL_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
+# What a refused op call raises (the op's checks, the binding's argument conversion, a parameter
+# missing from _parameters).
+_CALL_ERRORS = (RuntimeError, ValueError, TypeError, IndexError, KeyError)
+_is_compiling = torch.compiler.is_compiling
 
 
 class RNNCell(nn.RNNCell):
@@ -70,22 +71,19 @@ class RNNCell(nn.RNNCell):
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         """One step from ``hx`` (zeros if ``None``); see the class docstring for shapes."""
-        if not torch.compiler.is_compiling():
+        if not _is_compiling():
             # One op call (rnnext::rnn_cell), the op's checks standing for torch.nn's. Anything it
             # refuses or does not take (None: autocast, a subclass, a torch-function mode), or runs
             # on meta tensors (a mix of meta and real tensors passes the op, not always torch.nn),
             # takes the general path, which raises torch.nn's error or handles the case.
-            p = self._parameters
-            w_ih = p.get("weight_ih", _MISSING)
-            w_hh = p.get("weight_hh", _MISSING)
-            b_ih = p.get("bias_ih", _MISSING)
-            b_hh = p.get("bias_hh", _MISSING)
             nonlinearity = self.nonlinearity
-            if (nonlinearity == "tanh" or nonlinearity == "relu") and not (
-                w_ih is _MISSING or w_hh is _MISSING or b_ih is _MISSING or b_hh is _MISSING
-            ):
+            if nonlinearity == "tanh" or nonlinearity == "relu":
+                p = self._parameters  # (a parametrized weight is not in it: KeyError, general path)
                 try:
-                    h = _C.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity == "relu")
+                    h = _C.rnn_cell(
+                        input, hx, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"],
+                        nonlinearity == "relu",
+                    )  # fmt: skip
                 except _CALL_ERRORS:
                     h = None
                 if h is not None and not h.is_meta:
@@ -246,7 +244,7 @@ class RNN(nn.RNNBase):
         self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
     ) -> tuple[Union[Tensor, PackedSequence], Tensor]:
         """Runs the RNN over ``input`` from ``hx`` (zeros if ``None``); see the class docstring."""
-        compiling = torch.compiler.is_compiling()
+        compiling = _is_compiling()
         params = self._parameters
         if compiling:
             # Read the parameters as they are now (torch.func.functional_call, export) without
@@ -254,13 +252,11 @@ class RNN(nn.RNNBase):
             weights = [getattr(self, name) for name in self._flat_weights_names]
         else:
             weights = self._flat_weights
-            for name, w in zip(self._flat_weights_names, weights):
-                if params.get(name) is not w:
-                    # Something replaced a parameter without RNNBase.__setattr__ seeing it (or it
-                    # is not a plain parameter): torch.nn's full resynchronisation.
-                    self._update_flat_weights()
-                    weights = self._flat_weights
-                    break
+            if not _C.registered(weights, params, self._flat_weights_names):
+                # Something replaced a parameter without RNNBase.__setattr__ seeing it (or it is
+                # not a plain parameter): torch.nn's full resynchronisation.
+                self._update_flat_weights()
+                weights = self._flat_weights
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx, weights)
         dim = input.dim()
