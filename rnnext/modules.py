@@ -336,7 +336,16 @@ class RNN(nn.RNNBase):
         else:
             self.check_forward_args(data, hx, batch_sizes)
         data = _check_packed(data, batch_sizes, hx, weights, self.bias)
-        output, hidden = self._functional(data, batch_sizes, hx, weights)
+        ret = None
+        if not torch.compiler.is_compiling():
+            try:  # the op through the binding; what it refuses or does not take, as for padded input
+                ret = _C.rnn(
+                    data, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout,
+                    self.training, self.bidirectional, self.batch_first, self.mode == "RNN_RELU",
+                )  # fmt: skip
+            except _CALL_ERRORS:
+                pass
+        output, hidden = ret if ret is not None else self._functional(data, batch_sizes, hx, weights)
         return (
             PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
             self.permute_hidden(hidden, unsorted_indices),
