@@ -150,13 +150,14 @@ std::tuple<Tensor, Tensor> rnn_forward_autograd(c10::DispatchKeySet ks, const Te
 // (gradients taken with create_graph=True are still computed; only differentiating them raises).
 // Without one, such a backward would silently give None.
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_autograd(
-    c10::DispatchKeySet ks, const Tensor& grad_output, const optional<Tensor>& grad_h_n, const Tensor& input,
-    const optional<Tensor>& batch_sizes, const optional<Tensor>& hx, const Tensor& w_ih,
-    const Tensor& w_hh, const Tensor& output, bool relu, bool reverse,
+    c10::DispatchKeySet ks, const Tensor& grad_output, const optional<Tensor>& grad_h_n,
+    const Tensor& input, const optional<Tensor>& batch_sizes, const optional<Tensor>& hx,
+    const Tensor& w_ih, const Tensor& w_hh, const Tensor& output, bool relu, bool reverse,
     std::array<bool, 5> output_mask) {
   no_forward_ad("rnn_backward", {grad_output, grad_h_n, input, hx, w_ih, w_hh, output});
   c10::intrusive_ptr<Node> node;
-  if (torch::autograd::compute_requires_grad(grad_output, grad_h_n, input, hx, w_ih, w_hh, output)) {
+  if (torch::autograd::compute_requires_grad(grad_output, grad_h_n, input, hx, w_ih, w_hh,
+                                             output)) {
     node = c10::make_intrusive<torch::autograd::Error>(
         "rnnext: double backward (gradients of gradients) is not supported; use torch.nn.RNN / "
         "torch.nn.RNNCell where second derivatives are needed",

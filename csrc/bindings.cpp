@@ -104,7 +104,8 @@ PyObject* rnn(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   double dropout;
   bool plain = nargs == 11 && plain_call() &&
                as_tensor(args[0], input) && as_optional(args[1], batch_sizes) &&
-               as_optional(args[2], hx) && (PyList_CheckExact(args[3]) || PyTuple_CheckExact(args[3])) &&
+               as_optional(args[2], hx) &&
+               (PyList_CheckExact(args[3]) || PyTuple_CheckExact(args[3])) &&
                as_bool(args[4], has_biases) && as_int(args[5], num_layers) &&
                as_float(args[6], dropout) && as_bool(args[7], train) &&
                as_bool(args[8], bidirectional) && as_bool(args[9], batch_first) &&
@@ -169,7 +170,8 @@ PyMethodDef methods[] = {
     {"rnn", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn)), METH_FASTCALL,
      "torch.ops.rnnext.rnn.default called unboxed, or None (csrc/bindings.cpp)."},
     {"rnn_cell", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_cell)),
-     METH_FASTCALL, "torch.ops.rnnext.rnn_cell.default called unboxed, or None (csrc/bindings.cpp)."},
+     METH_FASTCALL,
+     "torch.ops.rnnext.rnn_cell.default called unboxed, or None (csrc/bindings.cpp)."},
     {"registered", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(registered)),
      METH_FASTCALL, "Whether weights[i] is parameters[names[i]] for every i (csrc/bindings.cpp)."},
     {nullptr, nullptr, 0, nullptr}};

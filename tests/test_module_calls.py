@@ -284,3 +284,10 @@ def test_forward_mode_ad_raises():
 
     with fwAD.dual_level(), pytest.raises(NotImplementedError, match="forward-mode AD"):
         rnn(fwAD.make_dual(x, t))
+
+
+def test_cell_with_no_input_features():
+    # input_size 0 (torch.nn allows it): the op's unbatched view keeps the empty feature dim.
+    ours, ref = _pair(rnnext.RNNCell, nn.RNNCell, 0, 3)
+    for x in (torch.randn(0, dtype=torch.float64), torch.randn(2, 0, dtype=torch.float64)):
+        torch.testing.assert_close(ours(x), ref(x), **TOL)
