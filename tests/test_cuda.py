@@ -1,9 +1,9 @@
 """The CUDA-only tests of rnnext: the planner's paths, half types, streams, CUDA graphs, and the
 CPU-runnable models of the CUDA algorithms. Skipped without a GPU (except the models).
 
-The behaviour tests of the modules run on CUDA through the ``device`` fixture (tests/conftest.py):
-tests/test_rnn.py and tests/test_cell.py, with this file's tolerances; gpu_check.sh selects them
-with ``-k cuda``.
+The behaviour tests run on CUDA through the ``device`` fixture (tests/conftest.py): the modules'
+in tests/test_rnn.py and tests/test_cell.py (with this file's tolerances), the op's empty inputs in
+tests/test_ops.py; scripts/gpu_check.sh selects them with ``-k cuda``.
 
 Every check compares against a reference computed at test time: the CPU op / ``torch.nn`` in
 float64, and ``torch.nn.RNN`` on the same GPU (cuDNN). The recurrence has two CUDA implementations
@@ -210,44 +210,6 @@ def test_output_mask_skips_work(path):
                 torch.testing.assert_close(o.cpu(), r, **F64)
             else:
                 assert o.numel() == 0
-
-
-def test_empty_sequence_returns_hx():
-    x = torch.randn(0, 3, 4, device=CUDA, dtype=torch.float64)
-    h0 = torch.randn(3, 5, device=CUDA, dtype=torch.float64)
-    w_ih = torch.randn(5, 4, device=CUDA, dtype=torch.float64)
-    w_hh = torch.randn(5, 5, device=CUDA, dtype=torch.float64)
-    out, h_n = FWD(x, None, h0, w_ih, w_hh, None, None, False, False)
-    assert out.shape == (0, 3, 5)
-    torch.testing.assert_close(h_n, h0)
-    ghn = torch.randn_like(h0)
-    grads = BWD(torch.zeros_like(out), ghn, x, None, h0, w_ih, w_hh, out, False, False, [True] * 5)
-    torch.testing.assert_close(grads[1], ghn)
-    assert grads[0].shape == x.shape
-    torch.testing.assert_close(grads[3], torch.zeros_like(w_hh))
-
-
-@pytest.mark.parametrize("has_hx,reverse", [(False, False), (True, True)])
-def test_empty_batch_returns_empty(has_hx, reverse):
-    """Padded B = 0 (OPS.md): empty outputs and zero weight gradients, without launching a kernel
-    on zero rows (the glue returns before the recurrence)."""
-    x = torch.randn(4, 0, 3, device=CUDA, dtype=torch.float64)
-    h0 = torch.randn(0, 5, device=CUDA, dtype=torch.float64) if has_hx else None
-    w_ih = torch.randn(5, 3, device=CUDA, dtype=torch.float64)
-    w_hh = torch.randn(5, 5, device=CUDA, dtype=torch.float64)
-    b = torch.randn(5, device=CUDA, dtype=torch.float64)
-    out, h_n = FWD(x, None, h0, w_ih, w_hh, b, b, False, reverse)
-    assert out.shape == (4, 0, 5) and h_n.shape == (0, 5)
-    for mask in ([True] * 5, [False, True, False, True, False]):
-        grads = BWD(torch.zeros_like(out), torch.zeros_like(h_n), x, None, h0, w_ih, w_hh, out, False,
-                    reverse, mask)  # fmt: skip
-        want = [x, h_n, w_ih, w_hh, b]
-        for m, g, w in zip(mask, grads, want):
-            assert g.shape == (w.shape if m else (0,))
-            if m:
-                assert g.count_nonzero() == 0
-    if torch.cuda.is_available() and not _ON_CPU:
-        torch.cuda.synchronize()  # surfaces an asynchronous launch error here
 
 
 @needs_gpu
