@@ -3,6 +3,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "cpu/plan_py.h"
 #include "fast_path.h"
 
 // `import rnnext._C` loads this shared library, which runs the static registrations below.
@@ -11,7 +12,12 @@
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
                                           rnnext::fast_path_methods()};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module != nullptr && PyModule_AddFunctions(module, rnnext::cpu::plan_methods()) < 0) {
+    Py_DECREF(module);
+    return nullptr;
+  }
+  return module;
 }
 
 TORCH_LIBRARY(rnnext, m) {

@@ -1,5 +1,6 @@
-// CPU glue: checks arguments, allocates outputs, runs the large GEMMs (input projection, weight
-// gradients) through ATen once per call, and the recurrence through the core in rnn_core.h.
+// CPU glue: checks arguments, asks the planner (plan.h) for the path, allocates outputs, packs the
+// weights the path needs, runs the GEMMs over all rows (input projection, weight gradients) and
+// the recurrence through the core in rnn_core.h.
 #include <ATen/Dispatch.h>
 #include <ATen/EmptyTensor.h>
 #include <ATen/Functions.h>
@@ -8,6 +9,7 @@
 
 #include "../rnn_backward_tail.h"
 #include "../rnn_common.h"
+#include "plan.h"
 #include "rnn_core.h"
 
 #include <algorithm>
@@ -72,19 +74,6 @@ Tensor pack_w_hh(const Tensor& w_hh, bool transpose, bool blas, int64_t extra_ro
   return p;
 }
 
-// The input projection runs inside the recurrence (each thread slice, each step: its rows'
-// x_t W_ih^T + bias in the micro-kernel, just before the recurrent product) when the whole
-// projection is small, or when the recurrence itself runs in the micro-kernel and I is moderate:
-// one parallel region per call instead of an MKL region plus ours, and the rows are hot in cache
-// for the step. Otherwise (large I, BLAS steps, few steps, narrow batches) one GEMM for all rows
-// before the recurrence (BLAS called directly, rnn_forward_cpu).
-constexpr int64_t kSmallProjection = 1 << 18;
-// ...but only with this many rows a step (on average, for packed input) or more: with fewer, each
-// step's kernel call reuses every W_ih^T row for too few rows, and one GEMM over all steps was
-// faster at every shape measured (B = 1 to 4, H = 20 to 256; benchmarks/NOTES.md section 16).
-constexpr int64_t kFusedMinRows = 8;
-constexpr int64_t kFusedMaxInput = 512;
-
 // b_ih + b_hh (either may be absent) into bias[0:H], zeros up to ldp.
 template <typename T>
 void pack_bias(const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, int64_t H, T* bias,
@@ -108,19 +97,6 @@ void pack_projection(const Tensor& w_ih, const optional<Tensor>& b_ih,
   pack_bias<T>(b_ih, b_hh, H, p + I * ldp, ldp);
 }
 
-// Few steps, e.g. an RNNCell call: packing the weights for the micro-kernel (the forward's is a
-// transposing copy of W_ih and W_hh, ~0.5 ns per entry, every call) costs more than the micro-
-// kernel saves over BLAS in so few steps, so the products run in BLAS on the weights as they are.
-// The backward's packing is a plain copy of W_hh and W_ih, and its fused grad_input beats BLAS on
-// small rows: BLAS there only for one or two steps of a large problem. Measured in one process,
-// interleaved (benchmarks/NOTES.md, "Few steps"): forward T <= 4 wins at H 64 to 256; backward
-// T <= 2 wins from B H (H + I) ~ 1M multiply-adds a step.
-bool few_rows(const Geometry& g, bool bwd = false) {
-  if (g.H < 32) return false;  // tiny weights pack in ~1 us, and the micro-kernel wins
-  if (!bwd) return g.T <= 4;
-  return g.T <= 2 && g.N / g.T * g.H * (g.H + g.I) >= (int64_t{1} << 20);
-}
-
 // The input's N rows as one matrix: (x, row stride), the stride uniform and at least I, as BLAS
 // requires (an expanded input's stride 0 is not), or else a contiguous copy. A 2-D input (packed
 // or a cell's step) or [T, B, I] whose steps follow each other (padded, batch_first too when B = 1)
@@ -142,20 +118,25 @@ Tensor blas_ready(const Tensor& w) {
   return w.stride(1) == 1 && w.stride(0) >= w.size(1) ? w : w.contiguous();
 }
 
-// From this hidden size on, the recurrent products run in BLAS (one call per step and thread
-// slice, then the fused epilogue in the micro-kernel): the micro-kernel has no blocking over k,
-// and with W_hh of several MB, MKL's blocked GEMM was ~15% faster per step in our runs.
-constexpr int64_t kBlasHidden = 512;
-
-// Without a vector kernel for this CPU (the portable scalar one), the products all go to BLAS,
-// as before the micro-kernel existed; the scalar kernel then only applies the epilogues.
+// Without a vector kernel for this CPU (the portable scalar one), the planner sends the products
+// to BLAS; the scalar kernel then only applies the epilogues.
 bool vector_kernel() {
   static const bool vec = std::strcmp(cpu::step_kernel_isa(), "base") != 0;
   return vec;
 }
 
-bool use_blas(const Geometry& g, bool bwd = false) {
-  return g.H >= kBlasHidden || !vector_kernel() || few_rows(g, bwd);
+cpu::Plan plan_for(const Geometry& g, bool backward, bool want_input, at::ScalarType dtype) {
+  cpu::Shape s;
+  s.T = g.T;
+  s.B = g.B;
+  s.N = g.N;
+  s.I = g.I;
+  s.H = g.H;
+  s.backward = backward;
+  s.want_input = want_input;
+  s.elem_size = static_cast<int>(c10::elementSize(dtype));
+  s.threads = at::get_num_threads();
+  return cpu::make_plan(s, vector_kernel());
 }
 
 template <typename T>
@@ -174,24 +155,20 @@ cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor& w_packed, co
                             w_blas.defined() ? w_blas.data_ptr<T>() : nullptr};
 }
 
-// Below this many multiply-adds in the recurrence (~10 us on one core), one thread: a parallel
-// region costs a few us, more on a loaded machine, and splitting saves at most half the work.
-constexpr int64_t kMinParallelWork = 1 << 19;
-
-// Runs fn(row_begin, row_end) over the batch rows, in parallel when there is enough work. Rows
+// Runs fn(row_begin, row_end) over the batch rows, in parallel when the plan says so. Rows
 // are independent through the recurrence, so each slice runs the whole time loop on its own. The
-// rows are cut into ~4 slices per thread (whole register blocks of 4 rows) and the threads take
-// slices from a shared counter: a thread that the OS deschedules (the machine may be shared)
-// holds up only its current slice, and packed batches, whose first rows are the longest, balance.
-// With BLAS steps (large H) one slice per thread: each BLAS call re-reads all of W_hh.
+// rows are cut into plan.row_slices slices per thread (whole register blocks of 4 rows) and the
+// threads take slices from a shared counter: a thread that the OS deschedules (the machine may be
+// shared) holds up only its current slice, and packed batches, whose first rows are the longest,
+// balance.
 template <typename F>
-void over_rows(const Geometry& g, bool blas, const F& fn) {
+void over_rows(const Geometry& g, const cpu::Plan& plan, const F& fn) {
   const int64_t threads = at::get_num_threads();
-  if (threads < 2 || g.B < 2 || g.N * g.H * g.H < kMinParallelWork) {
+  if (!plan.parallel || threads < 2) {
     fn(int64_t{0}, g.B);
     return;
   }
-  const int64_t want = blas ? threads : 4 * threads;
+  const int64_t want = plan.row_slices * threads;
   const int64_t per = std::max<int64_t>(4, ((g.B + want - 1) / want + 3) / 4 * 4);
   const int64_t slices = (g.B + per - 1) / per;
   std::atomic<int64_t> next{0};
@@ -222,10 +199,8 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
     if (hx.has_value()) h_n.copy_(*hx); else h_n.zero_();
     return {out, h_n};
   }
-  const bool blas = use_blas(g), few = few_rows(g);
-  const bool fused = !few && g.N >= kFusedMinRows * g.T &&
-                     (g.N * g.I * g.H <= kSmallProjection ||
-                      (!blas && vector_kernel() && g.I <= kFusedMaxInput));
+  const cpu::Plan plan = plan_for(g, /*backward=*/false, /*want_input=*/true, dtype);
+  const bool blas = plan.blas_recurrence(), fused = plan.input_per_step();
   // Packed W_hh^T (none for BLAS), then, when fused, packed W_ih^T and the bias row.
   Tensor w = pack_w_hh(w_hh, /*transpose=*/true, blas, fused ? g.I + 1 : 0);
   Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
@@ -257,7 +232,7 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
     }
     scalar_t* o = out.data_ptr<scalar_t>();
     scalar_t* hn = h_n.data_ptr<scalar_t>();
-    over_rows(g, blas, [&](int64_t r0, int64_t r1) {
+    over_rows(g, plan, [&](int64_t r0, int64_t r1) {
       auto part = rec;
       part.row_begin = r0;
       part.row_end = r1;
@@ -283,6 +258,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
                    : g.N > 0 ? empty({g.B, g.H}, dtype)
                              : at::zeros({g.B, g.H}, opts);
   Tensor dpre = empty({g.N, g.H}, dtype);
+  const cpu::Plan plan = plan_for(g, /*backward=*/true, want_input, dtype);
   Tensor grad_input;
   bool fused_grad_input = false;
   Tensor out = output.contiguous();
@@ -290,18 +266,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   if (g.N > 0) {
     Tensor go = grad_output.contiguous();
     Tensor ghn = grad_h_n.has_value() ? dense_2d(*grad_h_n) : Tensor();
-    const bool blas = use_blas(g, true), few = few_rows(g, true);
+    // BLAS steps take grad_input per step in BLAS as well (W_ih unpacked), micro-kernel steps in
+    // the micro-kernel (W_ih packed).
+    const bool blas = plan.blas_recurrence();
     Tensor w = pack_w_hh(w_hh, /*transpose=*/false, blas);
     Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
-    // grad_input inside the recurrence, as the forward's projection (see kFusedMaxInput).
-    fused_grad_input =
-        want_input && (few || g.N * g.I * g.H <= kSmallProjection ||
-                       (!blas && vector_kernel() && g.I <= kFusedMaxInput));
-    Tensor w_ih_plain;  // W_ih as is: itself for BLAS (few), else packed for the micro-kernel
+    fused_grad_input = want_input && plan.input_per_step();
+    Tensor w_ih_plain;  // W_ih as is: itself for BLAS, else packed for the micro-kernel
     if (fused_grad_input) {
       grad_input = empty(input.sizes(), dtype);
       w_ih_plain = blas_ready(w_ih);
-      if (!few) {
+      if (!blas) {
         const int64_t ldp_ih = packed_ld(g.I);
         Tensor packed = empty({g.H, ldp_ih}, dtype);
         AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_pack_w_ih", [&] {
@@ -317,7 +292,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
       if (fused_grad_input) {
         rec.grad_x = grad_input.data_ptr<scalar_t>();
         rec.inputs = g.I;
-        if (few) {
+        if (blas) {
           rec.w_ih_blas = w_ih_plain.data_ptr<scalar_t>();
           rec.ldw_ih = w_ih_plain.stride(0);
         } else {
@@ -330,7 +305,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
       const scalar_t* op = out.data_ptr<scalar_t>();
       scalar_t* dp = dpre.data_ptr<scalar_t>();
       scalar_t* ghx = want_hx ? grad_hx.data_ptr<scalar_t>() : nullptr;
-      over_rows(g, blas, [&](int64_t r0, int64_t r1) {
+      over_rows(g, plan, [&](int64_t r0, int64_t r1) {
         auto part = rec;
         part.row_begin = r0;
         part.row_end = r1;
@@ -340,7 +315,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   } else if (want_hx && grad_h_n.has_value()) {
     grad_hx.copy_(*grad_h_n);  // no step ran: h_n is hx itself
   }
-  if (g.N * g.H * (g.I + g.H) <= kSmallProjection) {
+  if (plan.small_tail) {
     // Small problem: the weight and bias gradients straight from raw pointers (no dispatcher,
     // no h_prev copy when every step has all B rows). Same sums as the ATen tail below.
     if (!fused_grad_input) {

@@ -1,0 +1,117 @@
+// The CPU planner (plan.h): every threshold of the CPU path, with the measurement behind it.
+#include "plan.h"
+
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <cstring>
+
+namespace rnnext {
+namespace cpu {
+namespace {
+
+constexpr const char* kNames[kNumPaths] = {"fused", "kernel", "blas", "blas-fused"};
+
+// A whole input product below this many multiply-adds runs per step inside the recurrence
+// whatever the path (at::add + addmm cost ~20 us at the tutorial shape; NOTES.md section 3).
+constexpr int64_t kSmallProjection = int64_t{1} << 18;
+// The per-step input product needs this many rows a step (on average, for packed input): with
+// fewer, each step reuses every packed W_ih^T row for too few rows, and one GEMM over all steps
+// was faster at every shape measured (B = 1 to 4, H = 20 to 256; NOTES.md section 16).
+constexpr int64_t kFusedMinRows = 8;
+// ...and at most this many input features (beyond it one large GEMM wins; NOTES.md section 7).
+constexpr int64_t kFusedMaxInput = 512;
+// From this hidden size on, the recurrent product runs in BLAS: the micro-kernel has no blocking
+// over k, and with W_hh of several MB, MKL's blocked GEMM was ~15% faster per step (section 4).
+constexpr int64_t kBlasHidden = 512;
+// Few steps (an RNNCell call): packing the weights (a transposing copy, ~0.5 ns an entry, every
+// call) costs more than the micro-kernel saves over BLAS in so few steps. Forward: T <= 4 won at
+// H 64 to 256; backward (its packing is a plain copy, and its fused grad_input beats BLAS on small
+// rows): T <= 2 with B H (H + I) >= 2^20 multiply-adds a step (section 14). Tiny weights
+// (H < 32) pack in ~1 us and the micro-kernel wins.
+constexpr int64_t kFewMinHidden = 32;
+constexpr int64_t kFewStepsForward = 4;
+constexpr int64_t kFewStepsBackward = 2;
+constexpr int64_t kFewBackwardStepWork = int64_t{1} << 20;
+// Below this many multiply-adds in the recurrence (~10 us on one core), one thread: a parallel
+// region costs a few us, and splitting saves at most half the work (section 5).
+constexpr int64_t kMinParallelWork = int64_t{1} << 19;
+// Rows in ~4 slices per thread taken from a shared counter (a descheduled thread holds up one
+// slice; packed batches balance); one per thread for BLAS steps, whose every call re-reads W_hh.
+constexpr int64_t kSlicesPerThread = 4;
+// The backward's weight and bias gradients from raw pointers below this many multiply-adds.
+constexpr int64_t kSmallTail = int64_t{1} << 18;
+
+Plan automatic(const Shape& s, bool vector_kernel) {
+  Plan p;
+  const int64_t projection = s.N * s.I * s.H;
+  const bool tiny_projection = projection <= kSmallProjection;
+  const bool many_rows = s.N >= kFusedMinRows * s.T;
+  if (!s.backward) {
+    if (s.H >= kFewMinHidden && s.T <= kFewStepsForward) {
+      p.path = Path::kBlas;
+      p.reason = "few steps (T <= 4, H >= 32): BLAS on the unpacked weights, no packing";
+    } else if (!vector_kernel || s.H >= kBlasHidden) {
+      const bool fuse = many_rows && tiny_projection;
+      p.path = fuse ? Path::kBlasFused : Path::kBlas;
+      p.reason = !vector_kernel ? (fuse ? "no vector micro-kernel: BLAS steps; tiny projection per step"
+                                        : "no vector micro-kernel: BLAS steps and one projection GEMM")
+                                : (fuse ? "H >= 512: BLAS steps; tiny projection per step"
+                                        : "H >= 512: BLAS steps and one projection GEMM");
+    } else if (many_rows && (tiny_projection || s.I <= kFusedMaxInput)) {
+      p.path = Path::kFused;
+      p.reason = "micro-kernel steps with each step's projection fused (>= 8 rows a step, I <= 512)";
+    } else {
+      p.path = Path::kKernel;
+      p.reason = many_rows ? "micro-kernel steps; I > 512: one projection GEMM"
+                           : "micro-kernel steps; < 8 rows a step: one projection GEMM";
+    }
+  } else {
+    const bool few = s.H >= kFewMinHidden && s.T <= kFewStepsBackward &&
+                     s.N / s.T * s.H * (s.H + s.I) >= kFewBackwardStepWork;
+    if (few) {
+      p.path = Path::kBlasFused;
+      p.reason = "few large steps (T <= 2): BLAS on the unpacked weights, grad_input per step";
+    } else if (!vector_kernel || s.H >= kBlasHidden) {
+      const bool fuse = s.want_input && tiny_projection;
+      p.path = fuse ? Path::kBlasFused : Path::kBlas;
+      p.reason = !vector_kernel ? "no vector micro-kernel: BLAS steps" : "H >= 512: BLAS steps";
+    } else if (tiny_projection || s.I <= kFusedMaxInput) {
+      p.path = Path::kFused;
+      p.reason = "micro-kernel steps with grad_input fused per step (I <= 512)";
+    } else {
+      p.path = Path::kKernel;
+      p.reason = "micro-kernel steps; I > 512: grad_input as one GEMM";
+    }
+  }
+  return p;
+}
+
+}  // namespace
+
+const char* path_name(Path p) { return kNames[static_cast<int>(p)]; }
+
+Plan make_plan(const Shape& s, bool vector_kernel) {
+  Plan p;
+  const char* want = std::getenv("RNNEXT_CPU_PATH");
+  if (want != nullptr && *want != '\0' && std::strcmp(want, "auto") != 0) {
+    int found = -1;
+    for (int i = 0; i < kNumPaths; ++i) {
+      if (std::strcmp(want, kNames[i]) == 0) found = i;
+    }
+    TORCH_CHECK(found >= 0, "rnnext: RNNEXT_CPU_PATH=", want,
+                " is not a CPU path; expected auto, fused, kernel, blas or blas-fused");
+    p.path = static_cast<Path>(found);
+    p.reason = "forced by RNNEXT_CPU_PATH";
+    p.forced = true;
+  } else {
+    p = automatic(s, vector_kernel);
+  }
+  p.parallel = s.threads >= 2 && s.B >= 2 && s.N * s.H * s.H >= kMinParallelWork;
+  p.row_slices = p.blas_recurrence() ? 1 : kSlicesPerThread;
+  p.small_tail = s.backward && s.N * s.H * (s.I + s.H) <= kSmallTail;
+  return p;
+}
+
+}  // namespace cpu
+}  // namespace rnnext
