@@ -399,10 +399,10 @@ def test_each_cpu_path_matches_reference(monkeypatch, path, packed, reverse, thr
             T, B, n_in, H = 10, 17, 6, 75
             assert rnnext._C._cpu_plan(T, B, n_in, H, dtype, packed, False).startswith(path + ":")
             assert rnnext._C._cpu_plan(T, B, n_in, H, dtype, packed, True).startswith(path + ":")
-            got = _grads(lambda *a: torch.ops.rnnext.rnn_forward(*a, relu, reverse), args)
+            got = _grads(lambda *a, r=relu: torch.ops.rnnext.rnn_forward(*a, r, reverse), args)
             ref_args = [a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
                         for a in args]
-            want = _grads(lambda *a: reference(*a, relu, reverse), ref_args)
+            want = _grads(lambda *a, r=relu: reference(*a, r, reverse), ref_args)
             tol = TOL[torch.float64] if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
             for name, a, b in zip(["output", "h_n", "input", "hx", "w_ih", "w_hh", "b_ih", "b_hh"]
                                   if has_hx else ["output", "h_n", "input", "w_ih", "w_hh"], got, want):
