@@ -192,8 +192,8 @@ def test_autograd_partial_requires_grad():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("packed", [False, True])
-def test_large_hidden_blas_path(dtype, packed):
-    # H >= 512 runs the recurrent products in BLAS with the fused epilogue after them.
+def test_large_hidden(dtype, packed):
+    # H = 520: W_hh in 9 column panels (the last one partial) and 5 k chunks of the micro-kernel.
     ref, new = _pair(8, 520, 1, "tanh", True, True, dtype, seed=11)
     x = torch.randn(4, 3, 8, dtype=dtype)
     h0 = torch.randn(2, 3, 520, dtype=dtype)
@@ -379,15 +379,17 @@ def _grads(fn, args):
 
 
 @pytest.mark.parametrize("path", CPU_PATHS)
+@pytest.mark.parametrize("size", ["small", "chunked"])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_each_cpu_path_matches_reference(monkeypatch, path, packed, reverse, threads, dtype):
+def test_each_cpu_path_matches_reference(monkeypatch, path, size, packed, reverse, threads, dtype):
     # RNNEXT_CPU_PATH forces the path for rnn_forward and rnn_backward alike; the answer (output,
     # h_n, every gradient) must be the float64 reference's, whatever the path and thread count.
-    # H = 75 leaves partial vectors, B = 17 partial row blocks and uneven thread slices; at 2 threads
-    # the recurrence is large enough (N H^2 >= 2^19) to be split.
+    # small: H = 75 leaves partial vectors, B = 17 partial row blocks and uneven thread slices; at
+    # 2 threads the recurrence is large enough (N H^2 >= 2^19) to be split. chunked: I = 140 and
+    # H = 150 run the micro-kernel's k in two chunks (128 + rest) over three column panels.
     from test_ops import reference
 
     monkeypatch.setenv("RNNEXT_CPU_PATH", path)
@@ -395,8 +397,8 @@ def test_each_cpu_path_matches_reference(monkeypatch, path, packed, reverse, thr
     torch.set_num_threads(threads)
     try:
         for k, (relu, has_hx, bias) in enumerate([(False, True, True), (True, False, False)]):
-            args = _op_case(packed, reverse, relu, has_hx, bias, dtype, seed=k + 3 * packed)
-            T, B, n_in, H = 10, 17, 6, 75
+            T, B, n_in, H = (10, 17, 6, 75) if size == "small" else (5, 9, 140, 150)
+            args = _op_case(packed, reverse, relu, has_hx, bias, dtype, T, B, n_in, H, seed=k + 3 * packed)
             assert rnnext._C._cpu_plan(T, B, n_in, H, dtype, packed, False).startswith(path + ":")
             assert rnnext._C._cpu_plan(T, B, n_in, H, dtype, packed, True).startswith(path + ":")
             got = _grads(lambda *a, r=relu: torch.ops.rnnext.rnn_forward(*a, r, reverse), args)

@@ -83,6 +83,18 @@ static inline __attribute__((always_inline)) void column_block(
   a += r * lda;
   c += r * ldc;
   if (aux) aux += r * ldc;
+  if constexpr (MR > 7) {
+    if (rest == 7) return block<V, 7, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+  }
+  if constexpr (MR > 6) {
+    if (rest == 6) return block<V, 6, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+  }
+  if constexpr (MR > 5) {
+    if (rest == 5) return block<V, 5, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+  }
+  if constexpr (MR > 4) {
+    if (rest == 4) return block<V, 4, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+  }
   if constexpr (MR > 3) {
     if (rest == 3) return block<V, 3, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
   }
@@ -96,26 +108,47 @@ static inline __attribute__((always_inline)) void column_block(
 
 template <class V>
 static void step_impl(int64_t rows, int64_t n, int64_t k, const typename V::T* a, int64_t lda,
-                      const typename V::T* p, int64_t ldp, typename V::T* c, int64_t ldc,
+                      const typename V::T* p, int64_t kp, typename V::T* c, int64_t ldc,
                       const typename V::T* aux, Epilogue ep) {
+  using T = typename V::T;
   constexpr int W = V::W, NR = V::NR;
+  constexpr int64_t PC = panel_cols<T>();
   if (rows <= 0 || n <= 0) return;
-  for (int64_t j0 = 0; j0 < n; j0 += NR * W) {
-    const int64_t cols = n - j0 < NR * W ? n - j0 : NR * W;
-    const int nv = static_cast<int>((cols + W - 1) / W);
-    const int last = static_cast<int>(cols - (nv - 1) * W);
-    const typename V::T* auxj = aux ? aux + j0 : aux;
-    if (nv == NR) {
-      column_block<V, NR>(rows, k, a, lda, p + j0, ldp, c + j0, ldc, auxj, last, ep);
-    } else if (nv == 1) {
-      column_block<V, 1>(rows, k, a, lda, p + j0, ldp, c + j0, ldc, auxj, last, ep);
-    } else if constexpr (NR > 2) {
-      if (nv == 2) {
-        column_block<V, 2>(rows, k, a, lda, p + j0, ldp, c + j0, ldc, auxj, last, ep);
-      } else if constexpr (NR > 3) {
-        if (nv == 3) column_block<V, 3>(rows, k, a, lda, p + j0, ldp, c + j0, ldc, auxj, last, ep);
+  for (int64_t p0 = 0; p0 < n; p0 += PC) {  // one panel of columns
+    const int64_t pn = n - p0 < PC ? n - p0 : PC;
+    const T* panel = p ? p + (p0 / PC) * kp * PC : p;
+    int64_t q0 = 0;
+    do {  // k in chunks; C holds the partial sums between chunks, the epilogue after the last
+      const int64_t kc = k - q0 < kChunkRows ? k - q0 : kChunkRows;
+      const bool first = q0 == 0, final = q0 + kc >= k;
+      Epilogue e = ep;
+      if (!final) {
+        e = first && ep == Epilogue::kZero ? Epilogue::kZero : Epilogue::kNone;
+      } else if (!first && ep == Epilogue::kZero) {
+        e = Epilogue::kNone;
       }
-    }
+      const T* pq = panel ? panel + q0 * PC : panel;
+      for (int64_t j0 = 0; j0 < pn; j0 += NR * W) {
+        const int64_t cols = pn - j0 < NR * W ? pn - j0 : NR * W;
+        const int nv = static_cast<int>((cols + W - 1) / W);
+        const int last = static_cast<int>(cols - (nv - 1) * W);
+        const T* pj = pq ? pq + j0 : pq;
+        T* cj = c + p0 + j0;
+        const T* auxj = aux ? aux + p0 + j0 : aux;
+        if (nv == NR) {
+          column_block<V, NR>(rows, kc, a + q0, lda, pj, PC, cj, ldc, auxj, last, e);
+        } else if (nv == 1) {
+          column_block<V, 1>(rows, kc, a + q0, lda, pj, PC, cj, ldc, auxj, last, e);
+        } else if constexpr (NR > 2) {
+          if (nv == 2) {
+            column_block<V, 2>(rows, kc, a + q0, lda, pj, PC, cj, ldc, auxj, last, e);
+          } else if constexpr (NR > 3) {
+            if (nv == 3) column_block<V, 3>(rows, kc, a + q0, lda, pj, PC, cj, ldc, auxj, last, e);
+          }
+        }
+      }
+      q0 += kc;
+    } while (q0 < k);
   }
 }
 

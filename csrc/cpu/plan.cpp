@@ -19,11 +19,11 @@ constexpr int64_t kSmallProjection = int64_t{1} << 18;
 // fewer, each step reuses every packed W_ih^T row for too few rows, and one GEMM over all steps
 // was faster at every shape measured (B = 1 to 4, H = 20 to 256; NOTES.md section 16).
 constexpr int64_t kFusedMinRows = 8;
-// ...and at most this many input features (beyond it one large GEMM wins; NOTES.md section 7).
-constexpr int64_t kFusedMaxInput = 512;
-// From this hidden size on, the recurrent product runs in BLAS: the micro-kernel has no blocking
-// over k, and with W_hh of several MB, MKL's blocked GEMM was ~15% faster per step (section 4).
-constexpr int64_t kBlasHidden = 512;
+// ...and packed W_ih^T and W_hh^T together at most this large: both are read at every step, and
+// must stay in a core's L2 (2 MB on Sapphire Rapids, 1 MB on Zen 4) with the step's rows. At
+// I = H = 512 (2 MB) the fused projection ran at 141 GFLOP/s against 161 for one GEMM before the
+// recurrence (1 thread, CPU time; NOTES.md section 18); at I = H = 256 (512 KB) both ran at 150.
+constexpr int64_t kFusedMaxWeightBytes = int64_t{512} << 10;
 // Few steps (an RNNCell call): packing the weights (a transposing copy, ~0.5 ns an entry, every
 // call) costs more than the micro-kernel saves over BLAS in so few steps. Forward: T <= 4 won at
 // H 64 to 256; backward (its packing is a plain copy, and its fused grad_input beats BLAS on small
@@ -47,23 +47,23 @@ Plan automatic(const Shape& s, bool vector_kernel) {
   const int64_t projection = s.N * s.I * s.H;
   const bool tiny_projection = projection <= kSmallProjection;
   const bool many_rows = s.N >= kFusedMinRows * s.T;
+  const bool fits = (s.I + s.H) * s.H * s.elem_size <= kFusedMaxWeightBytes;
   if (!s.backward) {
     if (s.H >= kFewMinHidden && s.T <= kFewStepsForward) {
       p.path = Path::kBlas;
       p.reason = "few steps (T <= 4, H >= 32): BLAS on the unpacked weights, no packing";
-    } else if (!vector_kernel || s.H >= kBlasHidden) {
+    } else if (!vector_kernel) {
       const bool fuse = many_rows && tiny_projection;
       p.path = fuse ? Path::kBlasFused : Path::kBlas;
-      p.reason = !vector_kernel ? (fuse ? "no vector micro-kernel: BLAS steps; tiny projection per step"
-                                        : "no vector micro-kernel: BLAS steps and one projection GEMM")
-                                : (fuse ? "H >= 512: BLAS steps; tiny projection per step"
-                                        : "H >= 512: BLAS steps and one projection GEMM");
-    } else if (many_rows && (tiny_projection || s.I <= kFusedMaxInput)) {
+      p.reason = fuse ? "no vector micro-kernel: BLAS steps; tiny projection per step"
+                      : "no vector micro-kernel: BLAS steps and one projection GEMM";
+    } else if (many_rows && (tiny_projection || fits)) {
       p.path = Path::kFused;
-      p.reason = "micro-kernel steps with each step's projection fused (>= 8 rows a step, I <= 512)";
+      p.reason = "micro-kernel steps with each step's projection fused (>= 8 rows a step, "
+                 "W_ih and W_hh within 512 KB)";
     } else {
       p.path = Path::kKernel;
-      p.reason = many_rows ? "micro-kernel steps; I > 512: one projection GEMM"
+      p.reason = many_rows ? "micro-kernel steps; W_ih and W_hh over 512 KB: one projection GEMM"
                            : "micro-kernel steps; < 8 rows a step: one projection GEMM";
     }
   } else {
@@ -72,16 +72,16 @@ Plan automatic(const Shape& s, bool vector_kernel) {
     if (few) {
       p.path = Path::kBlasFused;
       p.reason = "few large steps (T <= 2): BLAS on the unpacked weights, grad_input per step";
-    } else if (!vector_kernel || s.H >= kBlasHidden) {
+    } else if (!vector_kernel) {
       const bool fuse = s.want_input && tiny_projection;
       p.path = fuse ? Path::kBlasFused : Path::kBlas;
-      p.reason = !vector_kernel ? "no vector micro-kernel: BLAS steps" : "H >= 512: BLAS steps";
-    } else if (tiny_projection || s.I <= kFusedMaxInput) {
+      p.reason = "no vector micro-kernel: BLAS steps";
+    } else if (tiny_projection || fits) {
       p.path = Path::kFused;
-      p.reason = "micro-kernel steps with grad_input fused per step (I <= 512)";
+      p.reason = "micro-kernel steps with grad_input fused per step (W_ih and W_hh within 512 KB)";
     } else {
       p.path = Path::kKernel;
-      p.reason = "micro-kernel steps; I > 512: grad_input as one GEMM";
+      p.reason = "micro-kernel steps; W_ih and W_hh over 512 KB: grad_input as one GEMM";
     }
   }
   return p;

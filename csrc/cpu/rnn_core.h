@@ -21,29 +21,28 @@ struct Recurrence {
   int64_t hidden;                // H
   const int64_t* batch_sizes;    // [T], non-increasing
   const int64_t* offsets;        // [T + 1]
-  const T* w_packed;             // [H, ldp]: W_hh^T for forward, W_hh for backward (pack_weight)
-  int64_t ldp;
+  const T* w_packed;             // W_hh^T for forward, W_hh for backward (pack_weight, k = H)
   const T* hx;                   // [B, H] or nullptr (zeros)
   bool relu;
   bool reverse;
   StepKernel<T> kernel;
   const T* w_blas = nullptr;     // [H, H] W_hh itself: when set, the products run in BLAS (large H)
   // When x is set, forward() computes each step's input projection itself (else `out` holds it on
-  // entry): x [N, inputs] with row stride ldx; w_ih_packed: W_ih^T packed [inputs, ldp], then
-  // one more row of ldp holding b_ih + b_hh.
+  // entry): x [N, inputs] with row stride ldx; w_ih_packed: W_ih^T packed (k = inputs); bias:
+  // b_ih + b_hh [H].
   const T* x = nullptr;
   int64_t ldx = 0;
   int64_t inputs = 0;
   const T* w_ih_packed = nullptr;
+  const T* bias = nullptr;
   // backward() only: W_ih itself [H, inputs] (row stride ldw_ih) for grad_x in BLAS, in place of
   // w_ih_plain (few steps, where packing costs more than it saves).
   const T* w_ih_blas = nullptr;
   int64_t ldw_ih = 0;
   // When grad_x is set, backward() also computes grad_input = dpre W_ih for its rows at each
-  // step: grad_x [N, inputs] contiguous; w_ih_plain: W_ih packed as is [H, ldp_ih].
+  // step: grad_x [N, inputs] contiguous; w_ih_plain: W_ih packed as is (n = inputs, k = H).
   T* grad_x = nullptr;
   const T* w_ih_plain = nullptr;
-  int64_t ldp_ih = 0;
   int64_t row_begin = 0;
   int64_t row_end = INT64_MAX;
 
@@ -68,10 +67,9 @@ struct Recurrence {
       if (n <= r0) continue;
       T* cur = rows(out, t);
       if (x != nullptr) {  // this slice's rows of x_t W_ih^T + b_ih + b_hh
-        const T* bias = w_ih_packed + inputs * ldp;
         for (int64_t r = r0; r < n; ++r) std::memcpy(cur + r * H, bias, H * sizeof(T));
-        kernel(n - r0, H, inputs, x + (offsets[t] + r0) * ldx, ldx, w_ih_packed, ldp, cur + r0 * H,
-               H, nullptr, Epilogue::kNone);
+        kernel(n - r0, H, inputs, x + (offsets[t] + r0) * ldx, ldx, w_ih_packed, inputs,
+               cur + r0 * H, H, nullptr, Epilogue::kNone);
       }
       if (carried > r0) {
         product(true, carried - r0, H, rows(static_cast<const T*>(out), prev_step(t)) + r0 * H,
@@ -123,7 +121,7 @@ struct Recurrence {
         if (w_ih_blas != nullptr) {
           gemm_rows(false, n - r0, inputs, H, cur + r0 * H, H, w_ih_blas, ldw_ih, T(0), gx, inputs);
         } else {
-          kernel(n - r0, inputs, H, cur + r0 * H, H, w_ih_plain, ldp_ih, gx, inputs, nullptr,
+          kernel(n - r0, inputs, H, cur + r0 * H, H, w_ih_plain, H, gx, inputs, nullptr,
                  Epilogue::kZero);
         }
       }
@@ -149,7 +147,7 @@ struct Recurrence {
       if (zero || ep == Epilogue::kNone) return;
       k = 0;
     }
-    kernel(nrows, H, k, a, H, w_packed, ldp, c, H, aux, ep);
+    kernel(nrows, H, k, a, H, w_packed, H, c, H, aux, ep);
   }
 
   // h_prev[N, H]: for every row, the state it started from (hx or zeros at a sequence's start).

@@ -56,29 +56,30 @@ Tensor dense_2d(const Tensor& t) {
   return d;
 }
 
-int64_t packed_ld(int64_t h) { return (h + cpu::kPackAlign - 1) / cpu::kPackAlign * cpu::kPackAlign; }
+// Entries of an n-column, k-row weight packed for the micro-kernel (kernels.h), for this dtype.
+int64_t packed_entries(int64_t n, int64_t k, at::ScalarType dtype) {
+  return dtype == at::kDouble ? cpu::packed_size<double>(n, k) : cpu::packed_size<float>(n, k);
+}
 
 // W_hh packed for the micro-kernel (kernels.h): transposed for the forward (h W^T), as is for the
-// backward (dpre W), with zero-padded rows; or not at all when `blas` (an empty [0, ldp] then).
-// extra_rows more rows are allocated after it, unset.
-Tensor pack_w_hh(const Tensor& w_hh, bool transpose, bool blas, int64_t extra_rows = 0) {
+// backward (dpre W); or not at all when `blas` (then only the extra entries). extra entries are
+// allocated after it, unset.
+Tensor pack_w_hh(const Tensor& w_hh, bool transpose, bool blas, int64_t extra = 0) {
   const int64_t H = w_hh.size(0);
-  const int64_t ldp = packed_ld(H);
   Tensor w = w_hh.contiguous();
-  Tensor p = empty({(blas ? 0 : H) + extra_rows, ldp}, w.scalar_type());
+  const int64_t size = blas ? 0 : packed_entries(H, H, w.scalar_type());
+  Tensor p = empty({size + extra}, w.scalar_type());
   if (blas) return p;
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "rnnext_pack_w_hh", [&] {
-    cpu::pack_weight<scalar_t>(w.data_ptr<scalar_t>(), H, H, H, transpose, p.data_ptr<scalar_t>(),
-                               ldp);
+    cpu::pack_weight<scalar_t>(w.data_ptr<scalar_t>(), H, H, H, transpose, p.data_ptr<scalar_t>());
   });
   return p;
 }
 
-// b_ih + b_hh (either may be absent) into bias[0:H], zeros up to ldp.
+// b_ih + b_hh (either may be absent) into bias[0:H].
 template <typename T>
-void pack_bias(const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, int64_t H, T* bias,
-               int64_t ldp) {
-  for (int64_t j = 0; j < ldp; ++j) bias[j] = T(0);
+void pack_bias(const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, int64_t H, T* bias) {
+  for (int64_t j = 0; j < H; ++j) bias[j] = T(0);
   for (const auto* b : {&b_ih, &b_hh}) {
     if (b->has_value()) {
       const T* bp = (*b)->template data_ptr<T>();
@@ -88,13 +89,13 @@ void pack_bias(const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, int64
   }
 }
 
-// Packs W_ih^T into p (I rows of ldp) and the summed bias into the row after it.
+// Packs W_ih^T into p (packed_size(H, I) entries) and the summed bias [H] after it.
 template <typename T>
 void pack_projection(const Tensor& w_ih, const optional<Tensor>& b_ih,
-                     const optional<Tensor>& b_hh, T* p, int64_t ldp) {
+                     const optional<Tensor>& b_hh, T* p) {
   const int64_t I = w_ih.size(1), H = w_ih.size(0);
-  cpu::pack_weight<T>(w_ih.data_ptr<T>(), w_ih.stride(0), H, I, /*transpose=*/true, p, ldp);
-  pack_bias<T>(b_ih, b_hh, H, p + I * ldp, ldp);
+  cpu::pack_weight<T>(w_ih.data_ptr<T>(), w_ih.stride(0), H, I, /*transpose=*/true, p);
+  pack_bias<T>(b_ih, b_hh, H, p + cpu::packed_size<T>(H, I));
 }
 
 // The input's N rows as one matrix: (x, row stride), the stride uniform and at least I, as BLAS
@@ -147,7 +148,6 @@ cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor& w_packed, co
                             g.batch_sizes.data(),
                             g.offsets.data(),
                             w_packed.defined() ? w_packed.data_ptr<T>() : nullptr,
-                            w_packed.defined() ? w_packed.size(1) : 0,
                             hx != nullptr ? hx->data_ptr<T>() : nullptr,
                             relu,
                             reverse,
@@ -201,21 +201,23 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
   }
   const cpu::Plan plan = plan_for(g, /*backward=*/false, /*want_input=*/true, dtype);
   const bool blas = plan.blas_recurrence(), fused = plan.input_per_step();
-  // Packed W_hh^T (none for BLAS), then, when fused, packed W_ih^T and the bias row.
-  Tensor w = pack_w_hh(w_hh, /*transpose=*/true, blas, fused ? g.I + 1 : 0);
+  // Packed W_hh^T (none for BLAS), then, when fused, packed W_ih^T and the summed bias.
+  const int64_t w_hh_entries = blas ? 0 : packed_entries(g.H, g.H, dtype);
+  Tensor w = pack_w_hh(w_hh, /*transpose=*/true, blas,
+                       fused ? packed_entries(g.H, g.I, dtype) + g.H : 0);
   Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
   const auto [xc, ldx] = input_rows(input, g);
   Tensor wc = blas_ready(w_ih);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_projection", [&] {
     using T = scalar_t;
     if (fused) {
-      pack_projection<T>(wc, b_ih, b_hh, w.data_ptr<T>() + (blas ? 0 : g.H) * w.size(1), w.size(1));
+      pack_projection<T>(wc, b_ih, b_hh, w.data_ptr<T>() + w_hh_entries);
       return;
     }
     // Input projection for every step in one GEMM, written straight into the output buffer.
     T* o = out.data_ptr<T>();
     std::vector<T> bias(static_cast<size_t>(g.H));
-    pack_bias<T>(b_ih, b_hh, g.H, bias.data(), g.H);
+    pack_bias<T>(b_ih, b_hh, g.H, bias.data());
     for (int64_t r = 0; r < g.N; ++r) std::memcpy(o + r * g.H, bias.data(), g.H * sizeof(T));
     cpu::gemm_rows(true, g.N, g.H, g.I, xc.data_ptr<T>(), ldx, wc.data_ptr<T>(), wc.stride(0), T(1),
                    o, g.H);
@@ -228,7 +230,8 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
       rec.x = xc.data_ptr<scalar_t>();
       rec.ldx = ldx;
       rec.inputs = g.I;
-      rec.w_ih_packed = w.data_ptr<scalar_t>() + (blas ? 0 : g.H) * w.size(1);
+      rec.w_ih_packed = w.data_ptr<scalar_t>() + w_hh_entries;
+      rec.bias = rec.w_ih_packed + cpu::packed_size<scalar_t>(g.H, g.I);
     }
     scalar_t* o = out.data_ptr<scalar_t>();
     scalar_t* hn = h_n.data_ptr<scalar_t>();
@@ -277,11 +280,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
       grad_input = empty(input.sizes(), dtype);
       w_ih_plain = blas_ready(w_ih);
       if (!blas) {
-        const int64_t ldp_ih = packed_ld(g.I);
-        Tensor packed = empty({g.H, ldp_ih}, dtype);
+        Tensor packed = empty({packed_entries(g.I, g.H, dtype)}, dtype);
         AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_pack_w_ih", [&] {
           cpu::pack_weight<scalar_t>(w_ih_plain.data_ptr<scalar_t>(), w_ih_plain.stride(0), g.I,
-                                     g.H, /*transpose=*/false, packed.data_ptr<scalar_t>(), ldp_ih);
+                                     g.H, /*transpose=*/false, packed.data_ptr<scalar_t>());
         });
         w_ih_plain = packed;
       }
@@ -297,7 +299,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
           rec.ldw_ih = w_ih_plain.stride(0);
         } else {
           rec.w_ih_plain = w_ih_plain.data_ptr<scalar_t>();
-          rec.ldp_ih = w_ih_plain.size(1);
         }
       }
       const scalar_t* gop = go.data_ptr<scalar_t>();
