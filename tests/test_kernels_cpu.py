@@ -343,7 +343,7 @@ def test_expanded_input_rows(dtype, T, B, H):
 
 # ---- Every CPU path on purpose (csrc/cpu/plan.h), against the float64 reference of test_ops ----
 
-CPU_PATHS = ["fused", "kernel", "blas", "blas-fused"]
+CPU_PATHS = ["fused", "kernel", "blas", "blas-fused", "columns"]
 
 
 def _op_case(packed, reverse, relu, has_hx, bias, dtype, T=10, B=17, n_in=6, H=75, seed=0):

@@ -108,11 +108,11 @@ static inline __attribute__((always_inline)) void column_block(
 
 template <class V>
 static void step_impl(int64_t rows, int64_t n, int64_t k, const typename V::T* a, int64_t lda,
-                      const typename V::T* p, int64_t kp, typename V::T* c, int64_t ldc,
-                      const typename V::T* aux, Epilogue ep) {
+                      const typename V::T* p, int64_t ldp, int64_t kp, typename V::T* c,
+                      int64_t ldc, const typename V::T* aux, Epilogue ep) {
   using T = typename V::T;
   constexpr int W = V::W, NR = V::NR;
-  constexpr int64_t PC = panel_cols<T>();
+  const int64_t PC = ldp;
   if (rows <= 0 || n <= 0) return;
   for (int64_t p0 = 0; p0 < n; p0 += PC) {  // one panel of columns
     const int64_t pn = n - p0 < PC ? n - p0 : PC;

@@ -1,6 +1,8 @@
 // The CPU planner (plan.h): every threshold of the CPU path, with the measurement behind it.
 #include "plan.h"
 
+#include "kernels.h"
+
 #include <c10/util/Exception.h>
 
 #include <cstdlib>
@@ -10,7 +12,7 @@ namespace rnnext {
 namespace cpu {
 namespace {
 
-constexpr const char* kNames[kNumPaths] = {"fused", "kernel", "blas", "blas-fused"};
+constexpr const char* kNames[kNumPaths] = {"fused", "kernel", "blas", "blas-fused", "columns"};
 
 // A whole input product below this many multiply-adds runs per step inside the recurrence
 // whatever the path (at::add + addmm cost ~20 us at the tutorial shape; NOTES.md section 3).
@@ -39,6 +41,13 @@ constexpr int64_t kMinParallelWork = int64_t{1} << 19;
 // Rows in ~4 slices per thread taken from a shared counter (a descheduled thread holds up one
 // slice; packed batches balance); one per thread for BLAS steps, whose every call re-reads W_hh.
 constexpr int64_t kSlicesPerThread = 4;
+// Hidden columns are split between threads (a barrier per step) when the batch gives fewer than
+// this many rows per thread, or when packed W_hh is larger than this (then each thread keeps only
+// its half hot); and only with at least one 256-byte panel per thread and this many multiply-adds
+// a step (a barrier costs ~1 us; ~2 us of work at one core's rate).
+constexpr int64_t kColumnsMaxRowsPerThread = 4;
+constexpr int64_t kColumnsMinWeightBytes = int64_t{1} << 20;
+constexpr int64_t kColumnsMinStepWork = int64_t{1} << 18;
 // The backward's weight and bias gradients from raw pointers below this many multiply-adds.
 constexpr int64_t kSmallTail = int64_t{1} << 18;
 
@@ -100,14 +109,30 @@ Plan make_plan(const Shape& s, bool vector_kernel) {
       if (std::strcmp(want, kNames[i]) == 0) found = i;
     }
     TORCH_CHECK(found >= 0, "rnnext: RNNEXT_CPU_PATH=", want,
-                " is not a CPU path; expected auto, fused, kernel, blas or blas-fused");
+                " is not a CPU path; expected auto, fused, kernel, blas, blas-fused or columns");
     p.path = static_cast<Path>(found);
     p.reason = "forced by RNNEXT_CPU_PATH";
     p.forced = true;
   } else {
     p = automatic(s, vector_kernel);
+    const int64_t panel = kPanelBytes / s.elem_size;
+    const bool wide = s.H * s.H * s.elem_size > kColumnsMinWeightBytes;
+    const bool narrow = s.B < kColumnsMaxRowsPerThread * s.threads;
+    if (vector_kernel && s.threads >= 2 && (wide || narrow) && s.H >= panel * s.threads &&
+        s.B * s.H * s.H >= kColumnsMinStepWork && s.T > kFewStepsForward) {
+      p.path = Path::kColumns;
+      p.reason = wide ? "micro-kernel steps, hidden columns split between threads (W_hh over 1 MB); "
+                        "one GEMM for the input product"
+                      : "micro-kernel steps, hidden columns split between threads (batch under 4 "
+                        "rows a thread); one GEMM for the input product";
+    }
   }
-  p.parallel = s.threads >= 2 && s.B >= 2 && s.N * s.H * s.H >= kMinParallelWork;
+  const bool parallel = s.threads >= 2 && s.N * s.H * s.H >= kMinParallelWork;
+  if (p.path == Path::kColumns) {
+    p.split = parallel && s.H > kPanelBytes / s.elem_size ? Split::kColumns : Split::kNone;
+  } else {
+    p.split = parallel && s.B >= 2 ? Split::kRows : Split::kNone;
+  }
   p.row_slices = p.blas_recurrence() ? 1 : kSlicesPerThread;
   p.small_tail = s.backward && s.N * s.H * (s.I + s.H) <= kSmallTail;
   return p;

@@ -26,8 +26,19 @@ enum class Path : int {
   // Recurrent product in BLAS per step on the unpacked weights; the input product per step
   // (forward: micro-kernel; backward: BLAS on the unpacked W_ih). Packs nothing.
   kBlasFused = 3,
+  // As kKernel, but the threads split each step's hidden columns (whole packed panels; every
+  // thread all rows), with a barrier after each step: for a batch too small to split by rows, or
+  // a W_hh too large for one core's L2 (each thread then keeps only its columns' panels hot).
+  kColumns = 4,
 };
-constexpr int kNumPaths = 4;
+constexpr int kNumPaths = 5;
+
+// How the recurrence's work is split between threads.
+enum class Split : int {
+  kNone = 0,     // one thread
+  kRows = 1,     // batch rows: each thread runs the whole time loop over its rows, no barrier
+  kColumns = 2,  // hidden columns per step, a barrier after each step
+};
 
 const char* path_name(Path p);
 
@@ -44,9 +55,9 @@ struct Plan {
   Path path = Path::kFused;
   const char* reason = "";
   bool forced = false;  // chosen by RNNEXT_CPU_PATH
-  // Recurrence split between threads (batch rows, each thread running the whole time loop over
-  // its own rows), else one thread. row_slices: slices per thread taken from a shared counter.
-  bool parallel = false;
+  // Recurrence split between threads. row_slices (kRows): slices per thread taken from a shared
+  // counter.
+  Split split = Split::kNone;
   int64_t row_slices = 1;
   // Backward only: the weight and bias gradients from raw pointers (small problems; no
   // dispatcher), else one ATen GEMM each (rnn_backward_tail.h).

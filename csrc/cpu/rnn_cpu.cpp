@@ -12,9 +12,14 @@
 #include "plan.h"
 #include "rnn_core.h"
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -164,7 +169,7 @@ cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor& w_packed, co
 template <typename F>
 void over_rows(const Geometry& g, const cpu::Plan& plan, const F& fn) {
   const int64_t threads = at::get_num_threads();
-  if (!plan.parallel || threads < 2) {
+  if (plan.split != cpu::Split::kRows || threads < 2) {
     fn(int64_t{0}, g.B);
     return;
   }
@@ -178,6 +183,40 @@ void over_rows(const Geometry& g, const cpu::Plan& plan, const F& fn) {
         fn(s * per, std::min(g.B, (s + 1) * per));
       }
     }
+  });
+}
+
+// Runs fn(part) on each thread's share of the recurrence: rows (over_rows), or, for a column
+// split, every row and whole panels of the hidden columns, one share per thread of an OpenMP team
+// that synchronises after each step (SpinBarrier). Not at::parallel_for: it may run two indices
+// on one thread, one after the other, and a barrier between them would never open. The team is
+// as large as torch.set_num_threads allows (one thread inside another parallel region).
+template <typename T, typename F>
+void split_work(const Geometry& g, const cpu::Plan& plan, const cpu::Recurrence<T>& rec,
+                const F& fn) {
+  if (plan.split == cpu::Split::kColumns) {
+#ifdef _OPENMP
+    std::optional<cpu::SpinBarrier> barrier;
+    const int64_t panels = (g.H + cpu::panel_cols<T>() - 1) / cpu::panel_cols<T>();
+#pragma omp parallel num_threads(static_cast<int>(at::get_num_threads()))
+    {
+#pragma omp single
+      barrier.emplace(omp_get_num_threads());
+      const int64_t team = omp_get_num_threads(), tid = omp_get_thread_num();
+      auto part = rec;
+      part.col_begin = tid * panels / team * cpu::panel_cols<T>();
+      part.col_end = (tid + 1) * panels / team * cpu::panel_cols<T>();
+      part.barrier = &*barrier;
+      fn(part);
+    }
+    return;
+#endif
+  }
+  over_rows(g, plan, [&](int64_t r0, int64_t r1) {
+    auto part = rec;
+    part.row_begin = r0;
+    part.row_end = r1;
+    fn(part);
   });
 }
 
@@ -235,12 +274,7 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
     }
     scalar_t* o = out.data_ptr<scalar_t>();
     scalar_t* hn = h_n.data_ptr<scalar_t>();
-    over_rows(g, plan, [&](int64_t r0, int64_t r1) {
-      auto part = rec;
-      part.row_begin = r0;
-      part.row_end = r1;
-      part.forward(o, hn);
-    });
+    split_work(g, plan, rec, [&](const cpu::Recurrence<scalar_t>& part) { part.forward(o, hn); });
   });
   return {out, h_n};
 }
@@ -306,10 +340,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
       const scalar_t* op = out.data_ptr<scalar_t>();
       scalar_t* dp = dpre.data_ptr<scalar_t>();
       scalar_t* ghx = want_hx ? grad_hx.data_ptr<scalar_t>() : nullptr;
-      over_rows(g, plan, [&](int64_t r0, int64_t r1) {
-        auto part = rec;
-        part.row_begin = r0;
-        part.row_end = r1;
+      split_work(g, plan, rec, [&](const cpu::Recurrence<scalar_t>& part) {
         part.backward(gop, ghnp, op, dp, ghx);
       });
     });
