@@ -141,6 +141,20 @@ def test_tanh_accuracy_float32():
     torch.testing.assert_close(out.flatten(), torch.tanh(x.flatten()), rtol=4e-7, atol=1e-7)
 
 
+def test_tanh_accuracy_float64():
+    # The float64 kernels' vector tanh (Cephes): within ~1 ulp of torch.tanh, exactly +-1 from
+    # |x| = 20 on (and for +-inf), NaN propagated; both sides of the 0.625 branch point.
+    x = torch.cat([
+        torch.linspace(-25, 25, 100001, dtype=torch.float64),
+        torch.tensor([0.6249999999, 0.625, 0.6250000001, 19.5, 20.0, 21.0, 1e300, float("inf"),
+                      -float("inf"), float("nan")], dtype=torch.float64),
+    ]).reshape(1, -1, 1)
+    w_ih, w_hh = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    out, _ = torch.ops.rnnext.rnn_forward(x, None, None, w_ih, w_hh, None, None, False, False)
+    torch.testing.assert_close(out.flatten(), torch.tanh(x.flatten()), rtol=4.5e-16, atol=0,
+                               equal_nan=True)
+
+
 def _op_args(packed, hx, bias, dtype=torch.float64):
     torch.manual_seed(5)
     H, n_in = 9, 4

@@ -185,3 +185,42 @@ static inline __attribute__((always_inline)) typename V::reg tanh_f32(typename V
   l = V::copysign(l, x);
   return V::select_lt(ax, V::set1(0.625f), s, l);
 }
+
+// tanh for float64 lanes (Cephes tanh): x + x^3 P(x^2) / Q(x^2) below |x| = 0.625, else
+// sign(x) (1 - 2 / (exp(2|x|) + 1)) with Cephes' exp (a Pade form on the reduced argument);
+// |x| is capped at 20 (tanh rounds to 1 from ~19.1 on, so +-inf gives exactly +-1). About 2e-16
+// relative error; NaN propagates.
+template <class V>
+static inline __attribute__((always_inline)) typename V::reg tanh_f64(typename V::reg x) {
+  using reg = typename V::reg;
+  const reg ax = V::abs(x);
+  const reg z = V::mul(x, x);
+  reg p = V::set1(-9.64399179425052238628e-1);
+  p = V::fma(p, z, V::set1(-9.92877231001918586564e1));
+  p = V::fma(p, z, V::set1(-1.61468768441708447952e3));
+  reg q = V::add(z, V::set1(1.12811678491632931402e2));
+  q = V::fma(q, z, V::set1(2.23548839060100448583e3));
+  q = V::fma(q, z, V::set1(4.84406305325125486048e3));
+  const reg s = V::fma(V::mul(V::div(p, q), z), x, x);
+  // exp(y), y = 2 min(|x|, 20) in [0, 40]: y = n ln2 + f, |f| <= ln2 / 2, n <= 58.
+  const reg capped = V::min_keep_nan(V::set1(20.0), ax);
+  const reg y = V::add(capped, capped);
+  const reg n = V::round(V::mul(y, V::set1(1.4426950408889634073599)));
+  reg f = V::fma(n, V::set1(-6.93145751953125e-1), y);
+  f = V::fma(n, V::set1(-1.42860682030941723212e-6), f);
+  const reg ff = V::mul(f, f);
+  reg ep = V::set1(1.26177193074810590878e-4);
+  ep = V::fma(ep, ff, V::set1(3.02994407707441961300e-2));
+  ep = V::fma(ep, ff, V::set1(9.99999999999999999910e-1));
+  ep = V::mul(ep, f);
+  reg eq = V::set1(3.00198505138664455042e-6);
+  eq = V::fma(eq, ff, V::set1(2.52448340349684104192e-3));
+  eq = V::fma(eq, ff, V::set1(2.27265548208155028766e-1));
+  eq = V::fma(eq, ff, V::set1(2.00000000000000000009e0));
+  reg e = V::div(ep, V::sub(eq, ep));
+  e = V::fma(e, V::set1(2.0), V::set1(1.0));
+  e = V::scale_pow2(e, n);
+  reg l = V::sub(V::set1(1.0), V::div(V::set1(2.0), V::add(e, V::set1(1.0))));
+  l = V::copysign(l, x);
+  return V::select_lt(ax, V::set1(0.625), s, l);
+}
