@@ -38,9 +38,12 @@ constexpr int64_t kFewBackwardStepWork = int64_t{1} << 20;
 // Below this many multiply-adds in the recurrence (~10 us on one core), one thread: a parallel
 // region costs a few us, and splitting saves at most half the work (section 5).
 constexpr int64_t kMinParallelWork = int64_t{1} << 19;
-// Rows in ~4 slices per thread taken from a shared counter (a descheduled thread holds up one
+// Rows in 2 slices per thread taken from a shared counter (a descheduled thread holds up one
 // slice; packed batches balance); one per thread for BLAS steps, whose every call re-reads W_hh.
-constexpr int64_t kSlicesPerThread = 4;
+// 4 slices (section 6) re-read the packed weights from L2 twice as often: 2 threads, GFLOP/s
+// 1 / 2 / 4 slices: B=32 H=128 fwd+bwd 159 / 157 / 134, B=64 H=256 fwd 267 / 260 / 237
+// (NOTES.md section 21).
+constexpr int64_t kSlicesPerThread = 2;
 // Hidden columns are split between threads (a barrier per step) when the batch gives fewer than
 // this many rows per thread, or when packed W_hh is larger than this (then each thread keeps only
 // its half hot); and only with at least one 256-byte panel per thread and this many multiply-adds

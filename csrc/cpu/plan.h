@@ -59,8 +59,8 @@ struct Plan {
   // counter.
   Split split = Split::kNone;
   int64_t row_slices = 1;
-  // Backward only: the weight and bias gradients from raw pointers (small problems; no
-  // dispatcher), else one ATen GEMM each (rnn_backward_tail.h).
+  // Backward only: the bias gradient (a sum over all rows) in a plain loop on the calling thread
+  // (small problems: no dispatcher), else ATen's threaded sum.
   bool small_tail = false;
 
   bool blas_recurrence() const { return path == Path::kBlas || path == Path::kBlasFused; }

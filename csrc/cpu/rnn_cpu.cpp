@@ -7,7 +7,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "../rnn_backward_tail.h"
 #include "../rnn_common.h"
 #include "plan.h"
 #include "rnn_core.h"
@@ -347,66 +346,59 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   } else if (want_hx && grad_h_n.has_value()) {
     grad_hx.copy_(*grad_h_n);  // no step ran: h_n is hx itself
   }
-  if (plan.small_tail) {
-    // Small problem: the weight and bias gradients straight from raw pointers (no dispatcher,
-    // no h_prev copy when every step has all B rows). Same sums as the ATen tail below.
-    if (!fused_grad_input) {
-      grad_input = want_input ? at::mm(dpre, w_ih).view(input.sizes()) : empty({0}, dtype);
-    }
-    Tensor grad_w_ih = empty(want_w_ih ? at::IntArrayRef{g.H, g.I} : at::IntArrayRef{0}, dtype);
-    Tensor grad_w_hh = empty(want_w_hh ? at::IntArrayRef{g.H, g.H} : at::IntArrayRef{0}, dtype);
-    Tensor grad_bias = empty(want_bias ? at::IntArrayRef{g.H} : at::IntArrayRef{0}, dtype);
-    AT_DISPATCH_FLOATING_TYPES(dtype, "rnnext_rnn_backward_weights_cpu", [&] {
-      using T = scalar_t;
-      const T* dp = dpre.data_ptr<T>();
-      const int64_t N = g.N, H = g.H, B = g.B;
-      if (want_w_ih) {
-        const auto [xc, ldx] = input_rows(input, g);
-        cpu::gemm_tn(H, g.I, N, dp, H, xc.data_ptr<T>(), ldx, T(0), grad_w_ih.data_ptr<T>(), g.I);
-      }
-      if (want_w_hh) {
-        T* gw = grad_w_hh.data_ptr<T>();
-        const T* o = out.data_ptr<T>();
-        const T* h0p = hx.has_value() ? h0.data_ptr<T>() : nullptr;
-        if (N == 0) {
-          for (int64_t j = 0; j < H * H; ++j) gw[j] = T(0);
-        } else if (!g.packed || g.batch_sizes.front() == g.batch_sizes.back()) {
-          // Every step has all B rows: step t started from the step before it in time order
-          // (t-1 forward, t+1 reverse), the first one processed from hx.
-          const int64_t carried = N - B;  // rows of the steps that continue from another step
-          const T* d_cont = reverse ? dp : dp + B * H;
-          const T* h_cont = reverse ? o + B * H : o;
-          if (carried > 0 || h0p == nullptr) {  // (k = 0 writes zeros)
-            cpu::gemm_tn(H, H, carried, d_cont, H, h_cont, H, T(0), gw, H);
-          }
-          if (h0p != nullptr) {
-            const T* d_first = reverse ? dp + carried * H : dp;
-            cpu::gemm_tn(H, H, B, d_first, H, h0p, H, T(carried > 0 ? 1 : 0), gw, H);
-          }
-        } else {
-          std::vector<T> h_prev(static_cast<size_t>(N * H));
-          make_recurrence<T>(g, Tensor(), hx.has_value() ? &h0 : nullptr, relu, reverse)
-              .gather_prev(o, h_prev.data());
-          cpu::gemm_tn(H, H, N, dp, H, h_prev.data(), H, T(0), gw, H);
-        }
-      }
-      if (want_bias) {
-        T* gb = grad_bias.data_ptr<T>();
-        for (int64_t j = 0; j < H; ++j) gb[j] = T(0);
-        for (int64_t r = 0; r < N; ++r) {
-          for (int64_t j = 0; j < H; ++j) gb[j] += dp[r * H + j];
-        }
-      }
-    });
-    return {grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias};
+  // The weight and bias gradients from raw pointers through the BLAS (no dispatcher; MKL
+  // threads the large ones), with no h_prev copy when every step has all B rows.
+  if (!fused_grad_input) {
+    grad_input = want_input ? at::mm(dpre, w_ih).view(input.sizes()) : empty({0}, dtype);
   }
-  // Everything else is one large GEMM (or reduction) over all rows.
-  return backward_tail(g, input, w_ih, dpre, grad_input, grad_hx, output_mask, [&](Tensor& h_prev) {
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_gather_prev_cpu", [&] {
-      make_recurrence<scalar_t>(g, Tensor(), hx.has_value() ? &h0 : nullptr, relu, reverse)
-          .gather_prev(out.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>());
-    });
+  Tensor grad_w_ih = empty(want_w_ih ? at::IntArrayRef{g.H, g.I} : at::IntArrayRef{0}, dtype);
+  Tensor grad_w_hh = empty(want_w_hh ? at::IntArrayRef{g.H, g.H} : at::IntArrayRef{0}, dtype);
+  Tensor grad_bias = empty(want_bias ? at::IntArrayRef{g.H} : at::IntArrayRef{0}, dtype);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "rnnext_rnn_backward_weights_cpu", [&] {
+    using T = scalar_t;
+    const T* dp = dpre.data_ptr<T>();
+    const int64_t N = g.N, H = g.H, B = g.B;
+    if (want_w_ih) {
+      const auto [xc, ldx] = input_rows(input, g);
+      cpu::gemm_tn(H, g.I, N, dp, H, xc.data_ptr<T>(), ldx, T(0), grad_w_ih.data_ptr<T>(), g.I);
+    }
+    if (want_w_hh) {
+      T* gw = grad_w_hh.data_ptr<T>();
+      const T* o = out.data_ptr<T>();
+      const T* h0p = hx.has_value() ? h0.data_ptr<T>() : nullptr;
+      if (N == 0) {
+        for (int64_t j = 0; j < H * H; ++j) gw[j] = T(0);
+      } else if (!g.packed || g.batch_sizes.front() == g.batch_sizes.back()) {
+        // Every step has all B rows: step t started from the step before it in time order
+        // (t-1 forward, t+1 reverse), the first one processed from hx.
+        const int64_t carried = N - B;  // rows of the steps that continue from another step
+        const T* d_cont = reverse ? dp : dp + B * H;
+        const T* h_cont = reverse ? o + B * H : o;
+        if (carried > 0 || h0p == nullptr) {  // (k = 0 writes zeros)
+          cpu::gemm_tn(H, H, carried, d_cont, H, h_cont, H, T(0), gw, H);
+        }
+        if (h0p != nullptr) {
+          const T* d_first = reverse ? dp + carried * H : dp;
+          cpu::gemm_tn(H, H, B, d_first, H, h0p, H, T(carried > 0 ? 1 : 0), gw, H);
+        }
+      } else {
+        Tensor h_prev = empty({N, H}, dtype);
+        make_recurrence<T>(g, Tensor(), hx.has_value() ? &h0 : nullptr, relu, reverse)
+            .gather_prev(o, h_prev.data_ptr<T>());
+        cpu::gemm_tn(H, H, N, dp, H, h_prev.data_ptr<T>(), H, T(0), gw, H);
+      }
+    }
+    if (want_bias && !plan.small_tail) {
+      at::sum_out(grad_bias, dpre, 0);  // threaded
+    } else if (want_bias) {
+      T* gb = grad_bias.data_ptr<T>();
+      for (int64_t j = 0; j < H; ++j) gb[j] = T(0);
+      for (int64_t r = 0; r < N; ++r) {
+        for (int64_t j = 0; j < H; ++j) gb[j] += dp[r * H + j];
+      }
+    }
   });
+  return {grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias};
 }
 
 }  // namespace
