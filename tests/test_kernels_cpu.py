@@ -392,7 +392,7 @@ def _grads(fn, args):
     return [out.detach(), h_n.detach(), *grads]
 
 
-@pytest.mark.parametrize("path", CPU_PATHS)
+@pytest.mark.parametrize("path", CPU_PATHS + [p + "+own-gemm" for p in ("kernel", "columns", "blas")])
 @pytest.mark.parametrize("size", ["small", "chunked"])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
@@ -404,9 +404,13 @@ def test_each_cpu_path_matches_reference(monkeypatch, path, size, packed, revers
     # small: H = 75 leaves partial vectors, B = 17 partial row blocks and uneven thread slices; at
     # 2 threads the recurrence is large enough (N H^2 >= 2^19) to be split. chunked: I = 140 and
     # H = 150 run the micro-kernel's k in two chunks (128 + rest) over three column panels.
+    # "+own-gemm": RNNEXT_CPU_GEMM=own runs the GEMMs over all rows (projection, grad_input) in the
+    # micro-kernel instead of the BLAS (the default off Intel CPUs).
     from test_ops import reference
 
+    path, own = path.split("+")[0], path.endswith("+own-gemm")
     monkeypatch.setenv("RNNEXT_CPU_PATH", path)
+    monkeypatch.setenv("RNNEXT_CPU_GEMM", "own" if own else "blas")
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -425,6 +429,14 @@ def test_each_cpu_path_matches_reference(monkeypatch, path, size, packed, revers
                 torch.testing.assert_close(a.double(), b, **tol, msg=lambda m, n=name: f"{n}: {m}")
     finally:
         torch.set_num_threads(prev)
+
+
+def test_cpu_gemm_override_rejects_unknown_names(monkeypatch):
+    monkeypatch.setenv("RNNEXT_CPU_GEMM", "mkl")
+    x = torch.randn(3, 2, 4)
+    with pytest.raises(RuntimeError, match="RNNEXT_CPU_GEMM=mkl is not a choice"):
+        torch.ops.rnnext.rnn_forward(x, None, None, torch.randn(5, 4), torch.randn(5, 5), None, None,
+                                     False, False)
 
 
 def test_cpu_path_override_rejects_unknown_names(monkeypatch):

@@ -5,6 +5,8 @@
 
 #include <c10/util/Exception.h>
 
+#include <dlfcn.h>
+
 #include <cstdlib>
 #include <cstring>
 
@@ -99,6 +101,22 @@ Plan automatic(const Shape& s, bool vector_kernel) {
   return p;
 }
 
+// The BLAS is trusted for the large GEMMs when it is MKL on an Intel CPU (its AVX-512 path: on this
+// session's Sapphire Rapids MKL beat the micro-kernel on the input projection by 6-16%, NOTES.md
+// section 22); elsewhere (MKL's AVX2 path on AMD, or an unknown BLAS) the micro-kernel runs them.
+bool trust_blas() {
+  static const bool trusted = [] {
+    const bool mkl = dlsym(RTLD_DEFAULT, "MKL_Set_Num_Threads_Local") != nullptr;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    return mkl && __builtin_cpu_is("intel");
+#else
+    return mkl;
+#endif
+  }();
+  return trusted;
+}
+
 }  // namespace
 
 const char* path_name(Path p) { return kNames[static_cast<int>(p)]; }
@@ -137,6 +155,12 @@ Plan make_plan(const Shape& s, bool vector_kernel) {
     p.split = parallel && s.B >= 2 ? Split::kRows : Split::kNone;
   }
   p.row_slices = p.blas_recurrence() ? 1 : kSlicesPerThread;
+  p.own_gemm = vector_kernel && !trust_blas();
+  if (const char* gemm = std::getenv("RNNEXT_CPU_GEMM"); gemm != nullptr && *gemm != '\0') {
+    TORCH_CHECK(std::strcmp(gemm, "own") == 0 || std::strcmp(gemm, "blas") == 0,
+                "rnnext: RNNEXT_CPU_GEMM=", gemm, " is not a choice; expected own or blas");
+    p.own_gemm = std::strcmp(gemm, "own") == 0;
+  }
   p.small_tail = s.backward && s.N * s.H * (s.I + s.H) <= kSmallTail;
   return p;
 }

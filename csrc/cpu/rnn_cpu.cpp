@@ -159,6 +159,23 @@ cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor& w_packed, co
                             w_blas.defined() ? w_blas.data_ptr<T>() : nullptr};
 }
 
+// C[rows, n] = epilogue(C + A P) over all rows in the micro-kernel, blocks of rows split between
+// threads: the GEMMs over all rows (input projection, grad_input) where the planner does not
+// trust the BLAS (plan.h, own_gemm). P: packed (n columns, k rows).
+template <typename T>
+void gemm_rows_kernel(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* p, T* c,
+                      int64_t ldc, cpu::Epilogue ep) {
+  constexpr int64_t kRowBlock = 128;  // rows of C per task (512 was slower: W re-read from L3)
+  const auto kernel = step_kernel<T>();
+  const int64_t ldp = cpu::packed_width<T>(n);
+  at::parallel_for(0, (rows + kRowBlock - 1) / kRowBlock, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
+      kernel(r1 - r0, n, k, a + r0 * lda, lda, p, ldp, k, c + r0 * ldc, ldc, nullptr, ep);
+    }
+  });
+}
+
 // Runs fn(row_begin, row_end) over the batch rows, in parallel when the plan says so. Rows
 // are independent through the recurrence, so each slice runs the whole time loop on its own. The
 // rows are cut into plan.row_slices slices per thread (whole register blocks of 4 rows) and the
@@ -256,6 +273,15 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
     T* o = out.data_ptr<T>();
     std::vector<T> bias(static_cast<size_t>(g.H));
     pack_bias<T>(b_ih, b_hh, g.H, bias.data());
+    if (plan.own_gemm) {
+      for (int64_t r = 0; r < g.N; ++r) std::memcpy(o + r * g.H, bias.data(), g.H * sizeof(T));
+      Tensor wp = empty({packed_entries(g.H, g.I, dtype)}, dtype);
+      cpu::pack_weight<T>(wc.data_ptr<T>(), wc.stride(0), g.H, g.I, /*transpose=*/true,
+                          wp.data_ptr<T>());
+      gemm_rows_kernel<T>(g.N, g.H, g.I, xc.data_ptr<T>(), ldx, wp.data_ptr<T>(), o, g.H,
+                          cpu::Epilogue::kNone);
+      return;
+    }
     for (int64_t r = 0; r < g.N; ++r) std::memcpy(o + r * g.H, bias.data(), g.H * sizeof(T));
     cpu::gemm_rows(true, g.N, g.H, g.I, xc.data_ptr<T>(), ldx, wc.data_ptr<T>(), wc.stride(0), T(1),
                    o, g.H);
@@ -349,7 +375,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   // The weight and bias gradients from raw pointers through the BLAS (no dispatcher; MKL
   // threads the large ones), with no h_prev copy when every step has all B rows.
   if (!fused_grad_input) {
-    grad_input = want_input ? at::mm(dpre, w_ih).view(input.sizes()) : empty({0}, dtype);
+    if (want_input && plan.own_gemm && g.N > 0) {
+      grad_input = empty(input.sizes(), dtype);
+      Tensor wi = blas_ready(w_ih);
+      Tensor wp = empty({packed_entries(g.I, g.H, dtype)}, dtype);
+      AT_DISPATCH_FLOATING_TYPES(dtype, "rnnext_grad_input_cpu", [&] {
+        cpu::pack_weight<scalar_t>(wi.data_ptr<scalar_t>(), wi.stride(0), g.I, g.H,
+                                   /*transpose=*/false, wp.data_ptr<scalar_t>());
+        gemm_rows_kernel<scalar_t>(g.N, g.I, g.H, dpre.data_ptr<scalar_t>(), g.H,
+                                   wp.data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>(), g.I,
+                                   cpu::Epilogue::kZero);
+      });
+    } else {
+      grad_input = want_input ? at::mm(dpre, w_ih).view(input.sizes()) : empty({0}, dtype);
+    }
   }
   Tensor grad_w_ih = empty(want_w_ih ? at::IntArrayRef{g.H, g.I} : at::IntArrayRef{0}, dtype);
   Tensor grad_w_hh = empty(want_w_hh ? at::IntArrayRef{g.H, g.H} : at::IntArrayRef{0}, dtype);
