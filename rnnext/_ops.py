@@ -210,7 +210,4 @@ def _double_backward(ctx, *grads: Tensor) -> tuple[Optional[Tensor], ...]:
     )
 
 
-# rnn_backward's own backward: without one, a second backward through gradients computed with
-# create_graph=True would silently give None (only a warning). First-order create_graph=True still
-# works; only differentiating the gradients raises.
-torch.library.register_autograd("rnnext::rnn_backward", _double_backward)
+# rnn_backward's own autograd (its derivative, for a second backward) is C++: csrc/composite.cpp.
