@@ -20,11 +20,11 @@ What the ops become:
                                         bidirectional), Transpose/Reshape from ONNX's
                                         ``Y [T, D, B, H]`` to ``[T, B, D*H]``, ``initial_h`` the
                                         layer's ``D`` states of ``hx`` (Gather), ``Y_h`` concatenated
-``rnnext::rnn_forward``, T > 1 or        one ONNX ``RNN`` (``direction`` forward or reverse)
+``rnnext::rnn_forward``, T > 1 or       one ONNX ``RNN`` (``direction`` forward or reverse)
 unknown
-``rnnext::rnn_forward``, T = 1 known    one step in plain ops (what :class:`rnnext.RNNCell` calls):
-                                        ``act(x W_ih^T + b_ih + h W_hh^T + b_hh)`` with MatMul, Add,
-                                        Tanh / Relu
+``rnnext::rnn_cell``, and               one step in plain ops (what :class:`rnnext.RNNCell` calls):
+``rnnext::rnn_forward`` with T = 1      ``act(x W_ih^T + b_ih + h W_hh^T + b_hh)`` with MatMul, Add,
+known                                   Tanh / Relu
 ====================================== ========================================================
 
 ONNX's RNN computes ``H_t = f(X_t W^T + H_{t-1} R^T + Wb + Rb)`` with ``W [D, H, I]``,
@@ -290,9 +290,15 @@ def _register_legacy(torch_onnx: ModuleType) -> None:
             bidirectional, batch_first, relu, hidden,
         )  # fmt: skip
 
+    @sh.parse_args("v", "v", "v", "v", "v", "v", "b")
+    def rnn_cell(g, input, hx, w_ih, w_hh, b_ih, b_hh, relu):
+        b = _LegacyBuilder(g)
+        return _emit_cell(b, input, present(hx), w_ih, w_hh, present(b_ih), present(b_hh), relu)
+
     torch_onnx.register_custom_op_symbolic("rnnext::rnn_forward", rnn_forward, _LEGACY_OPSET)
-    if hasattr(torch.ops.rnnext, "rnn"):
-        torch_onnx.register_custom_op_symbolic("rnnext::rnn", rnn, _LEGACY_OPSET)
+    for name, fn in (("rnn", rnn), ("rnn_cell", rnn_cell)):
+        if hasattr(torch.ops.rnnext, name):
+            torch_onnx.register_custom_op_symbolic(f"rnnext::{name}", fn, _LEGACY_OPSET)
 
 
 # --- the dynamo exporter ------------------------------------------------------------------------
@@ -328,9 +334,13 @@ def _register_dynamo(registration: ModuleType) -> None:
             bidirectional, batch_first, relu, hidden,
         )  # fmt: skip
 
+    def rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, relu: bool):
+        return _emit_cell(_ScriptBuilder(), input, hx, w_ih, w_hh, b_ih, b_hh, relu)
+
     onnx_impl(torch.ops.rnnext.rnn_forward.default, trace_only=True)(rnn_forward)
-    if hasattr(torch.ops.rnnext, "rnn"):
-        onnx_impl(torch.ops.rnnext.rnn.default, trace_only=True)(rnn)
+    for name, fn in (("rnn", rnn), ("rnn_cell", rnn_cell)):
+        if hasattr(torch.ops.rnnext, name):
+            onnx_impl(getattr(torch.ops.rnnext, name).default, trace_only=True)(fn)
 
 
 # --- registration when each exporter is imported ------------------------------------------------
