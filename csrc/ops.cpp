@@ -1,20 +1,28 @@
-// The op boundary: schemas defined once; each device registers its own implementation
-// (csrc/cpu/, csrc/cuda/). Fake kernels and autograd live in rnnext/_ops.py. See csrc/OPS.md.
+// The op boundary: schemas defined once; each device registers its own implementation of the
+// per-layer ops (csrc/cpu/, csrc/cuda/), the stack is one composite over them (csrc/stack.cpp), and
+// autograd is one C++ node for every device (csrc/autograd.cpp). Fake kernels live in
+// rnnext/_ops.py. See csrc/OPS.md.
 #include <Python.h>
 #include <torch/library.h>
 
-#include "fast_path.h"
+#include "bindings.h"
 
-// `import rnnext._C` loads this shared library, which runs the static registrations below.
-// Every computation is a torch.ops.rnnext op; the module's functions are only the eager fast path
-// of the modules' forward (fast_path.cpp), which calls those ops.
+// `import rnnext._C` loads this shared library, which runs the static registrations below. Every
+// computation is a torch.ops.rnnext op; the module's functions only call them (bindings.cpp).
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
-                                          rnnext::fast_path_methods()};
+                                          rnnext::binding_methods()};
   return PyModule_Create(&module_def);
 }
 
 TORCH_LIBRARY(rnnext, m) {
+  m.def(
+      "rnn(Tensor input, Tensor? batch_sizes, Tensor? hx, Tensor[] weights, bool has_biases, "
+      "int num_layers, float dropout, bool train, bool bidirectional, bool batch_first, "
+      "bool relu) -> (Tensor output, Tensor h_n)");
+  m.def(
+      "rnn_cell(Tensor input, Tensor? hx, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "bool relu) -> Tensor");
   m.def(
       "rnn_forward(Tensor input, Tensor? batch_sizes, Tensor? hx, Tensor w_ih, Tensor w_hh, "
       "Tensor? b_ih, Tensor? b_hh, bool relu, bool reverse) -> (Tensor output, Tensor h_n)");

@@ -1,7 +1,10 @@
-"""Python side of the op boundary: fake (meta) kernels and autograd for ``torch.ops.rnnext``.
+"""Python side of the op boundary: the fake (meta) kernels and vmap rules of ``torch.ops.rnnext``.
 
-The schemas live in ``csrc/ops.cpp`` and their semantics in ``csrc/OPS.md``. Nothing here computes:
-the forward and the backward are both fused C++/CUDA ops.
+The schemas live in ``csrc/ops.cpp`` and their semantics in ``csrc/OPS.md``. Nothing here computes
+or differentiates: the per-layer forward and backward are fused C++/CUDA ops; the stack
+``rnnext::rnn`` and the step ``rnnext::rnn_cell`` are C++ composites over them
+(``csrc/stack.cpp``), which need no fake kernel (they decompose into ``rnn_forward`` calls); and
+autograd is one C++ node for every device (``csrc/autograd.cpp``), torch.func included.
 """
 
 from __future__ import annotations
@@ -10,32 +13,16 @@ from typing import Optional
 
 import torch
 from torch import Tensor
-from torch._C._functorch import peek_interpreter_stack as _functorch_transform
 
 from . import _C  # noqa: F401  (loading the library registers the ops)
 
-__all__ = ["rnn_forward"]
+__all__ = ["rnn", "rnn_cell", "rnn_forward", "rnn_backward"]
 
-_forward = torch.ops.rnnext.rnn_forward.default
-_backward = torch.ops.rnnext.rnn_backward.default
-
-
-def rnn_forward(
-    input: Tensor,
-    batch_sizes: Optional[Tensor],
-    hx: Optional[Tensor],
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Optional[Tensor],
-    b_hh: Optional[Tensor],
-    relu: bool,
-    reverse: bool,
-) -> tuple[Tensor, Tensor]:
-    """One layer, one direction: ``(output, h_n)``. See csrc/OPS.md for shapes and semantics."""
-    if not torch.compiler.is_compiling() and _functorch_transform() is not None:
-        # Under torch.func transforms: functorch refuses the C++ autograd node that CPU calls use.
-        return _RnnForward.apply(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse)
-    return _forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse)
+#: The ops' overloads, called directly (one Python frame less than ``torch.ops.rnnext.rnn``).
+rnn = torch.ops.rnnext.rnn.default
+rnn_cell = torch.ops.rnnext.rnn_cell.default
+rnn_forward = torch.ops.rnnext.rnn_forward.default
+rnn_backward = torch.ops.rnnext.rnn_backward.default
 
 
 def _batch(input: Tensor, batch_sizes: Optional[Tensor], hx: Optional[Tensor]):
@@ -112,102 +99,22 @@ def _backward_fake(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, ou
     )
 
 
-def _setup_context(ctx, inputs, output):
-    input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse = inputs
-    ctx.save_for_backward(input, batch_sizes, hx, w_ih, w_hh, output[0])
-    ctx.relu = relu
-    ctx.reverse = reverse
+def _vmap_by_loop(op):
+    """A vmap rule that runs ``op`` once per vmapped entry and stacks the results: correct for any
+    in_dims (the ops have no batching rule of their own). functorch's own fallback does the same
+    with a performance warning on every call; rnnext.rnn decomposes into rnn_forward under vmap
+    (csrc/stack.cpp)."""
 
-
-def _backward_formula(ctx, grad_output, grad_h_n, backward=_backward):
-    input, batch_sizes, hx, w_ih, w_hh, output = ctx.saved_tensors
-    need = ctx.needs_input_grad
-    mask = [need[0], need[2], need[3], need[4], need[5] or need[6]]
-    if grad_output is None:
-        grad_output = torch.zeros_like(output)
-    grads = backward(
-        grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, ctx.relu, ctx.reverse, mask
-    )
-    g_input, g_hx, g_w_ih, g_w_hh, g_bias = (g if m else None for g, m in zip(grads, mask))
-    return (
-        g_input,
-        None,
-        g_hx,
-        g_w_ih,
-        g_w_hh,
-        g_bias if need[5] else None,
-        g_bias if need[6] else None,
-        None,
-        None,
-    )
-
-
-torch.library.register_autograd("rnnext::rnn_forward", _backward_formula, setup_context=_setup_context)
-
-
-def _vmap_by_loop(apply):
-    """A vmap rule that runs ``apply`` once per vmapped entry and stacks the results: correct for any
-    in_dims (the op has no batching rule of its own), one call per entry."""
-
-    def vmap(info, in_dims, *args):
-        per_entry = []
-        for i in range(info.batch_size):
-            per_entry.append(
-                apply(*(a.select(d, i) if isinstance(d, int) else a for a, d in zip(args, in_dims)))
-            )
+    def rule(info, in_dims, *args):
+        per_entry = [
+            op(*(a.select(d, i) if isinstance(d, int) else a for a, d in zip(args, in_dims)))
+            for i in range(info.batch_size)
+        ]
         outputs = tuple(torch.stack(parts, 0) for parts in zip(*per_entry))
         return outputs, (0,) * len(outputs)
 
-    return staticmethod(vmap)
+    return rule
 
 
-class _RnnForward(torch.autograd.Function):
-    """rnn_forward with the autograd above as a Python autograd.Function: what torch.func.grad /
-    vjp / jacrev run (functorch rejects C++ torch::autograd::Function nodes, and on the CPU the op's
-    autograd kernel is one, csrc/cpu/autograd_cpu.cpp). Same saved tensors, same fused backward."""
-
-    @staticmethod
-    def forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse):
-        with torch._C._AutoDispatchBelowAutograd():
-            return _forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse)
-
-    setup_context = staticmethod(_setup_context)
-
-    @staticmethod
-    def backward(ctx, grad_output, grad_h_n):
-        return _backward_formula(ctx, grad_output, grad_h_n, _RnnBackward.apply)
-
-    vmap = _vmap_by_loop(lambda *a: _RnnForward.apply(*a))
-
-
-class _RnnBackward(torch.autograd.Function):
-    """rnn_backward for _RnnForward: torch.func records it (its transforms differentiate with
-    create_graph), and, like the op's own registration, its derivative raises."""
-
-    @staticmethod
-    def forward(*args):
-        with torch._C._AutoDispatchBelowAutograd():
-            return _backward(*args)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        pass
-
-    @staticmethod
-    def backward(ctx, *grads):
-        return _double_backward(ctx, *grads)
-
-    vmap = _vmap_by_loop(lambda *a: _RnnBackward.apply(*a))
-
-
-
-
-def _double_backward(ctx, *grads: Tensor) -> tuple[Optional[Tensor], ...]:
-    """The derivative of rnn_backward, which rnnext does not implement: raises when reached."""
-    raise RuntimeError(
-        "rnnext: double backward (gradients of gradients) is not supported; "
-        "use torch.nn.RNN / torch.nn.RNNCell where second derivatives are needed"
-    )
-
-
-# rnn_backward's own autograd (its derivative, for a second backward) is C++: csrc/composite.cpp.
+torch.library.register_vmap("rnnext::rnn_forward", _vmap_by_loop(rnn_forward))
+torch.library.register_vmap("rnnext::rnn_backward", _vmap_by_loop(rnn_backward))

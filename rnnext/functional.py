@@ -1,10 +1,13 @@
 r"""Functional form of rnnext: the computation of :class:`rnnext.RNN` / :class:`rnnext.RNNCell`
 without module state.
 
-Every layer and direction is one call of the fused op ``torch.ops.rnnext.rnn_forward`` (its
-backward is the fused ``rnn_backward``); this module walks layers and directions, concatenates the
-two directions of a layer, and applies dropout between layers exactly where ATen does. It never
-calls ATen's ``rnn_tanh`` / ``rnn_relu``.
+:func:`rnn` is one call of the stack op ``torch.ops.rnnext.rnn`` (csrc/stack.cpp: every layer and
+direction one call of the fused ``rnnext::rnn_forward``, whose backward is the fused
+``rnn_backward``; the two directions of a layer concatenated and dropout between layers exactly
+where ATen applies it); :func:`rnn_cell` is one call of ``torch.ops.rnnext.rnn_cell``
+(``rnn_forward`` over a one-step sequence). Neither calls ATen's ``rnn_tanh`` / ``rnn_relu``. What
+stays in Python is a dtype policy: autocast, and the float32 computation of half types on the
+CPU.
 
 Each layer and direction computes, for every time step :math:`t`,
 
@@ -27,10 +30,10 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ._ops import rnn_forward
+from ._ops import rnn as _rnn
+from ._ops import rnn_cell as _rnn_cell
 
 __all__ = ["rnn", "rnn_cell"]
 
@@ -104,8 +107,7 @@ def rnn_cell(
         dtype = input.dtype
         args = [t.float() if t is not None else None for t in (input, hx, w_ih, w_hh, b_ih, b_hh)]
         return rnn_cell(*args, nonlinearity).to(dtype)
-    _, h = rnn_forward(input.unsqueeze(0), None, hx, w_ih, w_hh, b_ih, b_hh, relu, False)
-    return h
+    return _rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, relu)
 
 
 def rnn(
@@ -181,46 +183,7 @@ def rnn(
             batch_sizes=batch_sizes,
         )  # fmt: skip
         return output.to(dtype), h_n.to(dtype)
-    if batch_sizes is None and batch_first:
-        input = input.transpose(0, 1)
-    output, h_n = _layers(
-        input, hx, weights, num_layers, relu, bias, dropout, training, directions, batch_sizes
-    )
-    if batch_sizes is None and batch_first:
-        output = output.transpose(0, 1)
-    return output, h_n
-
-
-def _layers(
-    layer_input: Tensor,
-    hx: Optional[Tensor],
-    weights: Sequence[Tensor],
-    num_layers: int,
-    relu: bool,
-    bias: bool,
-    dropout: float,
-    training: bool,
-    directions: int,
-    batch_sizes: Optional[Tensor],
-) -> tuple[Tensor, Tensor]:
-    per = 4 if bias else 2
-    finals = []
-    # Each layer and direction's initial state as a view of hx: one backward node for them all
-    # (unbind; squeeze for a single one), where hx[k] would make one per state, each allocating
-    # a zero gradient of all of hx.
-    h0s = None if hx is None else ((hx.squeeze(0),) if hx.size(0) == 1 else hx.unbind(0))
-    for layer in range(num_layers):
-        outputs = []
-        for direction in range(directions):
-            k = layer * directions + direction
-            w = weights[k * per : (k + 1) * per]
-            b_ih, b_hh = (w[2], w[3]) if bias else (None, None)
-            h0 = h0s[k] if h0s is not None else None
-            out, h_n = rnn_forward(layer_input, batch_sizes, h0, w[0], w[1], b_ih, b_hh, relu, direction == 1)
-            outputs.append(out)
-            finals.append(h_n)
-        layer_input = outputs[0] if directions == 1 else torch.cat(outputs, dim=-1)
-        # ATen (apply_layer_stack): dropout on every layer's output but the last, training only.
-        if dropout != 0 and training and layer < num_layers - 1:
-            layer_input = F.dropout(layer_input, p=dropout, training=True)
-    return layer_input, finals[0].unsqueeze(0) if len(finals) == 1 else torch.stack(finals, 0)
+    return _rnn(
+        input, batch_sizes, hx, weights, bias, num_layers, dropout, training, bidirectional,
+        batch_first, relu,
+    )  # fmt: skip

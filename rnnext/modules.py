@@ -22,12 +22,9 @@ from . import _C, functional
 
 __all__ = ["RNN", "RNNCell"]
 
-# The eager fast path (csrc/fast_path.cpp): the same op calls as the Python path below, made from
-# C++ for ordinary calls (it returns None for anything else, and Python then runs as before).
-# Never under torch.compile, which traces the Python path. Set to None to always use Python.
-_fast_cell = _C._cell_forward
-_fast_rnn = _C._rnn_forward
 _MISSING = object()
+# What a refused op call raises (the op's checks, or torch.ops's argument conversion).
+_CALL_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
 
 
 class RNNCell(nn.RNNCell):
@@ -73,21 +70,32 @@ class RNNCell(nn.RNNCell):
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         """One step from ``hx`` (zeros if ``None``); see the class docstring for shapes."""
-        if _fast_cell is not None and not torch.compiler.is_compiling():
-            # Parameters straight from _parameters (what self.weight_ih returns, without
-            # nn.Module.__getattr__); a parametrized or otherwise replaced one takes Python.
+        if not torch.compiler.is_compiling():
+            # One op call (rnnext::rnn_cell), the op's checks standing for torch.nn's. Anything it
+            # refuses or does not take (None: autocast, a subclass, a torch-function mode), or runs
+            # on meta tensors (a mix of meta and real tensors passes the op, not always torch.nn),
+            # takes the general path, which raises torch.nn's error or handles the case.
             p = self._parameters
+            w_ih = p.get("weight_ih", _MISSING)
+            w_hh = p.get("weight_hh", _MISSING)
+            b_ih = p.get("bias_ih", _MISSING)
+            b_hh = p.get("bias_hh", _MISSING)
             nonlinearity = self.nonlinearity
-            ret = None
-            if nonlinearity == "tanh" or nonlinearity == "relu":
-                w_ih = p.get("weight_ih", _MISSING)
-                w_hh = p.get("weight_hh", _MISSING)
-                b_ih = p.get("bias_ih", _MISSING)
-                b_hh = p.get("bias_hh", _MISSING)
-                if not (w_ih is _MISSING or w_hh is _MISSING or b_ih is _MISSING or b_hh is _MISSING):
-                    ret = _fast_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity == "relu")
-            if ret is not None:
-                return ret
+            if (nonlinearity == "tanh" or nonlinearity == "relu") and not (
+                w_ih is _MISSING or w_hh is _MISSING or b_ih is _MISSING or b_hh is _MISSING
+            ):
+                try:
+                    h = _C.rnn_cell(input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity == "relu")
+                except _CALL_ERRORS:
+                    h = None
+                if h is not None and not h.is_meta:
+                    return h
+        return self._general_forward(input, hx)
+
+    def _general_forward(self, input: Tensor, hx: Optional[Tensor]) -> Tensor:
+        """torch.nn.RNNCell's checks and ATen's, in their order and words, then the step through
+        functional.rnn_cell (autocast, half types on the CPU, the 1-D input with a 2-D hx quirk,
+        parametrized weights, torch.compile)."""
         if input.dim() not in (1, 2):
             raise ValueError(f"RNNCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if hx is not None and hx.dim() not in (1, 2):
@@ -238,27 +246,14 @@ class RNN(nn.RNNBase):
         self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
     ) -> tuple[Union[Tensor, PackedSequence], Tensor]:
         """Runs the RNN over ``input`` from ``hx`` (zeros if ``None``); see the class docstring."""
-        if (
-            _fast_rnn is not None
-            and not torch.compiler.is_compiling()
-            and not (self.dropout and self.training and self.num_layers > 1)
-        ):
-            # Refused (None) unless every flat weight is still the registered parameter of its
-            # name (else the resynchronisation below runs) and the call is an ordinary one.
-            ret = _fast_rnn(
-                input, hx, self._flat_weights, self._parameters, self._flat_weights_names,
-                self.input_size, self.hidden_size, self.num_layers, self.bidirectional, self.bias,
-                self.batch_first, self.mode == "RNN_RELU",
-            )  # fmt: skip
-            if ret is not None:
-                return ret
-        if torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()
+        params = self._parameters
+        if compiling:
             # Read the parameters as they are now (torch.func.functional_call, export) without
             # rebuilding _flat_weights, which would be a module mutation inside the graph.
             weights = [getattr(self, name) for name in self._flat_weights_names]
         else:
             weights = self._flat_weights
-            params = self._parameters
             for name, w in zip(self._flat_weights_names, weights):
                 if params.get(name) is not w:
                     # Something replaced a parameter without RNNBase.__setattr__ seeing it (or it
@@ -266,37 +261,75 @@ class RNN(nn.RNNBase):
                     self._update_flat_weights()
                     weights = self._flat_weights
                     break
-        is_packed = isinstance(input, PackedSequence)
-        is_batched = True
-        batch_dim = 0 if self.batch_first else 1
-        sorted_indices = unsorted_indices = None
-        if is_packed:
-            data, batch_sizes, sorted_indices, unsorted_indices = input
+        if isinstance(input, PackedSequence):
+            return self._forward_packed(input, hx, weights)
+        dim = input.dim()
+        if dim == 2:  # unbatched: a batch of 1, as torch.nn
+            batch_dim = 0 if self.batch_first else 1
+            data = input.unsqueeze(batch_dim)
             if hx is not None:
-                # Each batch entry of hx belongs to the sequence the user passed at that position.
-                hx = self.permute_hidden(hx, sorted_indices)
-        else:
-            data, batch_sizes = input, None
-            if data.dim() not in (2, 3):
-                raise ValueError(f"RNN: Expected input to be 2D or 3D, got {data.dim()}D tensor instead")
-            is_batched = data.dim() == 3
-            if not is_batched:
-                data = data.unsqueeze(batch_dim)
-                if hx is not None:
-                    if hx.dim() != 2:
-                        raise RuntimeError(
-                            f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
-                        )
-                    hx = hx.unsqueeze(1)
-            elif hx is not None and hx.dim() != 3:
+                if hx.dim() != 2:
+                    raise RuntimeError(
+                        f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
+                    )
+                hx = hx.unsqueeze(1)
+        elif dim == 3:
+            data = input
+            if hx is not None and hx.dim() != 3:
                 raise RuntimeError(
                     f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
                 )
+        else:
+            raise ValueError(f"RNN: Expected input to be 2D or 3D, got {dim}D tensor instead")
+        if not compiling:
+            # One op call, the op's checks standing for torch.nn's. Anything it refuses or does not
+            # take (None: autocast, a subclass, a torch-function mode) takes the general path,
+            # which raises torch.nn's error in its order or handles the case.
+            try:
+                ret = _C.rnn(
+                    data, None, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
+                    self.bidirectional, self.batch_first, self.mode == "RNN_RELU",
+                )  # fmt: skip
+            except _CALL_ERRORS:
+                ret = None
+            if ret is not None:
+                return ret if dim == 3 else (ret[0].squeeze(batch_dim), ret[1].squeeze(1))
+        self._check_padded(data, hx, weights)
+        output, hidden = self._functional(data, None, hx, weights)
+        if dim == 2:
+            return output.squeeze(batch_dim), hidden.squeeze(1)
+        return output, hidden
+
+    def _functional(
+        self, data: Tensor, batch_sizes: Optional[Tensor], hx: Optional[Tensor], weights: list[Tensor]
+    ) -> tuple[Tensor, Tensor]:
+        return functional.rnn(
+            data, hx, weights, num_layers=self.num_layers,
+            nonlinearity="relu" if self.mode == "RNN_RELU" else "tanh", bias=self.bias,
+            dropout=self.dropout, training=self.training, bidirectional=self.bidirectional,
+            batch_first=self.batch_first, batch_sizes=batch_sizes,
+        )  # fmt: skip
+
+    def _check_padded(self, data: Tensor, hx: Optional[Tensor], weights: list[Tensor]) -> None:
+        """torch.nn's checks of a padded (batched) call, then ATen's, in their order and words."""
         # torch.nn builds a zero hx when none is given; the op takes None for it (no allocation),
         # so the hidden-size check, which a built zero hx always passes, is skipped then.
         if hx is None:
+            self.check_input(data, None)
+        else:
+            self.check_forward_args(data, hx, None)
+        _check_padded(data, hx, weights, self.bias, 1 if self.batch_first else 0)
+
+    def _forward_packed(
+        self, input: PackedSequence, hx: Optional[Tensor], weights: list[Tensor]
+    ) -> tuple[PackedSequence, Tensor]:
+        data, batch_sizes, sorted_indices, unsorted_indices = input
+        if hx is not None:
+            # Each batch entry of hx belongs to the sequence the user passed at that position.
+            hx = self.permute_hidden(hx, sorted_indices)
+        if hx is None:
             self.check_input(data, batch_sizes)
-        elif is_packed and torch.compiler.is_compiling():
+        elif torch.compiler.is_compiling():
             # The batch, batch_sizes[0], is a data-dependent value under tracing: check it at run
             # time (torch._check) rather than guard on it.
             self.check_input(data, batch_sizes)
@@ -306,32 +339,12 @@ class RNN(nn.RNNBase):
             torch._check(hx.size(1) == expected[1])
         else:
             self.check_forward_args(data, hx, batch_sizes)
-        if is_packed:
-            data = _check_packed(data, batch_sizes, hx, weights, self.bias)
-        else:
-            _check_padded(data, hx, weights, self.bias, 1 if self.batch_first else 0)
-
-        output, hidden = functional.rnn(
-            data,
-            hx,
-            weights,
-            num_layers=self.num_layers,
-            nonlinearity="relu" if self.mode == "RNN_RELU" else "tanh",
-            bias=self.bias,
-            dropout=self.dropout,
-            training=self.training,
-            bidirectional=self.bidirectional,
-            batch_first=self.batch_first,
-            batch_sizes=batch_sizes,
+        data = _check_packed(data, batch_sizes, hx, weights, self.bias)
+        output, hidden = self._functional(data, batch_sizes, hx, weights)
+        return (
+            PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+            self.permute_hidden(hidden, unsorted_indices),
         )
-        if is_packed:
-            return (
-                PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
-                self.permute_hidden(hidden, unsorted_indices),
-            )
-        if not is_batched:
-            return output.squeeze(batch_dim), hidden.squeeze(1)
-        return output, hidden
 
 
 def _mismatch(input: Tensor, hx: Optional[Tensor], weight: Tensor) -> bool:

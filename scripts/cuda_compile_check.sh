@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Compile-only check of the CUDA sources (csrc/cuda/*.cu and the CUDA glue csrc/cuda/*.cpp) with
 # nvcc, so that a CUDA syntax or type error fails CI on a machine without a GPU; also the shared
-# csrc/*.cpp (op schemas, the Python fast path), which the CUDA build compiles against the CUDA
-# torch's headers, a different torch version from the CPU wheel's.
+# csrc/*.cpp (op schemas, the stack, autograd, the Python bindings), which the CUDA build compiles
+# against the CUDA torch's headers, a different torch version from the CPU wheel's.
 #
 # The CPU torch wheel lacks some CUDA headers (c10/cuda/impl/cuda_cmake_macros.h, ...), so the
 # headers come from the CUDA build of torch (torch/include of the torch==2.14.1 wheel) plus the

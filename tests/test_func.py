@@ -1,9 +1,10 @@
 """torch.func transforms over rnnext modules: grad / vjp through functional_call (meta-learning,
 hypernetworks), vmap, and per-sample gradients (vmap of grad).
 
-On the CPU the op's autograd node is C++, which functorch refuses; under a transform the op runs
-through a Python autograd.Function instead (rnnext/_ops.py, _RnnForward), with the same fused
-backward. torch.nn.RNN has no vmap rule at all; rnnext's vmap runs the op once per entry.
+They run the same C++ autograd node as every other call (csrc/autograd.cpp: a plain
+torch::autograd::Node, which functorch accepts, unlike a torch::autograd::Function); under vmap the
+stack decomposes and each per-layer op runs once per entry (rnnext/_ops.py). torch.nn.RNN has no
+vmap rule at all.
 """
 
 from __future__ import annotations
