@@ -48,12 +48,15 @@ Steps steps_of(const Tensor& input, const optional<Tensor>& batch_sizes) {
   const Tensor bs = batch_sizes->to(at::kCPU, at::kLong).contiguous();
   TORCH_CHECK(bs.dim() == 1, "rnnext: batch_sizes must be 1-D");
   s.T = bs.size(0);
-  const int64_t* p = bs.const_data_ptr<int64_t>();
+  // Under torch.func the composite runs above functorch's unwrapping (at the autograd key), where
+  // batch_sizes is a wrapper without storage: its values then come one by one through item().
+  const int64_t* p = bs.has_storage() ? bs.const_data_ptr<int64_t>() : nullptr;
   int64_t off = 0;
   for (int64_t t = 0; t < s.T; ++t) {
-    s.sizes.push_back(p[t]);
+    const int64_t n = p != nullptr ? p[t] : bs.select(0, t).item<int64_t>();
+    s.sizes.push_back(n);
     s.offsets.push_back(off);
-    off += p[t];
+    off += n;
   }
   s.B = s.T > 0 ? s.sizes[0] : 0;
   return s;
@@ -241,7 +244,7 @@ struct RnnBackwardBackward : public Node {
 };
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_autograd(
-    const Tensor& grad_output, const optional<Tensor>& grad_h_n, const Tensor& input,
+    c10::DispatchKeySet ks, const Tensor& grad_output, const optional<Tensor>& grad_h_n, const Tensor& input,
     const optional<Tensor>& batch_sizes, const optional<Tensor>& hx, const Tensor& w_ih,
     const Tensor& w_hh, const Tensor& output, bool relu, bool reverse,
     std::array<bool, 5> output_mask) {
@@ -259,8 +262,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_autograd(
   }
   auto res = [&] {
     at::AutoDispatchBelowADInplaceOrView guard;
-    return backward_op().call(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output,
-                              relu, reverse, output_mask);
+    return backward_op().redispatch(ks & c10::after_autograd_keyset, grad_output, grad_h_n, input,
+                                    batch_sizes, hx, w_ih, w_hh, output, relu, reverse,
+                                    output_mask);
   }();
   if (node) {
     const Tensor* args[] = {&grad_output, grad_h_n ? &*grad_h_n : nullptr, &input,
