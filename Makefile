@@ -11,7 +11,8 @@ build:
 test: build
 	$(PYTHON) -m pytest -q
 
-# The benchmark suite (python -m benchmarks --help): writes benchmarks/results/<machine>.{json,md,png}.
+# The benchmark suite, one driver for the CPU and CUDA (python -m benchmarks --help): writes
+# benchmarks/results/<machine>.{json,md,png}; the CPU on torch's default thread count unless --threads.
 # Options pass through BENCH_ARGS, e.g. make bench BENCH_ARGS="--quick" or BENCH_ARGS="--cases tutorial".
 # matplotlib (for the plot) is installed when missing; if that fails the run notes the plot as skipped.
 bench: build

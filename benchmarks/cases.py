@@ -22,7 +22,8 @@ from typing import Optional
 
 import torch
 
-__all__ = ["Case", "DEFAULT_CASES", "QUICK_CASES", "ALL_CASES", "lengths_for", "tokens", "flops", "select"]
+__all__ = ["Case", "DEFAULT_CASES", "EXTRA_CASES", "QUICK_CASES", "GROUPS", "ALL_CASES", "lengths_for",
+           "tokens", "flops", "select"]
 
 
 @dataclass(frozen=True)
@@ -124,18 +125,34 @@ EXTRA_CASES: list[Case] = [
     Case("large-h2048", T=20, B=64, I=2048, H=2048, note="GEMM-bound, H=2048"),
     Case("tiny-packed-bidir", T=12, B=4, I=16, H=16, layers=2, bidirectional=True, packed=True,
          note="smoke: packed, 2 layers, bidirectional, tiny"),
+    # Edge shapes for "never slower than torch.nn" (group "edges"): one batch row with a large W_hh,
+    # few rows at the BLAS hidden size, tiny and long, three layers, a small bidirectional stack.
+    Case("edge-b1-h1024", T=20, B=1, I=256, H=1024, note="batch 1, large H"),
+    Case("edge-b4-h512", T=30, B=4, I=32, H=512, note="few rows at H 512"),
+    Case("edge-b2-h16", T=200, B=2, I=16, H=16, note="tiny and long"),
+    Case("edge-3l", T=50, B=16, I=64, H=64, layers=3, note="three layers"),
+    Case("edge-b8-2l-bidir", T=50, B=8, I=256, H=256, layers=2, bidirectional=True),
 ]
 
 ALL_CASES: dict[str, Case] = {c.name: c for c in DEFAULT_CASES + EXTRA_CASES}
 
 QUICK_CASES: list[str] = ["tutorial", "latency", "tiny-packed-bidir"]
 
+# Names --cases accepts for several cases at once.
+GROUPS: dict[str, list[str]] = {
+    "default": [c.name for c in DEFAULT_CASES],
+    "quick": QUICK_CASES,
+    "edges": [c.name for c in EXTRA_CASES if c.name.startswith("edge-")],
+}
+
 
 def select(names: Optional[list[str]], quick: bool) -> list[Case]:
-    """The cases named (``--cases``), else the quick or the default grid. Unknown names raise."""
+    """The cases and groups named (``--cases``), else the quick or the default grid, each case once.
+    Unknown names raise."""
     if not names:
-        return [ALL_CASES[n] for n in QUICK_CASES] if quick else list(DEFAULT_CASES)
-    unknown = [n for n in names if n not in ALL_CASES]
+        names = ["quick" if quick else "default"]
+    unknown = [n for n in names if n not in ALL_CASES and n not in GROUPS]
     if unknown:
-        raise SystemExit(f"unknown case(s) {unknown}; known: {sorted(ALL_CASES)}")
-    return [ALL_CASES[n] for n in names]
+        raise SystemExit(f"unknown case(s) {unknown}; known: {sorted(ALL_CASES)}, groups {sorted(GROUPS)}")
+    picked = [m for n in names for m in GROUPS.get(n, [n])]
+    return [ALL_CASES[n] for n in dict.fromkeys(picked)]

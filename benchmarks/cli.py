@@ -1,25 +1,29 @@
-"""``python -m benchmarks``: rnnext against torch.nn (and extras) over a grid of RNN shapes.
+"""``python -m benchmarks``: rnnext against torch.nn (and extras) over a grid of RNN shapes, on the CPU
+and on CUDA, with one set of cases, one timer per device, one FLOP count and one report.
 
 Run ``python -m benchmarks --help`` for the options. The results go to ``<out>/<machine>.json``,
 ``<out>/<machine>.md`` and ``<out>/<machine>.png`` (``--out`` defaults to ``benchmarks/results``).
 The machine name defaults to ``cpu-<cpu model slug>-<threads>t`` (e.g. ``cpu-amd-epyc-2t``), or
 ``cuda-<gpu model slug>`` when CUDA is among the devices, with ``-quick`` appended under ``--quick``
 so a smoke run never overwrites a full one; ``--machine`` sets it.
+
+Every row carries its achieved GFLOP/s against two references measured in the same run on the same
+threads: the FMA peak (CPU: register-only FMA chains in the extension, the ceiling) and torch.mm's
+rate (the BLAS torch uses; on CUDA the only one), and the path rnnext ran as the extension reports
+it (CPU: the kernels' ISA; CUDA: the planner's choice).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import datetime
 import os
 import platform
 import re
-import shlex
 import subprocess
 import sys
 import time
 import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -31,9 +35,8 @@ from . import cases as cases_mod
 from . import impls as impls_mod
 from . import report, timing
 from .cases import Case
+from .config import DTYPES, RunConfig, parse
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-MODES = ("inference", "training")
 HERE = Path(__file__).resolve().parent
 
 
@@ -74,65 +77,12 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def _csv(s: str) -> list[str]:
-    return [p.strip() for p in s.split(",") if p.strip()]
-
-
-def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks",
-        description="rnnext.RNN / rnnext.RNNCell against torch.nn on the same weights, same process, "
-        "interleaved; writes <out>/<machine>.json, .md and .png.",
-    )
-    p.add_argument("--cases", type=_csv, default=None,
-                   help="comma-separated case names (default: the default grid; --list shows all)")
-    p.add_argument("--modes", type=_csv, default=list(MODES), help="inference,training (default: both)")
-    p.add_argument("--dtypes", type=_csv, default=["float32"], help="float32,float64 (default: float32)")
-    p.add_argument("--devices", type=_csv, default=None,
-                   help="cpu,cuda (default: cpu, plus cuda when available)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch (and onnxruntime) intra-op threads (default: torch's default)")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: a few cases, tiny repeats, no torch.compile (seconds, not minutes)")
-    p.add_argument("--out", type=Path, default=HERE / "results", help="output folder (default: %(default)s)")
-    p.add_argument("--machine", default=None, help="results file name (default: see the module docstring)")
-    p.add_argument("--no-compile", action="store_true", help="skip torch.compile(nn.RNN)")
-    p.add_argument("--compile", action="store_true", help="include torch.compile(nn.RNN) under --quick too")
-    p.add_argument("--compile-max-steps", type=int, default=20,
-                   help="compile only cases with T*layers*directions up to this (Inductor unrolls the "
-                   "sequence; compile time grows with it) (default: %(default)s)")
-    p.add_argument("--compile-timeout", type=float, default=120.0,
-                   help="after a compile slower than this many seconds, skip torch.compile for the rest "
-                   "of the run (default: %(default)s)")
-    p.add_argument("--no-onnx", action="store_true", help="skip onnxruntime")
-    p.add_argument("--budget", type=float, default=None,
-                   help="timing seconds per (case, mode), all implementations together "
-                   "(default 2, quick 0.1)")
-    p.add_argument("--min-rounds", type=int, default=None,
-                   help="interleaved rounds at least (default 5, quick 3)")
-    p.add_argument("--note", action="append", default=[], help="a note to record in the results (repeatable)")
-    p.add_argument("--list", action="store_true", help="list the cases and exit")
-    args = p.parse_args(argv)
-    for m in args.modes:
-        if m not in MODES:
-            p.error(f"unknown mode {m!r}; choose from {MODES}")
-    for d in args.dtypes:
-        if d not in DTYPES:
-            p.error(f"unknown dtype {d!r}; choose from {tuple(DTYPES)}")
-    if args.devices is not None:
-        for d in args.devices:
-            if d not in ("cpu", "cuda"):
-                p.error(f"unknown device {d!r}; choose from ('cpu', 'cuda')")
-    if args.threads is not None and args.threads < 1:
-        p.error("--threads must be >= 1")
-    return args
-
-
 class Progress:
     """A plain progress bar on stderr: redrawn in place on a terminal, one line per step otherwise."""
 
-    def __init__(self, total: int, stream=sys.stderr) -> None:
-        self.total, self.done, self.stream = total, 0, stream
+    def __init__(self, total: int, stream=None) -> None:
+        # sys.stderr at the call, not at import (pytest swaps it per test)
+        self.total, self.done, self.stream = total, 0, sys.stderr if stream is None else stream
         self.start = time.perf_counter()
         self.tty = hasattr(stream, "isatty") and stream.isatty()
         self.label = ""
@@ -162,49 +112,49 @@ class Progress:
             self.stream.flush()
 
 
-def run_case(
-    case: Case,
-    device: torch.device,
-    dtype: torch.dtype,
-    modes: list[str],
-    args: argparse.Namespace,
-    cfg: timing.TimingConfig,
-    gemm: float,
-    state: dict,
-    progress: Progress,
-) -> tuple[list[dict], list[dict]]:
-    """Check and time every implementation of one case in each mode; returns (rows, skipped)."""
-    rows: list[dict] = []
-    skipped: list[dict] = []
+@dataclass
+class CaseResult:
+    """One case's rows and skip notes, and, if its compile was too slow, why compiling stops."""
+
+    rows: list[dict] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)
+    stop_compiling: Optional[str] = None
+
+
+def run_case(case: Case, device: torch.device, dtype: torch.dtype, cfg: RunConfig,
+             progress: Progress) -> CaseResult:
+    """Check and time every implementation of one case in each mode of ``cfg``."""
+    res = CaseResult()
     dname, tname = device.type, str(dtype).replace("torch.", "")
 
     def skip(impl: str, mode: str, reason: str) -> None:
-        skipped.append(dict(case=case.name, mode=mode, impl=impl, device=dname, dtype=tname, reason=reason))
+        res.skipped.append(dict(case=case.name, mode=mode, impl=impl, device=dname, dtype=tname,
+                                reason=reason))
         if reason.startswith(("failed", "output mismatch")):  # never only in the results file
             print(f"\nWARNING: {impl} at {case.name}/{mode} ({dname}, {tname}): {reason}", file=sys.stderr)
 
     ref = impls_mod.make_reference(case, dtype, device)
     inputs = impls_mod.make_inputs(case, dtype, device)
-    use_compile = state["compile"] and dname == "cpu"
+    use_compile = cfg.compile and dname == "cpu"
     impls, skipped_impls = impls_mod.build_impls(
-        case, ref, inputs, threads=state["threads"], compile_=use_compile, onnx=not args.no_onnx,
-        compile_max_steps=args.compile_max_steps,
+        case, ref, inputs, threads=cfg.threads, compile_=use_compile, onnx=cfg.onnx,
+        compile_max_steps=cfg.compile_max_steps, cuda_fallback=cfg.cuda_fallback,
     )
     for name, reason in skipped_impls:
         if name == impls_mod.COMPILE_IMPL and not use_compile:
-            reason = state["compile_reason"] if dname == "cpu" else "CPU only in this suite"
-        for mode in modes:
+            reason = cfg.compile_off if dname == "cpu" else "CPU only in this suite"
+        for mode in cfg.modes:
             ort_training = name == impls_mod.ORT_IMPL and mode == "training"
             skip(name, mode, "inference only" if ort_training else reason)
     shape_params = {"shape": case.shape(), **case.params()}
-    for mode in modes:
+    for mode in cfg.modes:
         progress.show(f"{case.name}/{mode} ({dname}, {tname}): checking")
         active = [i for i in impls if mode in i.modes]
         for i in impls:
             if mode not in i.modes:
                 skip(i.name, mode, "inference only" if mode == "training" else f"{mode} not supported")
         want = impls_mod.reference_result(impls, inputs, mode)
-        tol = impls_mod.tolerance(dtype, mode)
+        tol = impls_mod.tolerance(dtype, mode, device)
         calls, errors, info = {}, {}, {}
         for impl in active:
             call = impls_mod.make_call(impl, inputs, mode)
@@ -221,11 +171,9 @@ def run_case(
             extra = dict(impl.info)
             if impl.name == impls_mod.COMPILE_IMPL:
                 extra["compile_s"] = round(first_s, 2)
-                if first_s > args.compile_timeout:
-                    state["compile"] = False
-                    state["compile_reason"] = (
-                        f"skipped: compiling {case.name}/{mode} took {first_s:.0f} s "
-                        f"(> --compile-timeout {args.compile_timeout:.0f} s)")
+                if first_s > cfg.compile_timeout and res.stop_compiling is None:
+                    res.stop_compiling = (f"skipped: compiling {case.name}/{mode} took {first_s:.0f} s "
+                                          f"(> --compile-timeout {cfg.compile_timeout:.0f} s)")
             err = impls_mod.compare(tuple(got), want)
             if impl.name != impls_mod.BASELINE and not err <= tol:
                 skip(impl.name, mode, f"output mismatch against torch.nn.RNN: scaled max error {err:.3g} "
@@ -234,111 +182,107 @@ def run_case(
             calls[impl.name], errors[impl.name], info[impl.name] = call, err, extra
         progress.show(f"{case.name}/{mode} ({dname}, {tname}): timing {len(calls)} impls")
         results = timing.interleaved(
-            calls, cfg,
+            calls, cfg.timing,
             on_round=lambda r, m=mode: progress.show(f"{case.name}/{m} ({dname}, {tname}): round {r}", True),
+            threads=cfg.threads, device=device,
         )
         fl = cases_mod.flops(case, mode)
         base = results.get(impls_mod.BASELINE)
         for name, st in results.items():
-            row = dict(case=case.name, mode=mode, impl=name, median_ms=st.median * 1e3, iqr_ms=st.iqr * 1e3,
-                       **shape_params, tokens=cases_mod.tokens(case),
-                       dtype=tname, device=dname, threads=state["threads"],
-                       flops=fl, gflops=fl / st.median / 1e9, gemm_share=(fl / st.median / 1e9) / gemm,
-                       floor_ms=fl / (gemm * 1e9) * 1e3,
-                       speedup_vs_torch=(base.median / st.median) if base else None,
-                       max_err=errors[name], samples=st.samples, calls_per_sample=st.number, **info[name])
-            rows.append(row)
+            res.rows.append(dict(
+                case=case.name, mode=mode, impl=name, median_ms=st.median * 1e3, iqr_ms=st.iqr * 1e3,
+                **shape_params, tokens=cases_mod.tokens(case), dtype=tname, device=dname, threads=cfg.threads,
+                path=impls_mod.path_of(name, case, dtype, device, mode),
+                flops=fl, gflops=fl / st.median / 1e9,
+                speedup_vs_torch=(base.median / st.median) if base else None,
+                max_err=errors[name], samples=st.samples, calls_per_sample=st.number, **info[name]))
         progress.advance()
-    if state["compile"] and use_compile:
+    if use_compile:
         torch._dynamo.reset()
-    return rows, skipped
+    return res
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    args = parse_args(argv)
-    if args.list:
-        for c in cases_mod.DEFAULT_CASES + cases_mod.EXTRA_CASES:
-            default = "default" if c in cases_mod.DEFAULT_CASES else "extra"
-            print(f"{c.name:20s} {default:8s} {c.shape():40s} {c.note}")
-        return 0
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
-    cuda_ok = torch.cuda.is_available()
-    devices = args.devices if args.devices is not None else (["cpu", "cuda"] if cuda_ok else ["cpu"])
-    notes = list(args.note)
-    if "cuda" in devices and not cuda_ok:
-        notes.append("CUDA was requested but is not available: CUDA cases skipped")
-        devices = [d for d in devices if d != "cuda"]
-    if not devices:
-        print("no device to run on", file=sys.stderr)
-        return 2
-    selected = cases_mod.select(args.cases, args.quick)
-    cfg = timing.TimingConfig.quick() if args.quick else timing.TimingConfig()
-    if args.budget is not None or args.min_rounds is not None:
-        cfg = dataclasses.replace(
-            cfg,
-            budget_s=args.budget if args.budget is not None else cfg.budget_s,
-            min_rounds=args.min_rounds if args.min_rounds is not None else cfg.min_rounds,
-        )
-    machine = args.machine or (machine_name(devices, threads) + ("-quick" if args.quick else ""))
-    compile_on = not args.no_compile and (not args.quick or args.compile)
-    state = dict(
-        threads=threads,
-        compile=compile_on,
-        compile_reason="disabled by --no-compile" if args.no_compile
-        else "skipped under --quick (add --compile to include it)",
-    )
-    args.out.mkdir(parents=True, exist_ok=True)
+class References:
+    """The rates every row is a share of, per (device, dtype), measured at the start, after every case
+    (shortly; not under --quick) and at the end; other processes only slow a measurement down, so
+    the highest is the machine's capability. ``peak``: the CPU's FMA peak (register-only FMA chains
+    in the extension, csrc/cpu/peak.cpp), the ceiling; ``gemm``: torch.mm's rate, the BLAS torch
+    uses, a second reference (on CUDA the only one)."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.gemm: dict[str, dict] = {}
+        self.peak: dict[str, dict] = {}
+        self.notes: list[str] = []
+        self.gemm_s, self.gemm_between = (0.2, 0.0) if cfg.quick else (1.0, 0.3)
+        self.peak_s, self.peak_between = (0.1, 0.0) if cfg.quick else (0.5, 0.1)
+
+    def measure(self, dev: str, dt: str, between: bool = False) -> None:
+        key, threads = f"{dev}/{dt}", self.cfg.threads
+        gemm_s, peak_s = (self.gemm_between, self.peak_between) if between else (self.gemm_s, self.peak_s)
+        if gemm_s:
+            rate = timing.gemm_gflops(DTYPES[dt], torch.device(dev), gemm_s, threads)
+            g = self.gemm.setdefault(key, {"n": 2048 if dev == "cpu" else 8192, "start": rate, "samples": []})
+            g["samples"].append(rate)
+        if dev == "cpu" and peak_s:
+            rate, ran, isa = timing.fma_peak(DTYPES[dt], peak_s, threads)
+            if ran != threads:
+                self.notes.append(f"the FMA peak ({key}) ran on {ran} threads, not {threads}")
+            p = self.peak.setdefault(key, {"isa": isa, "threads": ran, "start": rate, "samples": []})
+            p["samples"].append(rate)
+
+    def finish(self) -> None:
+        for ref in (self.gemm, self.peak):
+            for g in ref.values():
+                g["end"] = g["samples"][-1]
+                g["used"] = max(g["samples"])
+
+    def annotate(self, row: dict) -> None:
+        """Adds the references and the row's shares of them; floor_ms: the row's FLOPs at the ceiling
+        (the FMA peak on the CPU, torch.mm's rate on CUDA)."""
+        key = f"{row['device']}/{row['dtype']}"
+        gemm, peak = self.gemm[key]["used"], self.peak.get(key, {}).get("used")
+        row["gemm_gflops"], row["gemm_share"] = gemm, row["gflops"] / gemm
+        row["peak_gflops"] = peak
+        row["peak_share"] = row["gflops"] / peak if peak else None
+        row["floor_ms"] = row["flops"] / ((peak or gemm) * 1e9) * 1e3
+
+
+def run(cfg: RunConfig) -> dict:
+    """Runs ``cfg``; returns the results (what goes into the JSON file)."""
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.perf_counter()
     load0 = _loadavg()
-    gpu = torch.cuda.get_device_name(0) if "cuda" in devices else None
+    gpu = torch.cuda.get_device_name(0) if "cuda" in cfg.devices else None
     device_desc = f"{cpu_model()} ({os.cpu_count()} logical CPUs)" + (f"; {gpu}" if gpu else "")
-    print(f"rnnext benchmarks on {machine}: {device_desc}; torch {torch.__version__}, {threads} threads, "
-          f"devices {devices}, dtypes {args.dtypes}, modes {args.modes}, {len(selected)} cases",
+    pairs = cfg.pairs()
+    print(f"rnnext benchmarks on {cfg.machine}: {device_desc}; torch {torch.__version__}, "
+          f"{cfg.threads} threads, "
+          f"{', '.join(f'{d}/{t}' for d, t in pairs)}, modes {list(cfg.modes)}, {len(cfg.cases)} cases",
           file=sys.stderr)
-
-    # The GEMM rate: measured at the start, after every case (shortly; not under --quick) and at the
-    # end. Other processes only slow a measurement down, so the highest is the machine's capability.
-    gemm_min, gemm_between = (0.2, 0.0) if args.quick else (1.0, 0.3)
-    gemm: dict[str, dict] = {}
-    for dev in devices:
-        for dt in args.dtypes:
-            rate = timing.gemm_gflops(DTYPES[dt], torch.device(dev), gemm_min)
-            gemm[f"{dev}/{dt}"] = {"n": 2048 if dev == "cpu" else 8192, "start": rate, "samples": [rate]}
-
-    progress = Progress(len(devices) * len(args.dtypes) * len(selected) * len(args.modes))
+    refs = References(cfg)
+    for dev, dt in pairs:
+        refs.measure(dev, dt)
+    progress = Progress(len(pairs) * len(cfg.cases) * len(cfg.modes))
     rows: list[dict] = []
     skipped: list[dict] = []
-    for dev in devices:
-        for dt in args.dtypes:
-            g = gemm[f"{dev}/{dt}"]
-            for case in selected:
-                r, s = run_case(
-                    case, torch.device(dev), DTYPES[dt], args.modes, args, cfg, max(g["samples"]), state,
-                    progress,
-                )
-                rows += r
-                skipped += s
-                if gemm_between:
-                    g["samples"].append(timing.gemm_gflops(DTYPES[dt], torch.device(dev), gemm_between))
-    progress.show("GEMM rate (end)")
+    for dev, dt in pairs:
+        for case in cfg.cases:
+            r = run_case(case, torch.device(dev), DTYPES[dt], cfg, progress)
+            rows += r.rows
+            skipped += r.skipped
+            if r.stop_compiling:
+                cfg = cfg.without_compile(r.stop_compiling)
+            refs.measure(dev, dt, between=True)
+    progress.show("references (end)")
     progress.close()
-    for dev in devices:
-        for dt in args.dtypes:
-            g = gemm[f"{dev}/{dt}"]
-            g["end"] = timing.gemm_gflops(DTYPES[dt], torch.device(dev), gemm_min)
-            g["samples"].append(g["end"])
-            g["used"] = max(g["samples"])
+    for dev, dt in pairs:
+        refs.measure(dev, dt)
+    refs.finish()
     for row in rows:
-        used = gemm[f"{row['device']}/{row['dtype']}"]["used"]
-        row["gemm_gflops"] = used
-        row["gemm_share"] = row["gflops"] / used
-        row["floor_ms"] = row["flops"] / (used * 1e9) * 1e3
-
+        refs.annotate(row)
     result = dict(
-        machine=machine,
+        machine=cfg.machine,
         device=device_desc,
         cpu=cpu_model(),
         gpu=gpu,
@@ -346,32 +290,39 @@ def main(argv: Optional[list[str]] = None) -> int:
         rnnext=rnnext.__version__,
         commit=_git_commit(),
         python=platform.python_version(),
-        threads=threads,
-        devices=devices,
-        dtypes=args.dtypes,
-        modes=args.modes,
-        cases=[dict(name=c.name, shape=c.shape(), note=c.note, **c.params()) for c in selected],
-        timing=dict(cfg.__dict__),
-        command=" ".join(["python -m benchmarks"] + [shlex.quote(a) for a in (argv if argv is not None
-                                                                                else sys.argv[1:])]),
+        threads=cfg.threads,
+        devices=list(cfg.devices),
+        dtypes=sorted({t for _, t in pairs}, key=list(DTYPES).index),
+        modes=list(cfg.modes),
+        cases=[dict(name=c.name, shape=c.shape(), note=c.note, **c.params()) for c in cfg.cases],
+        timing=dict(cfg.timing.__dict__),
+        command=cfg.command,
         started=started.strftime("%Y-%m-%d %H:%M UTC"),
         duration_s=round(time.perf_counter() - t_start, 1),
         loadavg_start=load0,
         loadavg_end=_loadavg(),
-        gemm_gflops=gemm,
-        notes=notes,
+        gemm_gflops=refs.gemm,
+        fma_peak_gflops=refs.peak,
+        cpu_isa=impls_mod.cpu_isa() if "cpu" in cfg.devices else None,
+        cuda=impls_mod.cuda_environment() if "cuda" in cfg.devices else None,
+        notes=list(cfg.notes) + refs.notes,
         skipped=skipped,
         rows=rows,
     )
-    busy = _busy_note(load0, result["loadavg_end"], threads)
+    busy = _busy_note(load0, result["loadavg_end"], cfg.threads)
     if busy:
         result["notes"].append(busy)
-    base = args.out / machine
-    report.write_json(result, base.with_suffix(".json"))
+    return result
+
+
+def write(result: dict, out: Path) -> None:
+    """<out>/<machine>.json, .md and .png (the plot skipped, with a note, without matplotlib)."""
+    out.mkdir(parents=True, exist_ok=True)
+    base = out / result["machine"]
     why_not = report.plot(result, base.with_suffix(".png"))
     if why_not:
         result["notes"].append(why_not)
-        report.write_json(result, base.with_suffix(".json"))
+    report.write_json(result, base.with_suffix(".json"))
     md = report.markdown(result)
     base.with_suffix(".md").write_text(md + "\n")
     print(md)
@@ -379,6 +330,22 @@ def main(argv: Optional[list[str]] = None) -> int:
     print("wrote " + ", ".join(str(w) for w in written), file=sys.stderr)
     if why_not:
         print(f"note: {why_not}", file=sys.stderr)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    cfg, list_only = parse(argv, machine_name)
+    if list_only:
+        for c in cases_mod.DEFAULT_CASES + cases_mod.EXTRA_CASES:
+            default = "default" if c in cases_mod.DEFAULT_CASES else "extra"
+            print(f"{c.name:20s} {default:8s} {c.shape():40s} {c.note}")
+        for group, names in cases_mod.GROUPS.items():
+            print(f"{group:20s} {'group':8s} {', '.join(names)}")
+        return 0
+    if not cfg.pairs():
+        print("nothing to run (no device, or no dtype it runs)", file=sys.stderr)
+        return 2
+    write(run(cfg), cfg.out)
     return 0
 
 

@@ -18,6 +18,9 @@ Implementations (``impl`` in the result rows):
 ``rnnext.RNN``              rnnext's fused ops
 ``torch.nn.RNNCell loop``   ``for t in range(T): h = cell(x[t], h)`` then ``torch.stack``
 ``rnnext.RNNCell loop``     the same loop over :class:`rnnext.RNNCell`
+``rnnext.RNN fallback``     CUDA only: rnnext forced onto its per-step GEMM path
+                            (``RNNEXT_CUDA_PATH=fallback`` around each call), which shows what the
+                            persistent kernels buy
 ``torch.compile(nn.RNN)``   CPU only, ``torch._dynamo.config.allow_rnn = True``, ``dynamic=False``
 ``onnxruntime``             inference only, CPU only: ``torch.onnx.export`` (TorchScript exporter,
                             which emits ONNX's fused ``RNN`` operator) run by ONNX Runtime with
@@ -27,7 +30,9 @@ Implementations (``impl`` in the result rows):
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -58,6 +63,7 @@ __all__ = [
 BASELINE = "torch.nn.RNN"
 RNN_IMPLS = ("torch.nn.RNN", "rnnext.RNN")
 CELL_IMPLS = ("torch.nn.RNNCell loop", "rnnext.RNNCell loop")
+FALLBACK_IMPL = "rnnext.RNN fallback"
 COMPILE_IMPL = "torch.compile(nn.RNN)"
 ORT_IMPL = "onnxruntime"
 
@@ -207,6 +213,40 @@ def _onnxruntime(ref: nn.RNN, case: Case, inputs: Inputs, threads: int) -> Impl:
                                                                    "onnxruntime": ort.__version__})
 
 
+CUDA_PATH_ENV = "RNNEXT_CUDA_PATH"
+
+
+@contextlib.contextmanager
+def cuda_path(value: Optional[str]):
+    """``RNNEXT_CUDA_PATH`` (read by the CUDA glue at every call) set to ``value`` inside
+    (None: unset), restored after."""
+    old = os.environ.get(CUDA_PATH_ENV)
+    if value is None:
+        os.environ.pop(CUDA_PATH_ENV, None)
+    else:
+        os.environ[CUDA_PATH_ENV] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(CUDA_PATH_ENV, None)
+        else:
+            os.environ[CUDA_PATH_ENV] = old
+
+
+def _forced(forward: Callable[[Any, Tensor], tuple[Tensor, Tensor]],
+            path: str) -> Callable[[Any, Tensor], tuple[Tensor, Tensor]]:
+    """``forward`` with ``RNNEXT_CUDA_PATH=path``; in training the backward runs inside it too (the
+    training call is forward then autograd.grad, both under the one setting: see make_call)."""
+
+    def run(inp: Any, h0: Tensor) -> tuple[Tensor, Tensor]:
+        with cuda_path(path):
+            return forward(inp, h0)
+
+    run.cuda_path = path  # type: ignore[attr-defined]
+    return run
+
+
 def build_impls(
     case: Case,
     ref: nn.RNN,
@@ -216,14 +256,20 @@ def build_impls(
     compile_: bool,
     onnx: bool,
     compile_max_steps: int = 20,
+    cuda_fallback: bool = True,
 ) -> tuple[list[Impl], list[tuple[str, str]]]:
     """All implementations for ``case``, on ``ref``'s weights; returns (impls, [(impl, skip reason)])."""
-    impls = [Impl(BASELINE, _rnn_forward(ref), list(ref.parameters()))]
+    device = ref.weight_ih_l0.device
+    cuda = device.type == "cuda"
+    info = {"cudnn": bool(torch.backends.cudnn.is_acceptable(inputs.h0.detach()))} if cuda else {}
+    impls = [Impl(BASELINE, _rnn_forward(ref), list(ref.parameters()), info=info)]
     skipped: list[tuple[str, str]] = []
     new = rnnext.RNN(case.I, case.H, num_layers=case.layers, bidirectional=case.bidirectional)
-    new = new.to(device=ref.weight_ih_l0.device, dtype=ref.weight_ih_l0.dtype)
+    new = new.to(device=device, dtype=ref.weight_ih_l0.dtype)
     new.load_state_dict(ref.state_dict())
     impls.append(Impl("rnnext.RNN", _rnn_forward(new), list(new.parameters())))
+    if device.type == "cuda" and cuda_fallback:
+        impls.append(Impl(FALLBACK_IMPL, _forced(_rnn_forward(new), "fallback"), list(new.parameters())))
     if case.cells:
         for name, cls in zip(CELL_IMPLS, (nn.RNNCell, rnnext.RNNCell)):
             cell = _cell_from(cls, ref)
@@ -255,10 +301,12 @@ def make_call(impl: Impl, inputs: Inputs, mode: str) -> Callable[[], Any]:
         return infer
     leaves = inputs.leaves() + impl.params
     grads = [inputs.grad_out, inputs.grad_h]
+    forced = getattr(fwd, "cuda_path", None)
 
     def train() -> tuple[Tensor, ...]:
-        out, h = fwd(inp, h0)
-        return torch.autograd.grad([out, h], leaves, grads)
+        with cuda_path(forced) if forced is not None else contextlib.nullcontext():
+            out, h = fwd(inp, h0)
+            return torch.autograd.grad([out, h], leaves, grads)
 
     return train
 
@@ -268,11 +316,23 @@ def reference_result(impls: list[Impl], inputs: Inputs, mode: str) -> tuple[Tens
     return tuple(make_call(impls[0], inputs, mode)())
 
 
-def tolerance(dtype: torch.dtype, mode: str) -> float:
-    """Largest accepted ``max|a - b| / max(1, max|ref|)`` per tensor (gradients sum over T*B terms)."""
+def tolerance(dtype: torch.dtype, mode: str, device: Optional[torch.device] = None) -> float:
+    """Largest accepted ``max|a - b| / max(1, max|ref|)`` per tensor (gradients sum over T*B terms).
+
+    On CUDA, torch.nn.RNN is cuDNN, which runs float32 in TF32 when ``torch.backends.cudnn.allow_tf32``
+    (the default; rnnext never does): ~1e-3 apart in the forward on an H100. bfloat16 / float16 hold
+    8 / 11 significant bits; both sides round differently (~1e-2 apart on an H100 in bfloat16)."""
+    train = mode == "training"
+    cuda = device is not None and device.type == "cuda"
     if dtype == torch.float64:
-        return 1e-10 if mode == "inference" else 1e-9
-    return 2e-5 if mode == "inference" else 1e-4
+        return 1e-9 if train else 1e-10
+    if dtype == torch.bfloat16:
+        return 1e-1 if train else 5e-2
+    if dtype == torch.float16:
+        return 5e-2 if train else 1e-2
+    if cuda and torch.backends.cudnn.allow_tf32:
+        return 3e-2 if train else 5e-3
+    return 1e-4 if train else 2e-5
 
 
 def compare(got: tuple[Tensor, ...], want: tuple[Tensor, ...]) -> float:
@@ -292,6 +352,61 @@ def compare(got: tuple[Tensor, ...], want: tuple[Tensor, ...]) -> float:
             return float("inf")
         worst = max(worst, err)
     return worst
+
+
+def cpu_isa() -> str:
+    """The ISA rnnext's CPU kernels dispatch to: ``avx512``, ``avx2`` or ``base`` (portable scalar code),
+    as ``rnnext._C`` reports it (csrc/cpu/kernels.cpp; ``RNNEXT_CPU_ISA`` may lower it)."""
+    from rnnext import _C
+
+    return _C._cpu_isa()
+
+
+def cuda_planned_path(dtype: torch.dtype, B: int, H: int, backward: bool,
+                      device: Optional[torch.device] = None) -> Optional[str]:
+    """The recurrence path rnnext's CUDA planner picks for batch ``B`` (packed: the first batch size)
+    and hidden size ``H`` (``rnnext._C._cuda_path``, with ``RNNEXT_CUDA_PATH`` as it is now), or None
+    in a CPU-only build of the extension, which has no planner to ask."""
+    from rnnext import _C
+
+    ask = getattr(_C, "_cuda_path", None)
+    if ask is None:
+        return None
+    index = device.index if device is not None and device.index is not None else torch.cuda.current_device()
+    return ask(str(dtype).replace("torch.", ""), B, H, backward, index)
+
+
+def path_of(impl: str, case: Case, dtype: torch.dtype, device: torch.device, mode: str) -> Optional[str]:
+    """The path an rnnext row ran, as the extension reports it; None for the other implementations.
+
+    CPU: the ISA of the kernels (hook: once the CPU planner names its paths, ``cpu::make_plan``, the
+    plan's name per case goes here). CUDA: the planner's choice for the case's batch and hidden size
+    (every layer and direction of a case has the same), forward, and in training ``fwd/bwd`` where
+    the backward's differs; for ``rnnext.RNN fallback`` under its forced setting; ``RNNCell loop``
+    rows plan one step of the same batch."""
+    if not impl.startswith("rnnext."):
+        return None
+    if device.type == "cpu":
+        return cpu_isa()
+    # Packed: the first batch size, which is B (every sequence has at least one step).
+    with cuda_path("fallback" if impl == FALLBACK_IMPL else os.environ.get(CUDA_PATH_ENV)):
+        fwd = cuda_planned_path(dtype, case.B, case.H, False, device)
+        bwd = cuda_planned_path(dtype, case.B, case.H, True, device) if mode == "training" else fwd
+    if fwd is None:
+        return None
+    return fwd if bwd == fwd else f"{fwd}/{bwd}"
+
+
+def cuda_environment() -> dict:
+    """The GPU and the math settings torch.nn's cuDNN runs under (recorded with the results)."""
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return {
+        "gpu": props.name, "sms": props.multi_processor_count,
+        "smem_per_block_optin": getattr(props, "shared_memory_per_block_optin", None),
+        "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+        "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+        "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
 
 
 def device_of(impls: list[Impl]) -> Optional[torch.device]:

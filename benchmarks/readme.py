@@ -37,8 +37,14 @@ def section(results: list[Path]) -> str:
             out.append("")
         for dev in r["devices"]:
             for dt in r["dtypes"]:
-                g = r["gemm_gflops"].get(f"{dev}/{dt}", {})
-                out.append(f"{dev}, {dt} (GEMM rate measured in the run: {g.get('used', 0):.0f} GFLOP/s):")
+                g = r["gemm_gflops"].get(f"{dev}/{dt}")
+                if g is None:
+                    continue
+                p = r.get("fma_peak_gflops", {}).get(f"{dev}/{dt}")
+                peak = (f"FMA peak {p['used']:.0f} GFLOP/s ({p['isa']}, {p['threads']} threads), "
+                        if p else "FMA peak not measured in this run, ")
+                out.append(f"{dev}, {dt} (measured in the run: {peak}torch.mm {g.get('used', 0):.0f} "
+                           "GFLOP/s):")
                 out.append("")
                 out.append(report.compact(r, dev, dt))
                 out.append("")

@@ -17,12 +17,15 @@ __all__ = ["markdown", "write_json", "plot", "COLUMNS"]
 COLUMNS = (
     "torch.nn.RNN",
     "rnnext.RNN",
+    "rnnext.RNN fallback",
     "torch.nn.RNNCell loop",
     "rnnext.RNNCell loop",
     "torch.compile(nn.RNN)",
     "onnxruntime",
 )
 
+
+CELLS = ("torch.nn.RNNCell loop", "rnnext.RNNCell loop")
 
 NOISY = 0.5  # IQR above this share of the median: the cell is marked "~" (noisy)
 
@@ -42,6 +45,10 @@ def _ratio(num: Optional[dict], den: Optional[dict]) -> str:
     return f"{num['median_ms'] / den['median_ms']:.2f}x"
 
 
+def _pct(row: Optional[dict], key: str) -> str:
+    return f"{100 * row[key]:.0f}%" if row is not None and row.get(key) is not None else "—"
+
+
 def _groups(rows: list[dict]) -> OrderedDict:
     """rows grouped by (device, dtype) then (case, mode) then impl, in first-seen order."""
     out: OrderedDict = OrderedDict()
@@ -56,8 +63,10 @@ def markdown(result: dict) -> str:
 
     Each time cell is ``median ±IQR`` in milliseconds per call. ``speedup`` is torch.nn.RNN's median
     over rnnext.RNN's (higher is better for rnnext); ``cell speedup`` the same for the RNNCell loops.
-    ``GFLOP/s`` and ``% GEMM`` are rnnext.RNN's achieved rate and its share of the GEMM rate measured
-    in the same run (``floor`` = the case's FLOPs at that GEMM rate).
+    ``GFLOP/s`` is rnnext.RNN's achieved rate; ``% peak`` its share of the FMA peak measured in the same
+    run on the same threads (the ceiling; ``floor ms`` = the case's FLOPs at that peak) and ``% mm``
+    its share of torch.mm's rate (the BLAS torch uses, a second reference, not the ceiling). ``path``:
+    what rnnext ran (on the CPU, the ISA of its kernels).
     """
     lines = [f"# rnnext benchmarks: `{result['machine']}`", ""]
     lines.append(f"- device: {result['device']}")
@@ -66,19 +75,39 @@ def markdown(result: dict) -> str:
     lines.append(f"- command: `{result['command']}`")
     lines.append(f"- started {result['started']}, took {result['duration_s']:.0f} s; "
                  f"load average at start/end {result['loadavg_start']} / {result['loadavg_end']}")
+    for key, g in result.get("fma_peak_gflops", {}).items():
+        samples = g["samples"]
+        lines.append(f"- FMA peak ({key}, {g['isa']} register-only FMA chains on {g['threads']} threads, "
+                     f"csrc/cpu/peak.cpp): {g['used']:.1f} GFLOP/s, the highest of {len(samples)} "
+                     f"measurements in the run (start {g['start']:.1f}, end {g['end']:.1f}, lowest "
+                     f"{min(samples):.1f}): the ceiling")
     for key, g in result["gemm_gflops"].items():
         samples = g.get("samples", [g["start"], g["end"]])
-        lines.append(f"- GEMM rate ({key}, torch.mm {g.get('n', '?')}x{g.get('n', '?')}): {g['used']:.1f} "
-                     f"GFLOP/s, the highest of {len(samples)} measurements in the run (start "
-                     f"{g['start']:.1f}, end {g['end']:.1f}, lowest {min(samples):.1f})")
+        lines.append(f"- torch.mm rate ({key}, {g.get('n', '?')}x{g.get('n', '?')}, the BLAS torch uses; a "
+                     f"reference, not the ceiling): {g['used']:.1f} GFLOP/s, the highest of {len(samples)} "
+                     f"measurements in the run (start {g['start']:.1f}, end {g['end']:.1f}, lowest "
+                     f"{min(samples):.1f})")
+    cuda = result.get("cuda")
+    if cuda:
+        lines.append(f"- CUDA {cuda['cuda']}, cuDNN {cuda['cudnn']}, {cuda['gpu']} ({cuda['sms']} SMs); "
+                     f"cudnn.allow_tf32={cuda['cudnn_allow_tf32']} (torch.nn.RNN's float32 may run in TF32; "
+                     "rnnext's never does); timed with CUDA events; `path`: the CUDA planner's choice, from "
+                     "the extension (`fwd/bwd` where they differ); `rnnext.RNN fallback`: forced onto the "
+                     "per-step GEMM path")
+    # Files written before the thread fix (2026-12-01) have no fma_peak_gflops: their blocks ran on 1.
+    threads_note = ("every block on the run's threads" if "fma_peak_gflops" in result
+                    else "every block on ONE thread (Timer's default; before the fix of 2026-12-01)")
+    if result.get("cpu_isa"):
+        lines.append(f"- rnnext's CPU kernels ran {result['cpu_isa']} code (the `path` column)")
     lines.append("- method: outputs (inference) or all gradients (training) checked against torch.nn.RNN "
-                 "before timing; warm-up; torch.utils.benchmark.Timer blocks, implementations "
-                 "interleaved across rounds; cells are median ±IQR in ms per call, `~` where the IQR "
-                 f"exceeds {NOISY:.0%} of the median (noisy)")
+                 "before timing; warm-up; blocks of calls (CPU: torch.utils.benchmark.Timer; CUDA: CUDA "
+                 f"events), {threads_note}, implementations interleaved across rounds; cells are median "
+                 f"±IQR in ms per call, `~` where the IQR exceeds {NOISY:.0%} of the median (noisy)")
     lines.append("- speedup = torch.nn.RNN ms / rnnext.RNN ms (cell speedup: the same for the RNNCell "
                  "loops); rnnext GFLOP/s counts 2*T*B*(I*H + H*H) per layer and direction forward, 3x "
-                 "that for training; % GEMM = that rate over the GEMM rate = floor ms / rnnext ms, "
-                 "where floor ms is the case's FLOPs at the GEMM rate")
+                 "that for training; % peak = that rate over the FMA peak = floor ms / rnnext ms; % mm = "
+                 "that rate over torch.mm's; floor ms = the case's FLOPs at the FMA peak, or at torch.mm's "
+                 "rate where no peak was measured (CUDA; results from before 2026-12-01)")
     for note in result.get("notes", []):
         lines.append(f"- note: {note}")
     lines.append("")
@@ -87,8 +116,8 @@ def markdown(result: dict) -> str:
         lines.append(f"## {device}, {dtype}")
         lines.append("")
         head = ["case", "shape", "mode"] + [f"{c} ms" for c in present]
-        head += ["speedup", "rnnext GFLOP/s", "% GEMM", "floor ms"]
-        if any(c in present for c in COLUMNS[2:4]):
+        head += ["speedup", "path", "rnnext GFLOP/s", "% peak", "% mm", "floor ms"]
+        if any(c in present for c in CELLS):
             head.append("cell speedup")
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
@@ -97,10 +126,12 @@ def markdown(result: dict) -> str:
             new = impls.get("rnnext.RNN")
             cells = [case, any_row["shape"], mode] + [_ms(impls.get(c)) for c in present]
             cells.append(_ratio(impls.get("torch.nn.RNN"), new))
+            cells.append((new.get("path") or "—") if new else "—")
             cells.append(f"{new['gflops']:.1f}" if new else "—")
-            cells.append(f"{100 * new['gemm_share']:.0f}%" if new else "—")
+            cells.append(_pct(new, "peak_share"))
+            cells.append(_pct(new, "gemm_share"))
             cells.append(f"{any_row['floor_ms']:.3f}")
-            if any(c in present for c in COLUMNS[2:4]):
+            if any(c in present for c in CELLS):
                 cells.append(_ratio(impls.get("torch.nn.RNNCell loop"), impls.get("rnnext.RNNCell loop")))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
@@ -122,7 +153,8 @@ def compact(result: dict, device: str = "cpu", dtype: str = "float32") -> str:
     cases = _groups(result["rows"]).get((device, dtype))
     if not cases:
         return f"(no {device}/{dtype} rows)"
-    head = ["case", "shape", "mode", "torch.nn.RNN ms", "rnnext.RNN ms", "speedup", "rnnext % GEMM",
+    head = ["case", "shape", "mode", "torch.nn.RNN ms", "rnnext.RNN ms", "speedup", "rnnext % peak",
+            "rnnext % mm",
             "RNNCell loop ms (torch.nn / rnnext)", "torch.compile ms", "onnxruntime ms"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
@@ -137,7 +169,7 @@ def compact(result: dict, device: str = "cpu", dtype: str = "float32") -> str:
         tc, nc = impls.get("torch.nn.RNNCell loop"), impls.get("rnnext.RNNCell loop")
         cells = [case, next(iter(impls.values()))["shape"], mode, ms(impls.get("torch.nn.RNN")), ms(new),
                  _ratio(impls.get("torch.nn.RNN"), new),
-                 f"{100 * new['gemm_share']:.0f}%" if new else "—",
+                 _pct(new, "peak_share"), _pct(new, "gemm_share"),
                  f"{ms(tc)} / {ms(nc)}" if (tc or nc) else "—",
                  ms(impls.get("torch.compile(nn.RNN)")), ms(impls.get("onnxruntime"))]
         lines.append("| " + " | ".join(cells) + " |")

@@ -1,4 +1,5 @@
-// rnnext._C.rnn / rnn_cell: Python entry points of two ops for the modules' eager calls.
+// rnnext._C.rnn / rnn_cell: Python entry points of two ops for the modules' eager calls (and
+// registered: RNN.forward's check that its flat weights are the registered parameters).
 //
 // Each takes its op's arguments in schema order (csrc/ops.cpp) and makes the same dispatcher call
 // as torch.ops.rnnext.<op>.default, unboxed: no computation and no checks of its own. Why:
@@ -103,7 +104,8 @@ PyObject* rnn(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   double dropout;
   bool plain = nargs == 11 && plain_call() &&
                as_tensor(args[0], input) && as_optional(args[1], batch_sizes) &&
-               as_optional(args[2], hx) && (PyList_CheckExact(args[3]) || PyTuple_CheckExact(args[3])) &&
+               as_optional(args[2], hx) &&
+               (PyList_CheckExact(args[3]) || PyTuple_CheckExact(args[3])) &&
                as_bool(args[4], has_biases) && as_int(args[5], num_layers) &&
                as_float(args[6], dropout) && as_bool(args[7], train) &&
                as_bool(args[8], bidirectional) && as_bool(args[9], batch_first) &&
@@ -148,11 +150,30 @@ PyObject* rnn_cell(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   END_HANDLE_TH_ERRORS
 }
 
+// registered(weights, parameters, names) -> bool: whether weights[i] is parameters[names[i]] for
+// every i (RNN.forward's check that _flat_weights is current; a Python loop costs ~0.3 us a call).
+PyObject* registered(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs != 3 || !PyList_CheckExact(args[0]) || !PyDict_Check(args[1]) ||
+      !PyList_CheckExact(args[2]) || PyList_GET_SIZE(args[0]) != PyList_GET_SIZE(args[2])) {
+    PyErr_SetString(PyExc_TypeError, "registered(list, dict, list of the same length)");
+    return nullptr;
+  }
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(args[0]); ++i) {
+    PyObject* p = PyDict_GetItemWithError(args[1], PyList_GET_ITEM(args[2], i));
+    if (p == nullptr && PyErr_Occurred()) return nullptr;
+    if (p != PyList_GET_ITEM(args[0], i)) Py_RETURN_FALSE;
+  }
+  Py_RETURN_TRUE;
+}
+
 PyMethodDef methods[] = {
     {"rnn", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn)), METH_FASTCALL,
      "torch.ops.rnnext.rnn.default called unboxed, or None (csrc/bindings.cpp)."},
     {"rnn_cell", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(rnn_cell)),
-     METH_FASTCALL, "torch.ops.rnnext.rnn_cell.default called unboxed, or None (csrc/bindings.cpp)."},
+     METH_FASTCALL,
+     "torch.ops.rnnext.rnn_cell.default called unboxed, or None (csrc/bindings.cpp)."},
+    {"registered", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(registered)),
+     METH_FASTCALL, "Whether weights[i] is parameters[names[i]] for every i (csrc/bindings.cpp)."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

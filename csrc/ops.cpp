@@ -6,13 +6,24 @@
 #include <torch/library.h>
 
 #include "bindings.h"
+#include "cpu/peak.h"
+#ifdef RNNEXT_WITH_CUDA
+#include "cuda/plan_info.h"
+#endif
 
 // `import rnnext._C` loads this shared library, which runs the static registrations below. Every
 // computation is a torch.ops.rnnext op; the module's functions only call them (bindings.cpp).
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
                                           rnnext::binding_methods()};
-  return PyModule_Create(&module_def);
+  PyObject* m = PyModule_Create(&module_def);
+  // The benchmark suite's probes: FMA peak, CPU ISA (cpu/peak.cpp).
+  if (m != nullptr && PyModule_AddFunctions(m, rnnext::cpu::peak_methods()) != 0) Py_CLEAR(m);
+#ifdef RNNEXT_WITH_CUDA
+  // The CUDA planner's choice, for the benchmark suite (cuda/plan_py.cpp).
+  if (m != nullptr && PyModule_AddFunctions(m, rnnext::cuda::plan_methods()) != 0) Py_CLEAR(m);
+#endif
+  return m;
 }
 
 TORCH_LIBRARY(rnnext, m) {

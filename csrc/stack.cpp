@@ -1,7 +1,8 @@
-// The composite ops over the per-layer op rnnext::rnn_forward (CompositeImplicitAutograd: one kernel
-// for every device; autograd flows through rnn_forward's node, csrc/autograd.cpp; torch.compile and
-// export see the rnn_forward calls they decompose into). As ATen has rnn_tanh / rnn_relu over its
-// layers and rnn_tanh_cell / rnn_relu_cell for one step:
+// The composite ops over the per-layer op rnnext::rnn_forward (CompositeImplicitAutograd: one
+// kernel for every device; autograd flows through rnn_forward's node, csrc/autograd.cpp; AOT
+// autograd and torch.export's run_decompositions see the rnn_forward calls they decompose into,
+// torch.export's training IR and torch.jit.trace one node). As ATen has rnn_tanh / rnn_relu over
+// its layers and rnn_tanh_cell / rnn_relu_cell for one step:
 //
 // rnnext::rnn, the whole stack (layers, directions, dropout between layers): ATen's
 // apply_layer_stack with rnn_forward for a layer's direction: the same at::cat of the two
@@ -95,10 +96,14 @@ Tensor rnn_cell(const Tensor& input, const optional<Tensor>& hx, const Tensor& w
               "-D");
   TORCH_CHECK(!hx.has_value() || hx->dim() == dim, "rnnext::rnn_cell: hx must be ",
               dim == 2 ? "[B, H]" : "[H]", " for a ", dim, "-D input, got ", hx->dim(), "-D");
-  const Tensor x = dim == 2 ? input.unsqueeze(0) : input.view({1, 1, -1});
+  // A one-step sequence [1, B, I] (B = 1 unbatched: one view, which also serves I = 0).
+  const Tensor x =
+      dim == 2 ? input.unsqueeze(0)
+               : input.view_symint({c10::SymInt(1), c10::SymInt(1), input.sym_size(0)});
   optional<Tensor> h0 = hx;
   if (dim == 1 && hx.has_value()) h0 = hx->unsqueeze(0);
-  Tensor h = std::get<1>(forward_op().call(x, std::nullopt, h0, w_ih, w_hh, b_ih, b_hh, relu, false));
+  Tensor h =
+      std::get<1>(forward_op().call(x, std::nullopt, h0, w_ih, w_hh, b_ih, b_hh, relu, false));
   return dim == 2 ? h : h.squeeze(0);
 }
 

@@ -346,8 +346,9 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     speedup = t_ref / t_new
     print(f"loss curves: {len(diffs)} steps, max |loss(torch.nn) - loss(rnnext)| = {max_diff:.3e} "
           f"(tolerance {tol:g}); validation {val_diff:.3e}; final weights {param_diff:.3e}")
-    print(f"time per epoch (median of {a.epochs}): torch.nn.RNN {t_ref:.3f} s, rnnext.RNN {t_new:.3f} s "
-          f"-> speedup {speedup:.2f}x (whole training step, {torch.get_num_threads()} threads)")
+    # Significant digits, not decimals: the figures keep their precision however fast the machine.
+    print(f"time per epoch (median of {a.epochs}): torch.nn.RNN {t_ref:.4g} s, rnnext.RNN {t_new:.4g} s "
+          f"-> speedup {speedup:.3g}x (whole training step, {torch.get_num_threads()} threads)")
     tenth = max(len(new.losses) // 10, 1)
     first, last = statistics.fmean(new.losses[:tenth]), statistics.fmean(new.losses[-tenth:])
     print(f"rnnext training loss, mean of the first / last {tenth} steps: {first:.3f} -> {last:.3f} "
@@ -356,7 +357,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if not a.no_png:
         title = (f"char LM on the Python stdlib ({len(text):,} chars), H={a.hidden}, "
                  f"layers={a.layers}, {a.dtype}, {torch.get_num_threads()} thread(s)\n"
-                 f"per epoch: torch.nn.RNN {t_ref:.2f} s, rnnext.RNN {t_new:.2f} s ({speedup:.2f}x); "
+                 f"per epoch: torch.nn.RNN {t_ref:.3g} s, rnnext.RNN {t_new:.3g} s ({speedup:.3g}x); "
                  f"max |loss diff| {max_diff:.1e}")
         note = write_png(a.png, runs, steps_per_epoch, title)
         print(note or f"wrote {a.png}")

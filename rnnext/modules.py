@@ -23,9 +23,10 @@ from . import _C, _script, functional
 
 __all__ = ["RNN", "RNNCell"]
 
-_MISSING = object()
-# What a refused op call raises (the op's checks, or torch.ops's argument conversion).
-_CALL_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
+# What a refused op call raises (the op's checks, the binding's argument conversion, a parameter
+# missing from _parameters).
+_CALL_ERRORS = (RuntimeError, ValueError, TypeError, IndexError, KeyError)
+_is_compiling = torch.compiler.is_compiling
 
 
 def _call(op, *args):
@@ -108,21 +109,18 @@ class RNNCell(_script.ScriptRNNCell, nn.RNNCell):
         """One step from ``hx`` (zeros if ``None``); see the class docstring for shapes."""
         if torch.jit.is_scripting():  # TorchScript compiles this branch only
             return self._script_forward(input, hx)
-        if not torch.compiler.is_compiling():
+        if not _is_compiling():
             # One op call (rnnext::rnn_cell), the op's checks standing for torch.nn's. Anything it
             # refuses or does not take (None: autocast, a subclass, a torch-function mode), or runs
             # on meta tensors (a mix of meta and real tensors passes the op, not always torch.nn),
             # takes the general path, which raises torch.nn's error or handles the case.
-            p = self._parameters
-            w_ih = p.get("weight_ih", _MISSING)
-            w_hh = p.get("weight_hh", _MISSING)
-            b_ih = p.get("bias_ih", _MISSING)
-            b_hh = p.get("bias_hh", _MISSING)
             nonlinearity = self.nonlinearity
-            if (nonlinearity == "tanh" or nonlinearity == "relu") and not (
-                w_ih is _MISSING or w_hh is _MISSING or b_ih is _MISSING or b_hh is _MISSING
-            ):
-                h = _call(_C.rnn_cell, input, hx, w_ih, w_hh, b_ih, b_hh, nonlinearity == "relu")
+            if nonlinearity == "tanh" or nonlinearity == "relu":
+                p = self._parameters  # (a parametrized weight is not in it: None, refused)
+                h = _call(
+                    _C.rnn_cell, input, hx, p.get("weight_ih"), p.get("weight_hh"), p.get("bias_ih"),
+                    p.get("bias_hh"), nonlinearity == "relu",
+                )  # fmt: skip
                 if h is not None and not h.is_meta:
                     return h
         return self._general_forward(input, hx)
@@ -286,7 +284,7 @@ class RNN(_script.ScriptRNN, nn.RNNBase):
             if isinstance(input, PackedSequence):
                 return self._script_forward_packed(input, hx)
             return self._script_forward_padded(input, hx)
-        compiling = torch.compiler.is_compiling()
+        compiling = _is_compiling()
         params = self._parameters
         if compiling:
             # Read the parameters as they are now (torch.func.functional_call, export) without
@@ -294,13 +292,11 @@ class RNN(_script.ScriptRNN, nn.RNNBase):
             weights = [getattr(self, name) for name in self._flat_weights_names]
         else:
             weights = self._flat_weights
-            for name, w in zip(self._flat_weights_names, weights):
-                if params.get(name) is not w:
-                    # Something replaced a parameter without RNNBase.__setattr__ seeing it (or it
-                    # is not a plain parameter): torch.nn's full resynchronisation.
-                    self._update_flat_weights()
-                    weights = self._flat_weights
-                    break
+            if not _C.registered(weights, params, self._flat_weights_names):
+                # Something replaced a parameter without RNNBase.__setattr__ seeing it (or it is
+                # not a plain parameter): torch.nn's full resynchronisation.
+                self._update_flat_weights()
+                weights = self._flat_weights
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx, weights)
         dim = input.dim()
@@ -321,13 +317,21 @@ class RNN(_script.ScriptRNN, nn.RNNBase):
                 )
         else:
             raise ValueError(f"RNN: Expected input to be 2D or 3D, got {dim}D tensor instead")
-        if not compiling and _plain_arg_types(self):
+        bias, layers = self.bias, self.num_layers
+        bidirectional, batch_first = self.bidirectional, self.batch_first
+        if (
+            not compiling
+            and type(bidirectional) is bool  # else torch.nn's TypeError (_functional)
+            and type(batch_first) is bool
+            and type(bias) is bool
+            and type(layers) is int
+        ):
             # One op call, the op's checks standing for torch.nn's. Anything it refuses or does not
             # take (None: autocast, a subclass, a torch-function mode) takes the general path,
             # which raises torch.nn's error in its order or handles the case.
             ret = _call(
-                _C.rnn, data, None, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
-                self.bidirectional, self.batch_first, self.mode == "RNN_RELU",
+                _C.rnn, data, None, hx, weights, bias, layers, self.dropout, self.training,
+                bidirectional, batch_first, self.mode == "RNN_RELU",
             )  # fmt: skip
             if ret is not None:
                 return ret if dim == 3 else (ret[0].squeeze(batch_dim), ret[1].squeeze(1))
@@ -379,7 +383,16 @@ class RNN(_script.ScriptRNN, nn.RNNBase):
         else:
             self.check_forward_args(data, hx, batch_sizes)
         data = _check_packed(data, batch_sizes, hx, weights, self.bias)
-        output, hidden = self._functional(data, batch_sizes, hx, weights)
+        ret = None
+        if not torch.compiler.is_compiling() and _plain_arg_types(self):
+            try:  # the op through the binding; what it refuses or does not take, as for padded input
+                ret = _C.rnn(
+                    data, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout,
+                    self.training, self.bidirectional, self.batch_first, self.mode == "RNN_RELU",
+                )  # fmt: skip
+            except _CALL_ERRORS:
+                pass
+        output, hidden = ret if ret is not None else self._functional(data, batch_sizes, hx, weights)
         return (
             PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
             self.permute_hidden(hidden, unsorted_indices),

@@ -10,12 +10,14 @@
 #   build      the CUDA extension in place (TORCH_CUDA_ARCH_LIST default 9.0, MAX_JOBS default 16)
 #   register   the ops have CUDA kernels
 #   cuda-tests python -m pytest tests/test_cuda.py (stops after 5 failures)
-#   bench      benchmarks/gpu_bench.py: rnnext vs nn.RNN (cuDNN), fp32 and bf16, fwd and fwd+bwd
+#   bench      python -m benchmarks --devices cuda: rnnext vs nn.RNN (cuDNN), fp32 and bf16, inference
+#              and training, with the path the CUDA planner picked per row
 #   racecheck  compute-sanitizer --tool racecheck (shared-memory hazards) on a smoke run of every kernel
+#              (scripts/cuda_smoke.py)
 #   memcheck   compute-sanitizer --tool memcheck on the same smoke run
 #   other-tests the rest of the test suite (its device-parametrized tests also run on CUDA)
 # Output goes to $OUT if set, else benchmarks/results/: gpu_check.log (everything printed),
-# test_cuda.txt / test_cuda.xml (pytest output, JUnit), gpu_bench_<gpu>.json / .md (benchmark),
+# test_cuda.txt / test_cuda.xml (pytest output, JUnit), cuda-<gpu>[-quick].json / .md / .png (benchmark),
 # gpu_check_summary.md (one line per stage). Exit status 0 only if every stage passed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -122,10 +124,11 @@ cuda_tests() {
 }
 
 bench() {
+  # The default grid takes a few minutes on a GPU; under a short stage limit, the quick grid.
   if [ "${STAGE_LIMIT:-0}" -lt 100 ]; then
-    "$PY" benchmarks/gpu_bench.py --out "$RESULTS" --quick
+    "$PY" -m benchmarks --devices cuda --out "$RESULTS" --quick
   else
-    "$PY" benchmarks/gpu_bench.py --out "$RESULTS"
+    "$PY" -m benchmarks --devices cuda --out "$RESULTS" --budget 0.3 --min-rounds 3
   fi
 }
 
@@ -141,7 +144,7 @@ sanitize() {
     echo "compute-sanitizer not found"
     return 3
   fi
-  "$SANITIZER" --tool "$tool" --error-exitcode 9 "$PY" benchmarks/gpu_bench.py --smoke
+  "$SANITIZER" --tool "$tool" --error-exitcode 9 "$PY" scripts/cuda_smoke.py
 }
 
 other_tests() {
@@ -173,7 +176,7 @@ run_stage other-tests 90 other_tests
     echo "CUDA tests: $(grep -E '(passed|failed|error)' "$RESULTS/test_cuda.txt" | tail -1)"
     echo
   fi
-  echo "Files in $RESULTS: gpu_check.log, test_cuda.txt/.xml, gpu_bench_*.json/.md, gpu_check_summary.md"
+  echo "Files in $RESULTS: gpu_check.log, test_cuda.txt/.xml, cuda-*.json/.md/.png, gpu_check_summary.md"
 } | tee "$RESULTS/gpu_check_summary.md"
 
 status=0

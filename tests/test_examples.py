@@ -57,7 +57,9 @@ class Example:
                 [sys.executable, str(EXAMPLES / name), *args], stdout=out, stderr=err, env=env, cwd=REPO
             )
 
-    def result(self, timeout: float = 150) -> tuple[str, str]:
+    # A guard against a hang, not a speed check: many times the few seconds to a minute an example
+    # takes here, even with all of them (and other work) sharing two cores.
+    def result(self, timeout: float = 900) -> tuple[str, str]:
         try:
             rc = self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -130,9 +132,13 @@ def test_char_lm_quick(examples):
     assert "identical initial weights in both models: OK" in out
     m = re.search(r"max \|loss\(torch.nn\) - loss\(rnnext\)\| = (\S+) ", out)
     assert m and float(m.group(1)) <= 1e-4
+    # The example's arithmetic, not the machine's speed: the times (4 significant digits) and the
+    # speedup (3) are printed to a relative precision that does not depend on their size, so their
+    # rounding moves the ratio by under 0.7% on any machine (decimals once made this fail on a
+    # faster one: 2.85x printed against 0.064 s / 0.022 s).
     m = re.search(r"torch.nn.RNN (\S+) s, rnnext.RNN (\S+) s -> speedup (\S+)x", out)
     assert m and float(m.group(1)) > 0 and float(m.group(2)) > 0
-    assert math.isclose(float(m.group(3)), float(m.group(1)) / float(m.group(2)), rel_tol=0.02)
+    assert math.isclose(float(m.group(3)), float(m.group(1)) / float(m.group(2)), rel_tol=0.01)
     assert "] 28/28 loss" in err  # the progress bar reached the end
     if importlib.util.find_spec("matplotlib") is not None:
         assert f"wrote {ex.png}" in out

@@ -256,3 +256,10 @@ def test_jit_trace_records_the_stack_as_one_op():
     graph = torch.jit.trace(rnn, (torch.randn(2, 5, 3),)).graph
     kinds = [n.kind() for n in graph.nodes()]
     assert kinds.count("rnnext::rnn") == 1 and "rnnext::rnn_forward" not in kinds
+
+
+def test_cell_with_no_input_features():
+    # input_size 0 (torch.nn allows it): the op's unbatched view keeps the empty feature dim.
+    ours, ref = _pair(rnnext.RNNCell, nn.RNNCell, 0, 3)
+    for x in (torch.randn(0, dtype=torch.float64), torch.randn(2, 0, dtype=torch.float64)):
+        torch.testing.assert_close(ours(x), ref(x), **TOL)

@@ -129,47 +129,6 @@ def test_noncontiguous_inputs():
     torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
 
 
-@pytest.mark.parametrize(
-    "mutate,match",
-    [
-        (lambda a: a.update(input=a["input"][0]), "must be 3-D"),
-        (lambda a: a.update(w_hh=a["w_hh"][:, :2]), "w_hh must be square"),
-        (lambda a: a.update(w_ih=a["w_ih"][:, :2]), "features but w_ih expects"),
-        (lambda a: a.update(hx=a["hx"][:2]), "hx must have shape"),
-        (lambda a: a.update(b_ih=a["b_ih"][:2]), "b_ih must have shape"),
-        (lambda a: a.update(input=a["input"].float()), "dtype"),
-        (lambda a: a.update(input=a["input"].long()), "floating point"),
-        (lambda a: a.update(batch_sizes=torch.tensor([1, 2])), "packed input must be 2-D"),
-    ],
-)
-def test_forward_errors(mutate, match):
-    x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_args(False, True, True)
-    a = dict(input=x, batch_sizes=bs, hx=hx, w_ih=w_ih, w_hh=w_hh, b_ih=b_ih, b_hh=b_hh)
-    mutate(a)
-    with pytest.raises(RuntimeError, match=match):
-        fwd(*a.values(), False, False)
-
-
-@pytest.mark.parametrize(
-    "sizes,match",
-    [([1, 2], "non-increasing"), ([2, 0], "positive"), ([2, 1], "add up to"), ([2.0, 1.0], "int64")],
-)
-def test_packed_batch_size_errors(sizes, match):
-    x = torch.randn(4, 3, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match=match):
-        fwd(
-            x,
-            torch.tensor(sizes),
-            None,
-            torch.randn(2, 3, dtype=torch.float64),
-            torch.randn(2, 2, dtype=torch.float64),
-            None,
-            None,
-            False,
-            False,
-        )
-
-
 @pytest.mark.parametrize("T,B", [(4, 0), (0, 3), (0, 0)])
 @pytest.mark.parametrize(
     "has_hx,bias,reverse", [(False, True, False), (True, False, True), (True, True, False)]
@@ -212,12 +171,3 @@ def test_empty_padded_input(T, B, has_hx, bias, reverse):
     for t, expected in zip(leaves, want[:4] + [want[4], want[4]]):
         if t is not None:
             torch.testing.assert_close(t.grad, expected, rtol=0, atol=0)
-
-
-def test_packed_batch_sizes_of_zero_are_still_rejected():
-    """Only padded input may have an empty batch: a packed step has at least one row."""
-    w_ih, w_hh = torch.randn(2, 3, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)
-    for sizes in ([0], [0, 0], [2, 0]):
-        x = torch.randn(sum(sizes), 3, dtype=torch.float64)
-        with pytest.raises(RuntimeError, match="batch_sizes must be positive"):
-            fwd(x, torch.tensor(sizes), None, w_ih, w_hh, None, None, False, False)

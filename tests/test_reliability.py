@@ -1,7 +1,7 @@
-"""Reliability of rnnext under abuse: memory, threads, determinism, extremes and bad input.
+"""Reliability of rnnext under abuse: memory, threads, determinism, extremes and half types.
 
-Every comparison is against the installed ``torch.nn`` at test time (values, NaN masks, exception
-types and messages), never against copied numbers or strings.
+Every comparison is against the installed ``torch.nn`` at test time (values, NaN masks, error
+texts), never against copied numbers or strings.
 
 ============================  =====================================================================
 section                       what can make it fail
@@ -12,9 +12,9 @@ threads                       concurrent calls on one module differing from seri
 determinism                   two identical runs differing in any bit (outputs, every gradient)
 extremes                      20,001-step sequences, size-1 dimensions, NaN/Inf/huge values
                               propagating differently from torch.nn; sizes past 2^31
-bad input                     an error of another type or text than torch.nn's, a raw-op call that
-                              crashes or returns instead of raising RuntimeError, a raw-op call
-                              mixing meta and CPU tensors that returns real (unwritten) tensors
+half types                    float16/bfloat16 numbers that differ from torch.nn's, or an unclear
+                              error (bad input: tests/test_rnn_errors.py; the raw ops' own
+                              errors: tests/test_op_errors.py)
 ============================  =====================================================================
 
 The test of a real tensor past 2^31 elements needs ~10 GB of RAM and runs only with
@@ -32,7 +32,7 @@ from typing import Callable
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import rnnext
 
@@ -502,109 +502,8 @@ def test_output_past_2_to_the_31_elements_is_correct() -> None:
     assert torch.isfinite(out[-1]).all()
 
 
-# ------------------------------------------------------------------------------------------------
-# Bad input
-# ------------------------------------------------------------------------------------------------
-
-
-def _outcome(fn: Callable[[], object]):
-    try:
-        result = fn()
-    except Exception as e:  # noqa: BLE001 - the type is what is compared
-        return ("raise", type(e), str(e))
-    flat = result if isinstance(result, (tuple, list)) else [result]
-    flat = [u for t in flat for u in (t if isinstance(t, PackedSequence) else [t]) if u is not None]
-    return ("ok", [(tuple(t.shape), t.dtype, t.device.type) for t in flat])
-
-
-_MODULE_CASES: dict[str, Callable] = {
-    "1-D input": lambda c: c(3, 4)(torch.randn(3)),
-    "4-D input": lambda c: c(3, 4)(torch.randn(1, 2, 3, 3)),
-    "wrong features": lambda c: c(3, 4)(torch.randn(5, 2, 4)),
-    "int input": lambda c: c(3, 4)(torch.randint(0, 3, (5, 2, 3))),
-    "bool input": lambda c: c(3, 4)(torch.ones(5, 2, 3, dtype=torch.bool)),
-    "complex input": lambda c: c(3, 4)(torch.randn(5, 2, 3, dtype=torch.cfloat)),
-    "float64 input, float32 module": lambda c: c(3, 4)(torch.randn(5, 2, 3, dtype=torch.float64)),
-    "hx wrong layers": lambda c: c(3, 4)(torch.randn(5, 2, 3), torch.randn(2, 2, 4)),
-    "hx wrong batch": lambda c: c(3, 4)(torch.randn(5, 2, 3), torch.randn(1, 3, 4)),
-    "hx wrong hidden": lambda c: c(3, 4)(torch.randn(5, 2, 3), torch.randn(1, 2, 5)),
-    "hx 2-D for 3-D input": lambda c: c(3, 4)(torch.randn(5, 2, 3), torch.randn(2, 4)),
-    "hx 3-D for 2-D input": lambda c: c(3, 4)(torch.randn(5, 3), torch.randn(1, 1, 4)),
-    "hx float64": lambda c: c(3, 4)(torch.randn(5, 2, 3), torch.randn(1, 2, 4, dtype=torch.float64)),
-    "hx int": lambda c: c(3, 4)(torch.randn(5, 2, 3), torch.ones(1, 2, 4, dtype=torch.long)),
-    "hx on meta": lambda c: c(3, 4)(torch.randn(5, 2, 3), torch.randn(1, 2, 4, device="meta")),
-    "input on meta": lambda c: c(3, 4)(torch.randn(5, 2, 3, device="meta")),
-    "all on meta": lambda c: c(3, 4, device="meta")(torch.randn(5, 2, 3, device="meta")),
-    # Without a bias torch.nn's ATen ops accept meta data with CPU weights and return meta outputs.
-    "packed data on meta, no bias": lambda c: c(3, 4, bias=False)(
-        pack_padded_sequence(torch.randn(5, 2, 3), [5, 3]).to("meta")
-    ),
-    "packed hx on meta, no bias": lambda c: c(3, 4, bias=False)(
-        pack_padded_sequence(torch.randn(5, 2, 3), [5, 3]), torch.randn(1, 2, 4, device="meta")
-    ),
-    "packed wrong features": lambda c: c(3, 4)(pack_padded_sequence(torch.randn(5, 2, 4), [5, 3])),
-    "packed hx wrong batch": lambda c: c(3, 4)(
-        pack_padded_sequence(torch.randn(5, 2, 3), [5, 3]), torch.randn(1, 3, 4)
-    ),
-    "empty sequence": lambda c: c(3, 4)(torch.randn(0, 2, 3)),
-    "empty sequence unbatched": lambda c: c(3, 4)(torch.randn(0, 3)),
-    "empty batch": lambda c: c(3, 4)(torch.randn(5, 0, 3)),
-    "empty batch, batch_first": lambda c: c(3, 4, batch_first=True)(torch.randn(0, 5, 3)),
-    "input_size 0": lambda c: c(0, 4),
-    "hidden_size 0": lambda c: c(3, 0),
-    "num_layers 0": lambda c: c(3, 4, 0),
-    "bad nonlinearity": lambda c: c(3, 4, nonlinearity="gelu"),
-    "dropout 1.5": lambda c: c(3, 4, dropout=1.5),
-}
-
-_CELL_CASES: dict[str, Callable] = {
-    "cell 3-D input": lambda c: c(3, 4)(torch.randn(1, 2, 3)),
-    "cell wrong features": lambda c: c(3, 4)(torch.randn(2, 4)),
-    "cell int input": lambda c: c(3, 4)(torch.randint(0, 3, (2, 3))),
-    "cell hx batch": lambda c: c(3, 4)(torch.randn(2, 3), torch.randn(3, 4)),
-    "cell hx hidden": lambda c: c(3, 4)(torch.randn(2, 3), torch.randn(2, 5)),
-    "cell hx 3-D": lambda c: c(3, 4)(torch.randn(2, 3), torch.randn(1, 2, 4)),
-    "cell hx float64": lambda c: c(3, 4)(torch.randn(2, 3), torch.randn(2, 4, dtype=torch.float64)),
-    "cell input on meta": lambda c: c(3, 4)(torch.randn(2, 3, device="meta")),
-    "cell hx on meta": lambda c: c(3, 4)(torch.randn(2, 3), torch.randn(2, 4, device="meta")),
-    "cell input on meta, no bias": lambda c: c(3, 4, bias=False)(torch.randn(2, 3, device="meta")),
-    "cell hx on meta, no bias": lambda c: c(3, 4, bias=False)(
-        torch.randn(2, 3), torch.randn(2, 4, device="meta")
-    ),
-    "cell empty batch": lambda c: c(3, 4)(torch.randn(0, 3)),
-}
-
-
-@pytest.mark.parametrize("case", list(_MODULE_CASES))
-def test_rnn_bad_input_raises_like_torch_nn(case: str) -> None:
-    want = _outcome(lambda: _MODULE_CASES[case](nn.RNN))
-    got = _outcome(lambda: _MODULE_CASES[case](rnnext.RNN))
-    assert got == want
-    _still_works()
-
-
-@pytest.mark.parametrize("case", list(_CELL_CASES))
-def test_rnn_cell_bad_input_raises_like_torch_nn(case: str) -> None:
-    want = _outcome(lambda: _CELL_CASES[case](nn.RNNCell))
-    got = _outcome(lambda: _CELL_CASES[case](rnnext.RNNCell))
-    assert got == want
-    _still_works()
-
-
-def test_rnn_cell_empty_batch_has_gradients_like_torch_nn() -> None:
-    results = []
-    for cls in (nn.RNNCell, rnnext.RNNCell):
-        torch.manual_seed(0)
-        cell = cls(3, 4)
-        y = cell(torch.randn(0, 3))
-        y.sum().backward()
-        results.append([p.grad for p in cell.parameters()])
-    for a, b in zip(*results):
-        assert b is not None and torch.equal(a, b)
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_dtypes_match_torch_nn_or_raise_clearly(dtype) -> None:
+def test_half_dtypes_match_torch_nn_or_raise_clearly(dtype, still_works) -> None:
     """torch.nn runs float16/bfloat16 on the CPU; rnnext's CPU kernels may or may not (OPS.md:
     optional). Either the numbers match or the error names the dtype; never garbage or a crash."""
     torch.manual_seed(0)
@@ -615,209 +514,7 @@ def test_half_dtypes_match_torch_nn_or_raise_clearly(dtype) -> None:
         got = ours(x)
     except RuntimeError as e:
         assert ("Half" if dtype == torch.float16 else "BFloat16") in str(e), str(e)
-        _still_works()
+        still_works()
         return
     for a, b in zip(got, want):
         torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
-
-
-def _still_works() -> None:
-    """The process keeps running, and rnnext still computes the right numbers."""
-    ref, ours = _pair(3, 4, num_layers=2)
-    x = torch.randn(4, 2, 3, dtype=torch.float64)
-    _assert_same_as_reference(_fwd_bwd(ours, x), _fwd_bwd(ref, x), F64, "after an error")
-
-
-def _raw_args():
-    torch.manual_seed(0)
-    T, B, C, H = 4, 3, 2, 5
-    return dict(
-        x=torch.randn(T, B, C),
-        xp=torch.randn(7, C),
-        bs=torch.tensor([3, 2, 2]),
-        w_ih=torch.randn(H, C),
-        w_hh=torch.randn(H, H),
-        b=torch.randn(H),
-        hx=torch.randn(B, H),
-        H=H,
-        B=B,
-    )
-
-
-def _bad_forward_calls():
-    a = _raw_args()
-    x, xp, bs, w_ih, w_hh, b, hx = (a[k] for k in ("x", "xp", "bs", "w_ih", "w_hh", "b", "hx"))
-    H, B = a["H"], a["B"]
-    meta = torch.device("meta")
-    return {
-        "input 2-D unpacked": (xp, None, None, w_ih, w_hh, b, b),
-        "input 4-D": (x[None], None, None, w_ih, w_hh, b, b),
-        "input 1-D": (x[0, 0], None, None, w_ih, w_hh, b, b),
-        "input 0-D": (x[0, 0, 0], None, None, w_ih, w_hh, b, b),
-        "packed input 3-D": (x, torch.tensor([3, 3, 3, 3]), None, w_ih, w_hh, b, b),
-        "input features": (torch.randn(4, 3, 3), None, None, w_ih, w_hh, b, b),
-        "input int64": (x.long(), None, None, w_ih.long(), w_hh.long(), None, None),
-        "input bool": (x > 0, None, None, w_ih > 0, w_hh > 0, None, None),
-        "input complex": (x.cfloat(), None, None, w_ih.cfloat(), w_hh.cfloat(), None, None),
-        "input float64, weights float32": (x.double(), None, None, w_ih, w_hh, b, b),
-        "w_ih float64": (x, None, None, w_ih.double(), w_hh, b, b),
-        "w_hh not square": (x, None, None, w_ih, torch.randn(H, H + 1), b, b),
-        "w_hh 1-D": (x, None, None, w_ih, torch.randn(H), b, b),
-        "w_ih rows": (x, None, None, torch.randn(H + 1, 2), w_hh, b, b),
-        "w_ih 3-D": (x, None, None, w_ih[None], w_hh, b, b),
-        "b_ih size": (x, None, None, w_ih, w_hh, torch.randn(H + 1), b),
-        "b_hh 2-D": (x, None, None, w_ih, w_hh, b, b[None]),
-        "b_ih float64": (x, None, None, w_ih, w_hh, b.double(), b),
-        "hx batch": (x, None, torch.randn(B + 1, H), w_ih, w_hh, b, b),
-        "hx 3-D": (x, None, hx[None], w_ih, w_hh, b, b),
-        "hx float64": (x, None, hx.double(), w_ih, w_hh, b, b),
-        "hx packed batch": (xp, bs, torch.randn(2, H), w_ih, w_hh, b, b),
-        "batch_sizes increasing": (xp, torch.tensor([2, 2, 3]), None, w_ih, w_hh, b, b),
-        "batch_sizes zero": (xp, torch.tensor([4, 3, 0]), None, w_ih, w_hh, b, b),
-        "batch_sizes zero first": (xp[:0], torch.tensor([0, 0]), None, w_ih, w_hh, b, b),
-        "batch_sizes negative": (xp, torch.tensor([8, -1]), None, w_ih, w_hh, b, b),
-        "batch_sizes wrong sum": (xp, torch.tensor([3, 3]), None, w_ih, w_hh, b, b),
-        "batch_sizes too large sum": (xp, torch.tensor([3, 3, 3]), None, w_ih, w_hh, b, b),
-        "batch_sizes int32": (xp, bs.int(), None, w_ih, w_hh, b, b),
-        "batch_sizes float": (xp, bs.float(), None, w_ih, w_hh, b, b),
-        "batch_sizes 2-D": (xp, bs.view(1, 3), None, w_ih, w_hh, b, b),
-        "batch_sizes on meta": (xp, bs.to(meta), None, w_ih, w_hh, b, b),
-    }
-
-
-@pytest.mark.parametrize("case", list(_bad_forward_calls()))
-@pytest.mark.parametrize("relu", [False, True])
-def test_raw_forward_op_rejects_bad_arguments(case: str, relu: bool) -> None:
-    args = _bad_forward_calls()[case]
-    with pytest.raises(RuntimeError):
-        torch.ops.rnnext.rnn_forward(*args, relu, False)
-    with pytest.raises(RuntimeError):
-        torch.ops.rnnext.rnn_forward(*args, relu, True)
-    _still_works()
-
-
-def _bad_backward_calls():
-    a = _raw_args()
-    x, xp, bs, w_ih, w_hh, b, hx = (a[k] for k in ("x", "xp", "bs", "w_ih", "w_hh", "b", "hx"))
-    H, B = a["H"], a["B"]
-    out, _ = torch.ops.rnnext.rnn_forward(x, None, hx, w_ih, w_hh, b, b, False, False)
-    outp, _ = torch.ops.rnnext.rnn_forward(xp, bs, None, w_ih, w_hh, b, b, False, False)
-    go, gop = torch.randn_like(out), torch.randn_like(outp)
-    meta = torch.device("meta")
-    return {
-        "grad_output shape": (go[:-1], None, x, None, hx, w_ih, w_hh, out),
-        "output shape": (go, None, x, None, hx, w_ih, w_hh, out[:-1]),
-        "output hidden": (go[..., :-1], None, x, None, hx, w_ih, w_hh, out[..., :-1]),
-        "grad_h_n shape": (go, torch.randn(B + 1, H), x, None, hx, w_ih, w_hh, out),
-        "grad_h_n 3-D": (go, torch.randn(1, B, H), x, None, hx, w_ih, w_hh, out),
-        "grad_h_n float64": (go, torch.randn(B, H, dtype=torch.float64), x, None, hx, w_ih, w_hh, out),
-        "grad_output float64": (go.double(), None, x, None, hx, w_ih, w_hh, out),
-        "output float64": (go, None, x, None, hx, w_ih, w_hh, out.double()),
-        "input int64": (go.long(), None, x.long(), None, None, w_ih.long(), w_hh.long(), out.long()),
-        "input features": (go, None, torch.randn(4, 3, 3), None, hx, w_ih, w_hh, out),
-        "hx shape": (go, None, x, None, hx[:1], w_ih, w_hh, out),
-        "w_hh not square": (go, None, x, None, hx, w_ih, torch.randn(H, H + 1), out),
-        "batch_sizes increasing": (gop, None, xp, torch.tensor([2, 2, 3]), None, w_ih, w_hh, outp),
-        "batch_sizes zero": (gop, None, xp, torch.tensor([4, 3, 0]), None, w_ih, w_hh, outp),
-        "batch_sizes wrong sum": (gop, None, xp, torch.tensor([3, 3]), None, w_ih, w_hh, outp),
-        "batch_sizes int32": (gop, None, xp, bs.int(), None, w_ih, w_hh, outp),
-        "packed output rows": (gop[:-1], None, xp, bs, None, w_ih, w_hh, outp[:-1]),
-        "batch_sizes on meta": (gop, None, xp, bs.to(meta), None, w_ih, w_hh, outp),
-    }
-
-
-@pytest.mark.parametrize("case", list(_bad_backward_calls()))
-def test_raw_backward_op_rejects_bad_arguments(case: str) -> None:
-    args = _bad_backward_calls()[case]
-    for mask in ([True] * 5, [True, False, False, True, False]):
-        with pytest.raises(RuntimeError):
-            torch.ops.rnnext.rnn_backward(*args, False, False, mask)
-    _still_works()
-
-
-def _meta_mixes(args: tuple, positions: dict[str, int]) -> dict[str, tuple[tuple, tuple]]:
-    """``args`` with one tensor moved to the meta device, and with all floating tensors but that
-    one moved there; each paired with the all-CPU ``args``."""
-    meta = torch.device("meta")
-    mixes = {}
-    for name, i in positions.items():
-        one = list(args)
-        one[i] = one[i].to(meta)
-        mixes[f"{name} on meta, rest on cpu"] = (tuple(one), args)
-        rest = [a.to(meta) if isinstance(a, torch.Tensor) and j != i and a.is_floating_point() else a
-                for j, a in enumerate(args)]  # fmt: skip
-        mixes[f"{name} on cpu, rest on meta"] = (tuple(rest), args)
-    return mixes
-
-
-def _check_meta_results(got, want) -> None:
-    """Every result on the meta device, with the shape and dtype of the all-CPU call's result."""
-    assert len(got) == len(want)
-    for i, (g, w) in enumerate(zip(got, want)):
-        assert g.device.type == "meta", f"result {i} is on {g.device}: a real tensor never written"
-        assert (g.shape, g.dtype) == (w.shape, w.dtype), (i, g.shape, w.shape)
-
-
-def _forward_meta_mixes():
-    a = _raw_args()
-    x, xp, bs, w_ih, w_hh, b, hx = (a[k] for k in ("x", "xp", "bs", "w_ih", "w_hh", "b", "hx"))
-    mixes = _meta_mixes((x, None, hx, w_ih, w_hh, b, b.clone()), {"input": 0, "hx": 2, "w_hh": 4, "b_hh": 6})
-    packed = _meta_mixes((xp, bs, None, w_ih, w_hh, None, None), {"input": 0, "w_ih": 3})
-    mixes.update({f"packed {k}": v for k, v in packed.items()})
-    return mixes
-
-
-@pytest.mark.parametrize("case", list(_forward_meta_mixes()))
-def test_raw_forward_op_mixing_meta_and_cpu_returns_meta(case: str) -> None:
-    """The Meta dispatch key wins, so such a call runs the fake kernel: its results must be meta
-    tensors (as ATen's mm of a meta and a CPU tensor is), never uninitialized CPU tensors."""
-    args, cpu = _forward_meta_mixes()[case]
-    for reverse in (False, True):
-        got = torch.ops.rnnext.rnn_forward(*args, False, reverse)
-        _check_meta_results(got, torch.ops.rnnext.rnn_forward(*cpu, False, reverse))
-
-
-def _backward_meta_mixes():
-    a = _raw_args()
-    x, w_ih, w_hh, b, hx = (a[k] for k in ("x", "w_ih", "w_hh", "b", "hx"))
-    out, h_n = torch.ops.rnnext.rnn_forward(x, None, hx, w_ih, w_hh, b, b, False, False)
-    args = (torch.randn_like(out), torch.randn_like(h_n), x, None, hx, w_ih, w_hh, out)
-    return _meta_mixes(args, {"grad_output": 0, "grad_h_n": 1, "input": 2, "w_ih": 5, "output": 7})
-
-
-@pytest.mark.parametrize("case", list(_backward_meta_mixes()))
-def test_raw_backward_op_mixing_meta_and_cpu_returns_meta(case: str) -> None:
-    args, cpu = _backward_meta_mixes()[case]
-    for mask in ([True] * 5, [True, False, False, True, False]):
-        got = torch.ops.rnnext.rnn_backward(*args, False, False, mask)
-        _check_meta_results(got, torch.ops.rnnext.rnn_backward(*cpu, False, False, mask))
-
-
-def test_fake_kernels_reject_cpu_and_cuda_mixed() -> None:
-    """Under FakeTensorMode (torch.compile's tracing) any mix of real devices raises, as the C++
-    glue does at run time. Fake CUDA tensors need no GPU."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    with FakeTensorMode():
-        x, hx = torch.empty(4, 3, 2, device="cuda"), torch.empty(3, 5, device="cuda")
-        w_ih, w_hh = torch.empty(5, 2, device="cuda"), torch.empty(5, 5, device="cuda")
-        out, h_n = torch.ops.rnnext.rnn_forward(x, None, hx, w_ih, w_hh, None, None, False, False)
-        assert out.device.type == "cuda" and h_n.shape == (3, 5)
-        with pytest.raises(RuntimeError, match="w_hh is on cpu but input is on cuda"):
-            torch.ops.rnnext.rnn_forward(x, None, hx, w_ih, w_hh.cpu(), None, None, False, False)
-        with pytest.raises(RuntimeError, match="hx is on cpu but input is on cuda"):
-            torch.ops.rnnext.rnn_forward(x, None, hx.cpu(), w_ih, w_hh, None, None, False, False)
-        with pytest.raises(RuntimeError, match="output is on cpu but input is on cuda"):
-            torch.ops.rnnext.rnn_backward(
-                out, None, x, None, hx, w_ih, w_hh, out.cpu(), False, False, [True] * 5
-            )
-
-
-def test_raw_backward_op_rejects_a_wrong_mask_length() -> None:
-    a = _raw_args()
-    out, _ = torch.ops.rnnext.rnn_forward(a["x"], None, None, a["w_ih"], a["w_hh"], None, None, False, False)
-    with pytest.raises(RuntimeError):
-        torch.ops.rnnext.rnn_backward(
-            out, None, a["x"], None, None, a["w_ih"], a["w_hh"], out, False, False, [True] * 4
-        )
-    _still_works()

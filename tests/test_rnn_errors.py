@@ -1,5 +1,6 @@
-"""Every invalid construction or call of rnnext.RNN raises what the installed torch.nn.RNN raises:
-the same exception type and the same message. Edge cases torch.nn accepts must work the same way.
+"""Every invalid construction or call of rnnext.RNN / RNNCell raises what the installed torch.nn
+raises: the same exception type and the same message. Edge cases torch.nn accepts must work the same
+way. (The raw ops' own errors: tests/test_op_errors.py.)
 
 CPU only: on CUDA torch.nn hands most calls to cuDNN, whose checks and messages are its own.
 """
@@ -11,7 +12,7 @@ from typing import Any, Callable
 import pytest
 import torch
 from torch import nn
-from torch.nn.utils.rnn import PackedSequence, pack_sequence
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pack_sequence
 
 import rnnext
 
@@ -244,3 +245,93 @@ def test_nonlinearity_attribute_is_not_read_after_construction():
         module = cls(4, 3, 2)
         torch.manual_seed(1)
         assert call(module)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input of every kind, RNN and RNNCell (each case also checks that rnnext still computes
+# torch.nn's numbers afterwards)
+
+_MODULE_CASES: dict[str, Callable] = {
+    "1-D input": lambda c: c(3, 4)(torch.randn(3)),
+    "4-D input": lambda c: c(3, 4)(torch.randn(1, 2, 3, 3)),
+    "wrong features": lambda c: c(3, 4)(torch.randn(5, 2, 4)),
+    "int input": lambda c: c(3, 4)(torch.randint(0, 3, (5, 2, 3))),
+    "bool input": lambda c: c(3, 4)(torch.ones(5, 2, 3, dtype=torch.bool)),
+    "complex input": lambda c: c(3, 4)(torch.randn(5, 2, 3, dtype=torch.cfloat)),
+    "float64 input, float32 module": lambda c: c(3, 4)(torch.randn(5, 2, 3, dtype=torch.float64)),
+    "hx wrong layers": lambda c: c(3, 4)(torch.randn(5, 2, 3), torch.randn(2, 2, 4)),
+    "hx wrong batch": lambda c: c(3, 4)(torch.randn(5, 2, 3), torch.randn(1, 3, 4)),
+    "hx wrong hidden": lambda c: c(3, 4)(torch.randn(5, 2, 3), torch.randn(1, 2, 5)),
+    "hx 2-D for 3-D input": lambda c: c(3, 4)(torch.randn(5, 2, 3), torch.randn(2, 4)),
+    "hx 3-D for 2-D input": lambda c: c(3, 4)(torch.randn(5, 3), torch.randn(1, 1, 4)),
+    "hx float64": lambda c: c(3, 4)(torch.randn(5, 2, 3), torch.randn(1, 2, 4, dtype=torch.float64)),
+    "hx int": lambda c: c(3, 4)(torch.randn(5, 2, 3), torch.ones(1, 2, 4, dtype=torch.long)),
+    "hx on meta": lambda c: c(3, 4)(torch.randn(5, 2, 3), torch.randn(1, 2, 4, device="meta")),
+    "input on meta": lambda c: c(3, 4)(torch.randn(5, 2, 3, device="meta")),
+    "all on meta": lambda c: c(3, 4, device="meta")(torch.randn(5, 2, 3, device="meta")),
+    # Without a bias torch.nn's ATen ops accept meta data with CPU weights and return meta outputs.
+    "packed data on meta, no bias": lambda c: c(3, 4, bias=False)(
+        pack_padded_sequence(torch.randn(5, 2, 3), [5, 3]).to("meta")
+    ),
+    "packed hx on meta, no bias": lambda c: c(3, 4, bias=False)(
+        pack_padded_sequence(torch.randn(5, 2, 3), [5, 3]), torch.randn(1, 2, 4, device="meta")
+    ),
+    "packed wrong features": lambda c: c(3, 4)(pack_padded_sequence(torch.randn(5, 2, 4), [5, 3])),
+    "packed hx wrong batch": lambda c: c(3, 4)(
+        pack_padded_sequence(torch.randn(5, 2, 3), [5, 3]), torch.randn(1, 3, 4)
+    ),
+    "empty sequence": lambda c: c(3, 4)(torch.randn(0, 2, 3)),
+    "empty sequence unbatched": lambda c: c(3, 4)(torch.randn(0, 3)),
+    "empty batch": lambda c: c(3, 4)(torch.randn(5, 0, 3)),
+    "empty batch, batch_first": lambda c: c(3, 4, batch_first=True)(torch.randn(0, 5, 3)),
+    "input_size 0": lambda c: c(0, 4),
+    "hidden_size 0": lambda c: c(3, 0),
+    "num_layers 0": lambda c: c(3, 4, 0),
+    "bad nonlinearity": lambda c: c(3, 4, nonlinearity="gelu"),
+    "dropout 1.5": lambda c: c(3, 4, dropout=1.5),
+}
+
+_CELL_CASES: dict[str, Callable] = {
+    "cell 3-D input": lambda c: c(3, 4)(torch.randn(1, 2, 3)),
+    "cell wrong features": lambda c: c(3, 4)(torch.randn(2, 4)),
+    "cell int input": lambda c: c(3, 4)(torch.randint(0, 3, (2, 3))),
+    "cell hx batch": lambda c: c(3, 4)(torch.randn(2, 3), torch.randn(3, 4)),
+    "cell hx hidden": lambda c: c(3, 4)(torch.randn(2, 3), torch.randn(2, 5)),
+    "cell hx 3-D": lambda c: c(3, 4)(torch.randn(2, 3), torch.randn(1, 2, 4)),
+    "cell hx float64": lambda c: c(3, 4)(torch.randn(2, 3), torch.randn(2, 4, dtype=torch.float64)),
+    "cell input on meta": lambda c: c(3, 4)(torch.randn(2, 3, device="meta")),
+    "cell hx on meta": lambda c: c(3, 4)(torch.randn(2, 3), torch.randn(2, 4, device="meta")),
+    "cell input on meta, no bias": lambda c: c(3, 4, bias=False)(torch.randn(2, 3, device="meta")),
+    "cell hx on meta, no bias": lambda c: c(3, 4, bias=False)(
+        torch.randn(2, 3), torch.randn(2, 4, device="meta")
+    ),
+    "cell empty batch": lambda c: c(3, 4)(torch.randn(0, 3)),
+}
+
+
+@pytest.mark.parametrize("case", list(_MODULE_CASES))
+def test_rnn_bad_input_raises_like_torch_nn(case: str, still_works) -> None:
+    want = outcome(lambda: _MODULE_CASES[case](nn.RNN))
+    got = outcome(lambda: _MODULE_CASES[case](rnnext.RNN))
+    assert got == want
+    still_works()
+
+
+@pytest.mark.parametrize("case", list(_CELL_CASES))
+def test_rnn_cell_bad_input_raises_like_torch_nn(case: str, still_works) -> None:
+    want = outcome(lambda: _CELL_CASES[case](nn.RNNCell))
+    got = outcome(lambda: _CELL_CASES[case](rnnext.RNNCell))
+    assert got == want
+    still_works()
+
+
+def test_rnn_cell_empty_batch_has_gradients_like_torch_nn() -> None:
+    results = []
+    for cls in (nn.RNNCell, rnnext.RNNCell):
+        torch.manual_seed(0)
+        cell = cls(3, 4)
+        y = cell(torch.randn(0, 3))
+        y.sum().backward()
+        results.append([p.grad for p in cell.parameters()])
+    for a, b in zip(*results):
+        assert b is not None and torch.equal(a, b)

@@ -21,6 +21,7 @@
 
 #include "../rnn_backward_tail.h"
 #include "../rnn_common.h"
+#include "plan_info.h"
 #include "rnn_kernels.h"
 
 namespace rnnext {
@@ -270,6 +271,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cuda(
 }
 
 }  // namespace
+
+const char* planned_path(at::ScalarType dtype, int64_t B, int64_t H, bool backward) {
+  return cuda::plan_name(to_dtype(dtype), B, H, path_from_env(), backward);
+}
 
 TORCH_LIBRARY_IMPL(rnnext, CUDA, m) {
   m.impl("rnn_forward", &rnn_forward_cuda);

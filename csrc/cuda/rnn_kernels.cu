@@ -1014,6 +1014,33 @@ bool persistent_backward(DType dtype, const Seq& seq, const void* w_hh, const vo
   return ran;
 }
 
+namespace {
+
+const char* variant_name(const Plan& plan) {
+  switch (plan.variant) {
+    case Variant::Regs: return "persistent-regs";
+    case Variant::Smem: return "persistent-smem";
+    case Variant::Cluster:
+      return plan.C == 2 ? "persistent-cluster2" : plan.C == 4 ? "persistent-cluster4" : "persistent-cluster8";
+    default: return "fallback";
+  }
+}
+
+template <typename S>
+const char* plan_name_t(int64_t B, int64_t H, Path path, bool backward) {
+  const void* cluster = backward ? reinterpret_cast<const void*>(persistent_backward_cluster_kernel<S>)
+                                 : reinterpret_cast<const void*>(persistent_forward_cluster_kernel<S>);
+  return variant_name(make_plan(B, H, sizeof(Acc<S>), sizeof(WStore<S>), path, cluster));
+}
+
+}  // namespace
+
+const char* plan_name(DType dtype, int64_t B, int64_t H, Path path, bool backward) {
+  const char* name = "fallback";
+  RNNEXT_DISPATCH(dtype, name = plan_name_t<scalar_t>(B, H, path, backward););
+  return name;
+}
+
 void forward_step_pointwise(DType dtype, void* cur, int64_t rows, int64_t H, void* h_n,
                             int64_t done_from, bool relu, cudaStream_t stream) {
   const int64_t count = rows * H;

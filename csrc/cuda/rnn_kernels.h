@@ -51,6 +51,12 @@ bool persistent_backward(DType dtype, const Seq& seq, const void* w_hh, const vo
                          const void* grad_h_n, const void* out, void* dpre, void* grad_hx,
                          bool relu, Path path, cudaStream_t stream);
 
+// The recurrence path persistent_forward / persistent_backward take for this geometry on the current
+// device (the planner's choice, make_plan): "persistent-regs", "persistent-smem",
+// "persistent-cluster<C>" or "fallback" (the per-step GEMM path). A cluster plan whose clusters
+// cannot be scheduled at launch still falls back then; the name is the plan's.
+const char* plan_name(DType dtype, int64_t B, int64_t H, Path path, bool backward);
+
 // Fallback, one step: cur [rows, H] holds the full pre-activation; applies the activation in place
 // (rounding to the storage dtype) and copies rows >= done_from to h_n (same row index).
 void forward_step_pointwise(DType dtype, void* cur, int64_t rows, int64_t H, void* h_n,
