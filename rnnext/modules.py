@@ -27,6 +27,7 @@ __all__ = ["RNN", "RNNCell"]
 # missing from _parameters).
 _CALL_ERRORS = (RuntimeError, ValueError, TypeError, IndexError, KeyError)
 _is_compiling = torch.compiler.is_compiling
+_is_scripting = torch.jit.is_scripting  # TorchScript knows the function, under any name
 
 
 def _call(op, *args):
@@ -107,7 +108,7 @@ class RNNCell(_script.ScriptRNNCell, nn.RNNCell):
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         """One step from ``hx`` (zeros if ``None``); see the class docstring for shapes."""
-        if torch.jit.is_scripting():  # TorchScript compiles this branch only
+        if _is_scripting():  # TorchScript compiles this branch only
             return self._script_forward(input, hx)
         if not _is_compiling():
             # One op call (rnnext::rnn_cell), the op's checks standing for torch.nn's. Anything it
@@ -280,7 +281,7 @@ class RNN(_script.ScriptRNN, nn.RNNBase):
         self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
     ) -> tuple[Union[Tensor, PackedSequence], Tensor]:
         """Runs the RNN over ``input`` from ``hx`` (zeros if ``None``); see the class docstring."""
-        if torch.jit.is_scripting():  # TorchScript compiles this branch only, once per overload
+        if _is_scripting():  # TorchScript compiles this branch only, once per overload
             if isinstance(input, PackedSequence):
                 return self._script_forward_packed(input, hx)
             return self._script_forward_padded(input, hx)
