@@ -260,3 +260,34 @@ def test_registration_is_lazy_and_works_in_either_import_order():
         "torch.onnx.export(m, (torch.randn(2, 1, 3),), io.BytesIO(), dynamo=False)\n"
         "torch.onnx.export(m, (torch.randn(2, 1, 3),), dynamo=True, verbose=False)\n"
     )
+
+
+class StackAndCell(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = rnnext.RNN(4, 6, 2, bidirectional=True, batch_first=True)
+        self.cell = rnnext.RNNCell(12, 3, bias=False)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor):
+        y, h_n = self.rnn(x, h)
+        return self.cell(y[:, -1]), h_n
+
+
+@pytest.mark.parametrize("opset", [9, 11, 13, 17, 20])
+def test_legacy_exporter_opsets(opset):
+    """The legacy symbolics are registered from opset 9 on (Squeeze / Unsqueeze take their axes as
+    an attribute before opset 13, as an input from 13)."""
+    torch.manual_seed(4)
+    model = StackAndCell().eval()
+    f = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (torch.randn(3, 5, 4), torch.randn(4, 3, 6)), f, dynamo=False, opset_version=opset,
+            input_names=["x", "h"], dynamic_axes={"x": {0: "B", 1: "T"}, "h": {1: "B"}},
+        )  # fmt: skip
+    assert op_types(f.getvalue()).count("RNN") == 2
+    x, h = torch.randn(2, 7, 4), torch.randn(4, 2, 6)
+    with torch.no_grad():
+        for got, want in zip(run_onnx(f.getvalue(), x, h), model(x, h)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
