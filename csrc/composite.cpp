@@ -88,7 +88,7 @@ Tensor over(const Tensor& top, const Tensor& rest) {
   return n == rest.size(0) ? top : at::cat({top, rest.narrow(0, n, rest.size(0) - n)}, 0);
 }
 
-Tensor zero_state(const Tensor& input, const Steps& s, const Tensor& w_hh) {
+Tensor zero_state(const Tensor& input, const Steps& s, const Tensor& w_hh) {  // hx None
   return at::zeros({s.B, w_hh.size(0)}, input.options());
 }
 

@@ -1,12 +1,12 @@
 // The differentiable composites of the per-layer ops: rnn_forward and rnn_backward written again
 // with at:: ops (csrc/composite.cpp), for every device. They are a second formula of the math in
 // csrc/OPS.md, run only where the fused kernels have no derivative:
-//   - forward-mode AD: rnn_forward's autograd kernel runs composite::rnn_forward when a tangent is
-//     attached to an input (ATen's forward-AD formulas then give the tangents, and its backward
-//     formulas the gradients);
-//   - higher order: rnn_backward's autograd kernel runs composite::rnn_backward when grad mode is on
-//     and an input requires grad (a backward with create_graph=True), so gradients of gradients flow
-//     through ATen's formulas; otherwise the fused kernel runs and nothing is recorded.
+//   - forward-mode AD: rnn_forward's autograd kernel (csrc/autograd.cpp) and rnn_backward's run
+//     the composite when a tangent is attached to an argument (ATen's forward-AD formulas give the
+//     tangents, its backward formulas the gradients);
+//   - higher order: rnn_backward's autograd kernel (csrc/composite.cpp) runs the fused kernel and,
+//     when an argument requires grad, records a node that recomputes composite::rnn_backward and
+//     differentiates it only when a second backward reaches it.
 // tests/test_higher_order.py checks them against the fused ops (float64, tight).
 #pragma once
 
