@@ -217,14 +217,18 @@ struct RnnBackwardBackward : public Node {
     }
     variable_list result(kArgs);
     std::vector<Tensor> outs, outs_grads;
+    // Only the outputs a gradient arrives at are recomputed (their GEMMs skipped otherwise).
+    std::array<bool, 5> flowing{};
+    for (size_t k = 0; k < 5; ++k) flowing[k] = mask_[k] && grads[k].defined();
     if (!wrt.empty()) {
       auto recomputed = rnn_backward(args[0], maybe(args[1]), args[2], maybe(batch_sizes_.unpack()),
-                                     maybe(args[3]), args[4], args[5], args[6], relu_, reverse_, mask_);
+                                     maybe(args[3]), args[4], args[5], args[6], relu_, reverse_,
+                                     flowing);
       const Tensor parts[5] = {std::get<0>(recomputed), std::get<1>(recomputed),
                                std::get<2>(recomputed), std::get<3>(recomputed),
                                std::get<4>(recomputed)};
       for (size_t k = 0; k < 5; ++k) {
-        if (mask_[k] && grads[k].defined() && parts[k].requires_grad()) {
+        if (flowing[k] && parts[k].requires_grad()) {
           outs.push_back(parts[k]);
           outs_grads.push_back(grads[k]);
         }
