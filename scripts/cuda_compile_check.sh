@@ -10,6 +10,9 @@
 # them). They are unpacked once into .cuda-headers/ (git-ignored). Wheels are taken from
 # $RNNEXT_WHEEL_DIRS (default /opt/pypi-more/files) or fetched with `pip download --no-deps`.
 #
+# `scripts/cuda_compile_check.sh --headers-only` only prepares .cuda-headers/ (scripts/cuda_ptxas_report.sh
+# uses it on a machine whose torch has no CUDA headers).
+#
 # Environment: NVCC (default: nvcc on PATH), RNNEXT_CUDA_ARCHS (default "80 90"),
 # CUDA_CHECK_JOBS (parallel compiles, default 2).
 set -euo pipefail
@@ -23,7 +26,9 @@ ARCHS=${RNNEXT_CUDA_ARCHS:-"80 90"}
 JOBS=${CUDA_CHECK_JOBS:-2}
 PYTHON=${PYTHON:-python3}
 
-command -v "$NVCC" >/dev/null || { echo "cuda_compile_check: nvcc not found" >&2; exit 1; }
+HEADERS_ONLY=0
+[ "${1:-}" = "--headers-only" ] && HEADERS_ONLY=1
+[ $HEADERS_ONLY = 1 ] || command -v "$NVCC" >/dev/null || { echo "cuda_compile_check: nvcc not found" >&2; exit 1; }
 
 # find_wheel PATTERN PIP_SPEC: a wheel file matching PATTERN, downloading PIP_SPEC if none is found.
 find_wheel() {
@@ -54,6 +59,8 @@ if [ ! -f "$CACHE/.complete" ]; then
   done
   touch "$CACHE/.complete"
 fi
+
+[ $HEADERS_ONLY = 0 ] || exit 0
 
 INCLUDES=(-I"$ROOT/csrc" -I"$CACHE/torch/include" -I"$CACHE/torch/include/torch/csrc/api/include")
 for d in "$CACHE"/nvidia/*/include; do INCLUDES+=(-I"$d"); done

@@ -15,7 +15,7 @@ import torch
 
 import rnnext  # noqa: F401 - registers torch.ops.rnnext
 
-PATHS = ("persistent", "smem", "cluster", "fallback")  # RNNEXT_CUDA_PATH, read by the glue per call
+PATHS = ("persistent", "smem", "cluster", "tiled", "fallback")  # RNNEXT_CUDA_PATH, read by the glue per call
 
 
 def main() -> int:

@@ -3,9 +3,12 @@
 Every check compares against a reference computed at test time: the CPU op / ``torch.nn`` in
 float64, and ``torch.nn.RNN`` on the same GPU (cuDNN). The recurrence has two CUDA implementations
 (persistent kernels holding W_hh in registers (H <= 128), in shared memory, or split over a
-thread-block cluster (sm_90), and a per-step cuBLAS GEMM plus pointwise kernel);
-``RNNEXT_CUDA_PATH`` = persistent / smem / cluster / fallback forces one of them, so the tests that
-take ``path`` run each (on a GPU without clusters, "cluster" runs the fallback).
+thread-block cluster (sm_90), the tiled kernel of issue 14 (batch tiles x hidden splits, only when
+forced), and a per-step cuBLAS GEMM plus pointwise kernel);
+``RNNEXT_CUDA_PATH`` = persistent / smem / cluster / tiled / fallback forces one of them, so the tests
+that take ``path`` run each (on a GPU without clusters, "cluster" runs the fallback and "tiled" its
+one-CTA form or the fallback). ``test_algorithm_*`` run without a GPU: Python models of the kernels'
+algorithms (the tiled one with its index arithmetic and exchange protocol) against the CPU op.
 
 Tolerances: float64 1e-9 (rtol and atol); float32 1e-4 relative plus 1e-5 of each tensor's
 largest magnitude (gradients are sums over every step and batch entry); float16 / bfloat16
@@ -37,7 +40,7 @@ FWD = torch.ops.rnnext.rnn_forward.default
 BWD = torch.ops.rnnext.rnn_backward.default
 F64 = dict(rtol=1e-9, atol=1e-9)
 F32 = dict(rtol=1e-4, atol=1e-5, scaled=True)
-PATHS = ["persistent", "smem", "cluster", "fallback"]
+PATHS = ["persistent", "smem", "cluster", "tiled", "fallback"]
 
 
 @pytest.fixture(autouse=True)
@@ -661,6 +664,261 @@ def test_algorithm_of_persistent_kernels_matches_cpu_op():
         grads = BWD(go, ghn, x, bs, hx, w_ih, w_hh, out, relu, reverse, [True] * 5)
         e_out, e_hn, e_dpre, e_ghx = _emulate_persistent(x, bs.tolist(), hx, w_ih, w_hh, b, relu, reverse,
                                                           go, ghn)
+        torch.testing.assert_close(e_out, out, **F64)
+        torch.testing.assert_close(e_hn, h_n, **F64)
+        torch.testing.assert_close(e_ghx, grads[1], **F64)
+        torch.testing.assert_close(e_dpre @ w_ih, grads[0], **F64)
+        torch.testing.assert_close(e_dpre.sum(0), grads[4], **F64)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tiled kernel (RNNEXT_CUDA_PATH=tiled, rnn_kernels.cu: tiled_kernel), modelled on the CPU: its
+# index arithmetic (thread -> (k lane, column group, row group), the 4 x 4 register block over
+# 4-element k chunks, the shuffle reduction over KS lanes, rows owned by lane r % KS), its plan
+# geometry (R = ceil(H / C) rounded up to 4, HP = C * R, ldw = HP + 4, BT a multiple of 4) and its
+# exchange protocol (each CTA writes its new columns into the next buffer of every CTA of the cluster,
+# then __syncthreads, then thread r arrives on CTA r's mbarrier of that buffer; a step waits on its
+# buffer's phase (s - 1) >> 1 & 1), with the CTAs of a cluster interleaved at random at every store,
+# arrival and wait. Checked: no store lands in a buffer that its CTA still has to read (or reads),
+# every state value and every output written exactly once per step, no wait passing a later phase
+# than its own, no deadlock, and the results against the CPU op. It runs this Python model, not the
+# CUDA code: that needs a GPU (tests above with path="tiled").
+
+_TNB, _TNJ = 4, 4
+
+
+class _MBarrier:
+    """mbarrier with an expected count: completes a phase when `count` arrivals have come."""
+
+    def __init__(self, count: int):
+        self.count, self.pending, self.completed = count, count, 0
+
+    def arrive(self) -> None:
+        self.pending -= 1
+        if self.pending == 0:
+            self.completed += 1
+            self.pending = self.count
+
+    def try_wait_parity(self, parity: int) -> bool:
+        """PTX try_wait.parity: true once the current (incomplete) phase's parity differs."""
+        return (self.completed & 1) != parity
+
+
+def _tiled_cluster(geo, BT, KS, C, b0, bt, seq, w_hh, hx, pre, *, bwd, relu, go=None, ghn=None,
+                   fwd_out=None, rng=None):
+    """One cluster (batch tile b0 .. b0 + bt) of tiled_kernel; returns what it writes to global
+    memory as {(name, index): value} plus its write counts."""
+    H, T, reverse = geo["H"], geo["T"], geo["reverse"]
+    bs, off = seq
+    R = (H + C - 1) // C
+    R = (R + 3) // 4 * 4
+    HP, ldw = C * R, C * R + 4
+    jgroups, bgroups = R // _TNJ, BT // _TNB
+    nthreads = -(-(KS * jgroups * bgroups) // 32) * 32
+    # Shared memory of each CTA: W slice, two state buffers, two mbarriers.
+    W = []
+    for rank in range(C):
+        w = [0.0] * (R * ldw)
+        for jl in range(R):
+            for k in range(HP):
+                j = rank * R + jl
+                if j < H and k < H:
+                    w[jl * ldw + k] = float(w_hh[k, j] if bwd else w_hh[j, k])
+        W.append(w)
+    state = [[[0.0] * (BT * HP) for _ in range(2)] for _ in range(C)]
+    for rank in range(C):
+        for b in range(bt):
+            for k in range(H):
+                if not bwd and hx is not None:
+                    state[rank][0][b * HP + k] = float(hx[b0 + b, k])
+    full = [[_MBarrier(C), _MBarrier(C)] for _ in range(C)]
+    reading = [[None, None] for _ in range(C)]  # step whose read of the buffer is in progress
+    read_done = [[-1, -1] for _ in range(C)]    # last step that finished reading the buffer
+    filled = [[0, -1] for _ in range(C)]        # step whose input the buffer holds (0: initial)
+    written = {}                                # (buffer owner, buffer, step, index) -> count
+    out = {}
+    counts = {}
+
+    def gwrite(name, idx, v):
+        out[(name, idx)] = v
+        counts[(name, idx)] = counts.get((name, idx), 0) + 1
+
+    def cta(rank):
+        j0 = rank * R
+        prev_rows = 0
+        for s in range(T):
+            cur, nxt = s & 1, (s & 1) ^ 1
+            t = T - 1 - s if bwd != reverse else s
+            rows, o = bs[t], off[t]
+            if s > 0:
+                parity = ((s - 1) >> 1) & 1
+                while not full[rank][cur].try_wait_parity(parity):
+                    yield "blocked"
+                # The phase waited for is exactly the one of this step, not a later one.
+                assert full[rank][cur].completed == (s - 1) // 2 + 1, (rank, s)
+            assert filled[rank][cur] == s, f"CTA {rank} step {s} reads the input of {filled[rank][cur]}"
+            reading[rank][cur] = s
+            hc = state[rank][cur]
+            values = {}  # (row b, column j) -> new state value, from the owning lane
+            for tid in range(nthreads):
+                kl, q = tid % KS, tid // KS
+                worker = q < jgroups * bgroups
+                jl0 = (q % jgroups) * _TNJ if worker else 0
+                br0 = (q // jgroups) * _TNB if worker else 0
+                if not worker:
+                    continue
+                # tiled_product: this lane's partial sums; the xor butterfly over KS lanes sums the
+                # group, so each lane ends with the sum over k4 = 0 .. HP/4 - 1 (same set of terms).
+                acc = [[0.0] * _TNJ for _ in range(_TNB)]
+                for lane in range(KS):
+                    for k4 in range(lane, HP // 4, KS):
+                        for c in range(_TNJ):
+                            for r in range(_TNB):
+                                for i in range(4):
+                                    k = 4 * k4 + i
+                                    acc[r][c] += W[rank][(jl0 + c) * ldw + k] * hc[(br0 + r) * HP + k]
+                for r in range(_TNB):
+                    b = br0 + r
+                    if r % KS != kl or b >= bt:
+                        continue
+                    e = b0 + b
+                    for c in range(_TNJ):
+                        j = j0 + jl0 + c
+                        v = 0.0
+                        if j < H:
+                            if e < rows:
+                                idx = (o + e) * H + j
+                                if bwd:
+                                    g = float(go[o + e, j])
+                                    if ghn is not None and e >= prev_rows:
+                                        g += float(ghn[e, j])
+                                    h = float(fwd_out[o + e, j])
+                                    a = g + acc[r][c]
+                                    v = a * (1.0 if h > 0 else 0.0) if relu else a * (1.0 - h * h)
+                                    gwrite("dpre", idx, v)
+                                else:
+                                    p_ = acc[r][c] + float(pre[o + e, j])
+                                    v = max(p_, 0.0) if relu else math.tanh(p_)
+                                    gwrite("out", idx, v)
+                            else:
+                                v = hc[b * HP + j]
+                        values[(b, j)] = v
+            read_done[rank][cur] = s
+            reading[rank][cur] = None
+            # 16-byte stores of each owned 4-vector into every CTA's next buffer, interleaved.
+            targets = list(range(C))
+            rng.shuffle(targets)
+            for pr in targets:
+                yield "store"
+                # The consumer must have finished reading this buffer (its step s - 1) and not be
+                # reading it now.
+                assert reading[pr][nxt] is None, f"step {s}: CTA {rank} writes into CTA {pr}'s read"
+                assert read_done[pr][nxt] >= s - 1, f"step {s}: CTA {rank} overwrites CTA {pr}'s unread input"
+                for (b, j), v in values.items():
+                    state[pr][nxt][b * HP + j] = v
+                    key = (pr, nxt, s, b * HP + j)
+                    written[key] = written.get(key, 0) + 1
+            # __syncthreads, then thread pr < C arrives on CTA pr's full[nxt].
+            for pr in range(C):
+                yield "arrive"
+                full[pr][nxt].arrive()
+                if full[pr][nxt].pending == C:  # this arrival completed the phase
+                    filled[pr][nxt] = s + 1
+            prev_rows = rows
+        fin = T & 1
+        while not full[rank][fin].try_wait_parity(((T - 1) >> 1) & 1):
+            yield "blocked"
+        hfin = state[rank][fin]
+        if bwd:
+            for b in range(bt):
+                for jl in range(R):
+                    j = j0 + jl
+                    if j < H:
+                        gwrite("grad_hx", (b0 + b) * H + j,
+                               sum(W[rank][jl * ldw + k] * hfin[b * HP + k] for k in range(HP)))
+        else:
+            for b in range(bt):
+                for jl in range(R):
+                    j = j0 + jl
+                    if j < H:
+                        gwrite("h_n", (b0 + b) * H + j, hfin[b * HP + j])
+
+    gens = {rank: cta(rank) for rank in range(C)}
+    stalled = 0
+    while gens:
+        rank = rng.choice(sorted(gens))
+        try:
+            ev = next(gens[rank])
+        except StopIteration:
+            del gens[rank]
+            stalled = 0
+            continue
+        stalled = stalled + 1 if ev == "blocked" else 0
+        assert stalled < 1000, "deadlock: every CTA of the cluster waits"
+    # Every state value of every step written exactly once into every CTA.
+    for (pr, buf, s, i), n in written.items():
+        assert n == 1, (pr, buf, s, i, n)
+    assert len(written) == C * T * bt * HP, (len(written), C * T * bt * HP)
+    return out, counts
+
+
+def _run_tiled(x, bs, hx, w_ih, w_hh, b, relu, reverse, go, ghn, *, C, BT, KS, seed):
+    """The tiled kernel's forward and backward over every batch tile (clusters are independent)."""
+    import random
+    rng = random.Random(seed)
+    T, B, H = len(bs), bs[0], w_hh.shape[0]
+    off = [0]
+    for n in bs:
+        off.append(off[-1] + n)
+    pre = x @ w_ih.T + b
+    geo = dict(H=H, T=T, reverse=reverse)
+    N = off[-1]
+    res = {name: torch.zeros(n * H, dtype=torch.float64)
+           for name, n in (("out", N), ("h_n", B), ("dpre", N), ("grad_hx", B))}
+    cnt = {k: torch.zeros_like(v) for k, v in res.items()}
+    for bwd in (False, True):
+        fwd_out = res["out"].view(N, H)
+        for b0 in range(0, B, BT):
+            bt = min(BT, B - b0)
+            out, counts = _tiled_cluster(geo, BT, KS, C, b0, bt, (bs, off), w_hh, hx, pre, bwd=bwd, relu=relu,
+                                         go=go, ghn=ghn, fwd_out=fwd_out, rng=rng)
+            for (name, idx), v in out.items():
+                res[name][idx] = v
+                cnt[name][idx] += counts[(name, idx)]
+    for name, c in cnt.items():
+        assert bool((c == 1).all()), f"{name}: some elements written {sorted(set(c.tolist()))} times"
+    return res["out"].view(N, H), res["h_n"].view(B, H), res["dpre"].view(N, H), res["grad_hx"].view(B, H)
+
+
+TILED_CASES = [
+    # (C, BT, KS, H, B): clusters of 1-8 CTAs, tiles of 4-8 rows, 1-8 lanes per dot product, H not a
+    # multiple of 4 or of C, a partial last tile, CTAs whose rows are all padding (H=5, C=4)
+    (1, 4, 1, 6, 3), (1, 4, 4, 9, 5), (2, 4, 2, 10, 6), (2, 8, 4, 7, 9), (4, 4, 1, 13, 4),
+    (4, 4, 4, 5, 2), (8, 4, 2, 17, 5), (2, 4, 1, 4, 1), (2, 4, 8, 23, 3),
+]
+
+
+@pytest.mark.parametrize("C,BT,KS,H,B", TILED_CASES)
+def test_algorithm_tiled_kernel_matches_cpu_op(C, BT, KS, H, B):
+    g = _gen(1000 + C * 100 + H * 10 + B)
+    for trial in range(4):
+        T, In = 1 + (trial * 2 + H) % 5, 3
+        packed = trial % 2 == 1
+        if packed:
+            lengths = sorted([T] + [int(torch.randint(1, T + 1, (1,), generator=g)) for _ in range(B - 1)],
+                             reverse=True)
+        else:
+            lengths = [T] * B
+        bs = _batch_sizes(lengths)
+        x = _randn(int(bs.sum()), In, gen=g)
+        hx = _randn(B, H, gen=g, scale=0.5)
+        w_ih, w_hh, b = _randn(H, In, gen=g), _randn(H, H, gen=g, scale=0.5), _randn(H, gen=g)
+        relu, reverse = trial in (1, 2), trial >= 2
+        out, h_n = FWD(x, bs, hx, w_ih, w_hh, b, None, relu, reverse)
+        go, ghn = _randn(*out.shape, gen=g), _randn(*h_n.shape, gen=g)
+        grads = BWD(go, ghn, x, bs, hx, w_ih, w_hh, out, relu, reverse, [True] * 5)
+        e_out, e_hn, e_dpre, e_ghx = _run_tiled(x, bs.tolist(), hx, w_ih, w_hh, b, relu, reverse, go, ghn,
+                                                C=C, BT=BT, KS=KS, seed=trial)
         torch.testing.assert_close(e_out, out, **F64)
         torch.testing.assert_close(e_hn, h_n, **F64)
         torch.testing.assert_close(e_ghx, grads[1], **F64)

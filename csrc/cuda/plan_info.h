@@ -12,7 +12,8 @@ namespace rnnext {
 
 // The recurrence path rnn_forward (backward: rnn_backward) takes on the current device for a
 // batch of B (packed: the first batch size) and hidden size H, RNNEXT_CUDA_PATH included:
-// "persistent-regs", "persistent-smem", "persistent-cluster<C>" or "fallback" (rnn_cuda.cpp).
+// "persistent-regs", "persistent-smem", "persistent-cluster<C>", "tiled", "tiled-cluster<C>" or
+// "fallback" (rnn_cuda.cpp).
 const char* planned_path(at::ScalarType dtype, int64_t B, int64_t H, bool backward);
 
 namespace cuda {

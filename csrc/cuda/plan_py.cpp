@@ -38,7 +38,7 @@ PyObject* py_cuda_path(PyObject*, PyObject* args) {
 PyMethodDef methods[] = {
     {"_cuda_path", py_cuda_path, METH_VARARGS,
      "_cuda_path(dtype, B, H, backward, device=0) -> the recurrence path the CUDA planner picks "
-     "(RNNEXT_CUDA_PATH included): persistent-regs|smem|cluster<C> or fallback."},
+     "(RNNEXT_CUDA_PATH included): persistent-regs|smem|cluster<C>, tiled[-cluster<C>] or fallback."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

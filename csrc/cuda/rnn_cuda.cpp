@@ -9,8 +9,9 @@
 //
 // RNNEXT_CUDA_PATH=persistent|smem|cluster|fallback (environment, read per call) forces one
 // recurrence path, for tests: "persistent" takes a persistent kernel whenever one fits, "smem" only
-// the single-CTA shared-memory one, "cluster" only the thread-block-cluster one (sm_90); each still
-// falls back to the per-step path when its kernel cannot run.
+// the single-CTA shared-memory one, "cluster" only the thread-block-cluster one (sm_90), "tiled" the
+// register-blocked batch-tile x hidden-split kernel of issue 14 (not in the automatic choice: it has
+// never run on a GPU); each still falls back to the per-step path when its kernel cannot run.
 #include <ATen/Functions.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -53,6 +54,7 @@ cuda::Path path_from_env() {
   if (std::strcmp(v, "fallback") == 0) return cuda::Path::Fallback;
   if (std::strcmp(v, "smem") == 0) return cuda::Path::PersistentSmem;
   if (std::strcmp(v, "cluster") == 0) return cuda::Path::PersistentCluster;
+  if (std::strcmp(v, "tiled") == 0) return cuda::Path::Tiled;
   return cuda::Path::Auto;
 }
 
@@ -70,6 +72,7 @@ cuda::Seq make_seq(const Geometry& g, bool reverse, const Tensor& input, Tensor*
   seq.B = g.B;
   seq.H = g.H;
   seq.reverse = reverse;
+  seq.device = input.device().index();
   if (g.packed && g.T > 0) {
     Tensor host =
         at::empty({2 * g.T + 1}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));

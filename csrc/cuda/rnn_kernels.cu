@@ -24,6 +24,8 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdio>
+#include <cstdlib>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -638,13 +640,333 @@ __global__ void __launch_bounds__(1024) persistent_backward_regs_kernel(const Bw
 }
 
 // ---------------------------------------------------------------------------------------------
+// Tiled variant (issue 14; RNNEXT_CUDA_PATH=tiled only, never run on a GPU yet). Grid = batch tiles
+// x hidden splits: the C CTAs of a cluster (C = 1 without clusters) share one tile of BT batch
+// entries (BT a multiple of kTNB); CTA `rank` owns the R rows j in [rank*R, rank*R + R) of W_hh
+// (of W_hh^T in the backward), resident in its shared memory for the whole sequence, and keeps the
+// whole state of the tile [BT, HP] (HP = H rounded up to 4, zero padded) in two buffers.
+//
+// Register blocking: thread (kl, jg, bg) = (tid % KS, (tid / KS) % (R/kTNJ), tid / KS / (R/kTNJ))
+// computes the kTNB x kTNJ outputs (rows bg*kTNB + r, columns jg*kTNJ + c) over the k chunks
+// kl, kl + KS, ... of four elements (16-byte loads of the state and of W), then reduces over its KS
+// lanes with shuffles. Epilogue: lane kl owns the rows r with r % KS == kl (spread over the lanes,
+// not lane 0 only); for each it writes h (dpre) to global memory and the kTNJ new state values as
+// one vector to the next buffer of every CTA of the cluster (distributed shared memory).
+//
+// Exchange without a cluster barrier: buffer i of each CTA has an mbarrier full[i] expecting C
+// arrivals per phase. Step s reads buffer s & 1 and writes buffer (s + 1) & 1 of every CTA; after
+// its stores a CTA runs __syncthreads, then thread r < C arrives (release, cluster scope) on
+// full[(s + 1) & 1] of CTA r. Step s >= 1 first waits (acquire, cluster scope) for full[s & 1] to
+// complete its phase ((s - 1) >> 1) & 1. Why a writer never overwrites what a reader still reads:
+// CTA P writes buffer (s + 1) & 1 of CTA X at step s only after its wait of step s, which needs
+// X's arrival of step s - 1, issued after X's __syncthreads of step s - 1, i.e. after X finished
+// reading that buffer (step s - 1 read it). The same argument shows that no arrival for a phase
+// comes before the previous phase of that barrier completed and was waited for by every thread.
+// tests/test_cuda.py::test_algorithm_tiled_* runs this protocol and this index arithmetic on the CPU
+// under random interleavings of the CTAs and checks both against the CPU op.
+//
+// C = 1 (and every GPU without clusters) uses the same code with __syncthreads in place of the
+// mbarriers. Backward: the same loop over W_hh^T in reverse time; after it, grad_hx = state @ W_hh
+// by one more pass of the same product.
+
+constexpr int kTNB = 4;             // batch rows per thread
+constexpr int kTNJ = 4;             // hidden columns per thread (one 16-byte vector of float)
+constexpr int kTiledThreads = 512;  // at most: 128 registers per thread
+
+template <typename S>
+struct TiledParams {
+  int64_t T, B;
+  int H, HP, R, ldw, BT, C, KS;
+  const int64_t* meta;
+  bool reverse, relu;
+  const S* w_hh;      // [H, H]
+  const S* hx;        // forward: [B, H] or nullptr
+  S* out;             // forward: [N, H], projection in, h_t out; backward: the forward's output
+  S* h_n;             // forward: [B, H]
+  const S* grad_out;  // backward: [N, H]
+  const S* grad_h_n;  // backward: [B, H] or nullptr
+  S* dpre;            // backward: [N, H]
+  S* grad_hx;         // backward: [B, H] or nullptr
+};
+
+__host__ __device__ __forceinline__ int64_t tiled_w_bytes(int64_t R, int64_t ldw, int64_t acc) {
+  return (R * ldw * acc + 15) / 16 * 16;
+}
+__host__ __device__ __forceinline__ int64_t tiled_smem_bytes(int64_t R, int64_t ldw, int64_t BT,
+                                                             int64_t HP, int64_t acc) {
+  return tiled_w_bytes(R, ldw, acc) + 2 * BT * HP * acc + 16;  // + two mbarriers
+}
+
+// Four consecutive values, 16-byte aligned: one 128-bit access for float, two for double.
+__device__ __forceinline__ void load4(const float* p, float (&v)[4]) {
+  const float4 x = *reinterpret_cast<const float4*>(p);
+  v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w;
+}
+__device__ __forceinline__ void load4(const double* p, double (&v)[4]) {
+  const double2 x = reinterpret_cast<const double2*>(p)[0], y = reinterpret_cast<const double2*>(p)[1];
+  v[0] = x.x, v[1] = x.y, v[2] = y.x, v[3] = y.y;
+}
+__device__ __forceinline__ void store4(float* p, const float (&v)[4]) {
+  *reinterpret_cast<float4*>(p) = make_float4(v[0], v[1], v[2], v[3]);
+}
+__device__ __forceinline__ void store4(double* p, const double (&v)[4]) {
+  reinterpret_cast<double2*>(p)[0] = make_double2(v[0], v[1]);
+  reinterpret_cast<double2*>(p)[1] = make_double2(v[2], v[3]);
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_init_fence() {
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+// Arrive (release, cluster scope) on the mbarrier at the same offset in CTA `rank`'s shared memory.
+__device__ __forceinline__ void mbar_arrive_remote(uint64_t* bar, uint32_t rank) {
+  asm volatile(
+      "{\n\t.reg .b32 ra;\n\t"
+      "mapa.shared::cluster.u32 ra, %0, %1;\n\t"
+      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n\t}" ::"r"(smem_addr(bar)),
+      "r"(rank)
+      : "memory");
+}
+// Wait (acquire, cluster scope) until the phase of the given parity has completed.
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n\t.reg .pred p;\n\t"
+      "TILED_WAIT:\n\t"
+      "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%0], %1;\n\t"
+      "@!p bra TILED_WAIT;\n\t}" ::"r"(smem_addr(bar)),
+      "r"(parity)
+      : "memory");
+}
+#endif
+
+// acc[r][c] = sum_k w[(jl0 + c) * ldw + k] * h[(br0 + r) * HP + k], reduced over the KS lanes.
+// Every lane of the warp must call it (shuffles).
+template <typename A>
+__device__ __forceinline__ void tiled_product(const A* __restrict__ w, const A* __restrict__ h, int ldw,
+                                              int HP, int jl0, int br0, int kl, int KS,
+                                              A (&acc)[kTNB][kTNJ]) {
+#pragma unroll
+  for (int r = 0; r < kTNB; ++r) {
+#pragma unroll
+    for (int c = 0; c < kTNJ; ++c) acc[r][c] = A(0);
+  }
+  for (int k4 = kl; k4 < HP / 4; k4 += KS) {
+    A hv[kTNB][4];
+#pragma unroll
+    for (int r = 0; r < kTNB; ++r) load4(h + (br0 + r) * HP + 4 * k4, hv[r]);
+#pragma unroll
+    for (int c = 0; c < kTNJ; ++c) {
+      A wv[4];
+      load4(w + (jl0 + c) * ldw + 4 * k4, wv);
+#pragma unroll
+      for (int r = 0; r < kTNB; ++r) {
+        acc[r][c] += wv[0] * hv[r][0];
+        acc[r][c] += wv[1] * hv[r][1];
+        acc[r][c] += wv[2] * hv[r][2];
+        acc[r][c] += wv[3] * hv[r][3];
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kTNB; ++r) {
+#pragma unroll
+    for (int c = 0; c < kTNJ; ++c) acc[r][c] = group_sum(acc[r][c], KS);
+  }
+}
+
+template <typename S, bool BWD, bool CLUSTER>
+__global__ void __launch_bounds__(kTiledThreads) tiled_kernel(const TiledParams<S> p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  if constexpr (CLUSTER) {
+    __trap();  // never launched: the host checks the binary's architecture first
+    return;
+  } else
+#endif
+  {
+    using A = Acc<S>;
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int H = p.H, HP = p.HP, R = p.R, C = CLUSTER ? p.C : 1, KS = p.KS, BT = p.BT;
+    int rank = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if constexpr (CLUSTER) rank = static_cast<int>(cooperative_groups::this_cluster().block_rank());
+#endif
+    const int j0 = rank * R;
+    const int64_t b0 = static_cast<int64_t>(blockIdx.x / C) * BT;
+    const int bt = static_cast<int>(min(static_cast<int64_t>(BT), p.B - b0));
+    A* w = reinterpret_cast<A*>(smem_raw);  // [R, ldw]
+    A* state = reinterpret_cast<A*>(smem_raw + tiled_w_bytes(R, p.ldw, sizeof(A)));  // 2 x [BT, HP]
+    uint64_t* full = reinterpret_cast<uint64_t*>(state + 2 * BT * HP);               // 2 mbarriers
+    const int tid = threadIdx.x, nthreads = blockDim.x;
+    const int jgroups = R / kTNJ, bgroups = BT / kTNB;
+    const int kl = tid % KS, q = tid / KS;
+    const bool worker = q < jgroups * bgroups;  // threads past the last group only shuffle
+    const int jl0 = worker ? (q % jgroups) * kTNJ : 0, br0 = worker ? (q / jgroups) * kTNB : 0;
+    (void)full;
+
+    for (int i = tid; i < R * HP; i += nthreads) {
+      const int jl = i / HP, k = i % HP, j = j0 + jl;
+      A v = A(0);
+      if (j < H && k < H) v = to_acc(BWD ? p.w_hh[static_cast<int64_t>(k) * H + j] : p.w_hh[static_cast<int64_t>(j) * H + k]);
+      w[jl * p.ldw + k] = v;
+    }
+    for (int i = tid; i < 2 * BT * HP; i += nthreads) {
+      const int b = (i / HP) % BT, k = i % HP;
+      A v = A(0);
+      if (!BWD && i < BT * HP && b < bt && k < H && p.hx != nullptr) v = to_acc(p.hx[(b0 + b) * H + k]);
+      state[i] = v;
+    }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if constexpr (CLUSTER) {
+      if (tid == 0) {
+        mbar_init(&full[0], static_cast<uint32_t>(C));
+        mbar_init(&full[1], static_cast<uint32_t>(C));
+        mbar_init_fence();
+      }
+      cooperative_groups::this_cluster().sync();  // every CTA initialised before any remote access
+    } else
+#endif
+    {
+      __syncthreads();
+    }
+
+    // Per-thread inputs of one step for its owned rows: forward the projection (a); backward
+    // grad_output (+ grad_h_n where the entry is processed first) (a) and the forward's h (h).
+    auto fetch = [&](int64_t rows, int64_t off, int64_t prev_rows, A (&a)[kTNB][kTNJ],
+                     A (&h)[kTNB][kTNJ]) {
+#pragma unroll
+      for (int r = 0; r < kTNB; ++r) {
+        const int64_t e = b0 + br0 + r;
+        const bool own = worker && r % KS == kl && br0 + r < bt && e < rows;
+#pragma unroll
+        for (int c = 0; c < kTNJ; ++c) {
+          const int j = j0 + jl0 + c;
+          a[r][c] = h[r][c] = A(0);
+          if (own && j < H) {
+            const int64_t idx = (off + e) * H + j;
+            if constexpr (BWD) {
+              a[r][c] = to_acc(p.grad_out[idx]);
+              if (p.grad_h_n != nullptr && e >= prev_rows) a[r][c] += to_acc(p.grad_h_n[e * H + j]);
+              h[r][c] = to_acc(p.out[idx]);
+            } else {
+              a[r][c] = to_acc(p.out[idx]);
+            }
+          }
+        }
+      }
+    };
+
+    int64_t prev_rows = 0;  // batch size of the previously processed step (0 before the first)
+    for (int64_t s = 0; s < p.T; ++s) {
+      const int cur = static_cast<int>(s & 1);
+      const int64_t t = BWD != p.reverse ? p.T - 1 - s : s;  // backward: reverse of the forward
+      const int64_t rows = step_rows(p.meta, p.B, t), off = step_offset(p.meta, p.T, p.B, t);
+      // This step's inputs, issued before the wait and the product so that their latency hides
+      // behind them (one set of registers: a prefetch one step ahead spilled in the backward).
+      A a[kTNB][kTNJ], hf[kTNB][kTNJ];
+      fetch(rows, off, prev_rows, a, hf);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+      if constexpr (CLUSTER) {
+        if (s > 0) mbar_wait(&full[cur], static_cast<uint32_t>(((s - 1) >> 1) & 1));
+      }
+#endif
+      const A* hc = state + cur * BT * HP;
+      A* hnext = state + (cur ^ 1) * BT * HP;
+      A acc[kTNB][kTNJ];
+      tiled_product(w, hc, p.ldw, HP, jl0, br0, kl, KS, acc);
+#pragma unroll
+      for (int r = 0; r < kTNB; ++r) {
+        const int b = br0 + r;
+        if (!worker || r % KS != kl || b >= bt) continue;
+        const int64_t e = b0 + b;
+        A v[kTNJ];
+#pragma unroll
+        for (int c = 0; c < kTNJ; ++c) {
+          const int j = j0 + jl0 + c;
+          v[c] = A(0);
+          if (j >= H) continue;
+          if (e < rows) {
+            const int64_t idx = (off + e) * H + j;
+            if constexpr (BWD) {
+              v[c] = activate_backward(a[r][c] + acc[r][c], hf[r][c], p.relu);
+              p.dpre[idx] = from_acc<S>(v[c]);
+            } else {
+              const S h = from_acc<S>(activate(acc[r][c] + a[r][c], p.relu));
+              p.out[idx] = h;
+              v[c] = to_acc(h);  // the state is rounded to the storage dtype each step
+            }
+          } else {
+            v[c] = hc[b * HP + j];  // inactive entry: its state stays
+          }
+        }
+        A* dst = hnext + b * HP + j0 + jl0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        if constexpr (CLUSTER) {
+          cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+          for (int pr = 0; pr < C; ++pr) store4(cluster.map_shared_rank(dst, pr), v);
+        } else
+#endif
+        {
+          store4(dst, v);
+        }
+      }
+      __syncthreads();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+      if constexpr (CLUSTER) {
+        if (tid < C) mbar_arrive_remote(&full[cur ^ 1], static_cast<uint32_t>(tid));
+      }
+#endif
+      prev_rows = rows;
+    }
+    const int fin = static_cast<int>(p.T & 1);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if constexpr (CLUSTER) mbar_wait(&full[fin], static_cast<uint32_t>(((p.T - 1) >> 1) & 1));
+#endif
+    const A* hfin = state + fin * BT * HP;
+    if constexpr (BWD) {
+      if (p.grad_hx != nullptr) {
+        // Each entry's state is now the dpre of the step at which it started from hx.
+        A acc[kTNB][kTNJ];
+        tiled_product(w, hfin, p.ldw, HP, jl0, br0, kl, KS, acc);
+#pragma unroll
+        for (int r = 0; r < kTNB; ++r) {
+          const int b = br0 + r;
+          if (!worker || r % KS != kl || b >= bt) continue;
+#pragma unroll
+          for (int c = 0; c < kTNJ; ++c) {
+            const int j = j0 + jl0 + c;
+            if (j < H) p.grad_hx[(b0 + b) * H + j] = from_acc<S>(acc[r][c]);
+          }
+        }
+      }
+    } else {
+      for (int i = tid; i < bt * R; i += nthreads) {
+        const int b = i / R, j = j0 + i % R;
+        if (j < H) p.h_n[(b0 + b) * H + j] = from_acc<S>(hfin[b * HP + j]);
+      }
+    }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if constexpr (CLUSTER) {
+      cooperative_groups::this_cluster().sync();  // no CTA leaves while a peer may access it
+    }
+#endif
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Launch planning for the persistent kernels.
 
-enum class Variant { None, Regs, Smem, Cluster };
+enum class Variant { None, Regs, Smem, Cluster, Tiled };
 
 struct Plan {
   Variant variant = Variant::None;
   int BT = 1, G = 1, KPT = 0, threads = 32, ldw = 1, C = 1, R = 0;
+  int HP = 0, KS = 1;  // tiled variant: padded state row, lanes per dot product
   int64_t blocks = 1;
   size_t smem = 0;
 };
@@ -670,15 +992,32 @@ struct Device {
   int sms = 1, smem_optin = 0, major = 0;
 };
 
-Device device_info() {
-  Device d;
-  int device = 0;
+// The device attributes the planner needs, queried once per device and cached: a call makes no
+// runtime query (issue 14: four queries per call were part of the ~0.1 ms fixed cost). Thread-safe:
+// one std::call_once per device index.
+constexpr int kMaxDevices = 64;
+
+const Device& device_info(int device) {
+  static Device devices[kMaxDevices];
+  static std::once_flag once[kMaxDevices];
+  TORCH_INTERNAL_ASSERT(device >= 0 && device < kMaxDevices, "rnnext: CUDA device index ", device,
+                        " out of range");
+  std::call_once(once[device], [device] {
+    Device& d = devices[device];
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device));
+    C10_CUDA_CHECK(
+        cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device));
+    d.sms = std::max(d.sms, 1);
+  });
+  return devices[device];
+}
+
+// The device of a call: the glue passes it (Seq::device); otherwise (plan_name) the current one.
+int resolve_device(int device) {
+  if (device >= 0) return device;
   C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device));
-  d.sms = std::max(d.sms, 1);
-  return d;
+  return device;
 }
 
 // Shared-memory variant with R rows of W_hh per CTA and C CTAs per cluster (C = 1, R = H: one CTA
@@ -716,9 +1055,7 @@ std::mutex& cache_mutex() {
   return m;
 }
 
-bool cluster_kernel_ok(const void* kernel) {
-  int device = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
+bool cluster_kernel_ok(int device, const void* kernel) {
   static std::map<std::pair<int, const void*>, bool> cache;
   {
     std::lock_guard<std::mutex> lock(cache_mutex());
@@ -735,15 +1072,87 @@ bool cluster_kernel_ok(const void* kernel) {
   return ok;
 }
 
+// The tiled variant's plan (Path::Tiled only; a first guess, untuned: nothing of it has run).
+// C: the smallest cluster size in 1, 2, 4, 8 whose R = ceil(H / C) rows of W_hh (rounded up to 4)
+// fit one SM next to a tile of kTNB entries, then doubled while the grid still fits the SMs and R
+// stays >= 16 (a small batch spreads its hidden columns over more SMs). BT: the batch spread over
+// the clusters that fit the SMs, rounded up to kTNB, capped by the threads (kTiledThreads) and the
+// shared memory. KS: the most lanes per dot product (4, 2, 1) within kTiledThreads (the override
+// also takes 8: lanes 4-7 then own no rows in the epilogue). C > 1 needs
+// sm_90 and a cluster kernel compiled for it (cluster_ok). RNNEXT_CUDA_TILE="C,BT,KS" (read per
+// plan, for the sweep in scripts/gpu_check.sh) sets them; a setting that does not fit gives no plan.
+bool plan_tiled(int64_t B, int64_t H, int64_t acc, const Device& d, bool cluster_ok, Plan* plan) {
+  // R rows per CTA (a multiple of kTNJ); the state row HP = C * R >= H covers every CTA's columns
+  // (zero padded); W rows are padded by one 16-byte vector (bank spread).
+  auto rows_of = [&](int64_t C) { return ((H + C - 1) / C + 3) / 4 * 4; };
+  auto hp_of = [&](int64_t C) { return C * rows_of(C); };
+  auto fits = [&](int64_t C, int64_t BT) {
+    return tiled_smem_bytes(rows_of(C), hp_of(C) + 4, BT, hp_of(C), acc) <= d.smem_optin &&
+           (rows_of(C) / kTNJ) * (BT / kTNB) <= kTiledThreads;
+  };
+  int64_t C = 0, BT = 0, KS = 0;
+  if (const char* env = std::getenv("RNNEXT_CUDA_TILE")) {
+    long long c = 0, bt = 0, ks = 0;
+    if (std::sscanf(env, "%lld,%lld,%lld", &c, &bt, &ks) != 3) return false;
+    C = c, BT = bt, KS = ks;
+    if ((C != 1 && C != 2 && C != 4 && C != 8) || (C > 1 && !cluster_ok) || BT < kTNB ||
+        BT % kTNB != 0 || (KS != 1 && KS != 2 && KS != 4 && KS != 8) || !fits(C, BT) ||
+        KS * (rows_of(C) / kTNJ) * (BT / kTNB) > kTiledThreads) {
+      return false;
+    }
+  } else {
+    for (int64_t c : {1, 2, 4, 8}) {
+      if (c > 1 && !cluster_ok) break;
+      if (fits(c, kTNB)) {
+        C = c;
+        break;
+      }
+    }
+    if (C == 0) return false;
+    auto tile_for = [&](int64_t c) {
+      const int64_t clusters = std::max<int64_t>(1, d.sms / c);
+      int64_t bt = ((B + clusters - 1) / clusters + kTNB - 1) / kTNB * kTNB;
+      while (bt > kTNB && !fits(c, bt)) bt -= kTNB;
+      return bt;
+    };
+    BT = tile_for(C);
+    while (cluster_ok && C < 8 && rows_of(2 * C) >= 16 && fits(2 * C, kTNB) &&
+           2 * C * ((B + tile_for(2 * C) - 1) / tile_for(2 * C)) <= d.sms) {
+      C *= 2;
+      BT = tile_for(C);
+    }
+    KS = 4;
+    while (KS > 1 && KS * (rows_of(C) / kTNJ) * (BT / kTNB) > kTiledThreads) KS /= 2;
+  }
+  plan->variant = Variant::Tiled;
+  plan->C = static_cast<int>(C);
+  plan->R = static_cast<int>(rows_of(C));
+  plan->BT = static_cast<int>(BT);
+  plan->KS = static_cast<int>(KS);
+  plan->HP = static_cast<int>(hp_of(C));
+  plan->ldw = plan->HP + 4;
+  plan->threads = static_cast<int>((KS * (plan->R / kTNJ) * (BT / kTNB) + 31) / 32 * 32);
+  plan->blocks = C * ((B + BT - 1) / BT);
+  plan->smem = static_cast<size_t>(tiled_smem_bytes(plan->R, plan->ldw, BT, plan->HP, acc));
+  return true;
+}
+
 // cluster_kernel: the cluster variant to use if W_hh does not fit one SM; it is used only if the
 // device and the kernel's compiled binary support thread-block clusters (sm_90+).
-Plan make_plan(int64_t B, int64_t H, size_t acc_size, size_t w_size, Path path,
-               const void* cluster_kernel) {
+Plan make_plan(int device, int64_t B, int64_t H, size_t acc_size, size_t w_size, Path path,
+               const void* cluster_kernel, const void* tiled_cluster_kernel) {
   Plan plan;
   if (path == Path::Fallback || B <= 0 || H <= 0) return plan;
-  const Device d = device_info();
+  const Device& d = device_info(device);
   const int64_t acc = static_cast<int64_t>(acc_size), ws = static_cast<int64_t>(w_size);
   const bool auto_choice = path == Path::Auto;
+  if (path == Path::Tiled) {
+    if (!plan_tiled(B, H, acc, d, d.major >= 9 && cluster_kernel_ok(device, tiled_cluster_kernel),
+                    &plan)) {
+      return Plan{};
+    }
+    return plan;
+  }
   const int64_t want_tile = std::max<int64_t>(1, (B + d.sms - 1) / d.sms);
 
   // Registers: G lanes per output so that H * G <= 1024 threads, about 8 values of W_hh per lane.
@@ -770,7 +1179,7 @@ Plan make_plan(int64_t B, int64_t H, size_t acc_size, size_t w_size, Path path,
   if (path != Path::PersistentCluster && plan_smem(B, H, H, 1, acc, ws, d, auto_choice, &plan)) {
     return plan;
   }
-  if (path != Path::PersistentSmem && d.major >= 9 && cluster_kernel_ok(cluster_kernel)) {
+  if (path != Path::PersistentSmem && d.major >= 9 && cluster_kernel_ok(device, cluster_kernel)) {
     for (int C : {2, 4, 8}) {
       if (plan_smem(B, H, (H + C - 1) / C, C, acc, ws, d, auto_choice, &plan)) return plan;
     }
@@ -778,25 +1187,32 @@ Plan make_plan(int64_t B, int64_t H, size_t acc_size, size_t w_size, Path path,
   return Plan{};
 }
 
-template <typename Kernel>
-void allow_smem(Kernel kernel, size_t smem) {
-  if (smem > 48 * 1024) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        static_cast<int>(smem)));
-  }
+// cudaFuncSetAttribute once per (kernel, device) and size: the largest dynamic shared memory
+// allowed so far is cached, so a launch makes no runtime call for it after the first of its size.
+void allow_smem(int device, const void* kernel, size_t smem) {
+  if (smem <= 48 * 1024) return;
+  static std::map<std::pair<int, const void*>, size_t> allowed;
+  std::lock_guard<std::mutex> lock(cache_mutex());
+  size_t& have = allowed[{device, kernel}];
+  if (have >= smem) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(smem)));
+  have = smem;
 }
 
-template <typename Kernel, typename Params>
-void launch(Kernel kernel, const Plan& plan, const Params& p, cudaStream_t stream) {
-  allow_smem(kernel, plan.smem);
+template <typename Params>
+void launch(int device, void (*kernel)(Params), const Plan& plan, const Params& p,
+            cudaStream_t stream) {
+  allow_smem(device, reinterpret_cast<const void*>(kernel), plan.smem);
   kernel<<<static_cast<unsigned>(plan.blocks), plan.threads, plan.smem, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // Launches a cluster kernel; false (nothing launched) when the clusters cannot be scheduled.
 template <typename Params>
-bool launch_cluster(void (*kernel)(Params), const Plan& plan, const Params& p, cudaStream_t stream) {
-  allow_smem(kernel, plan.smem);
+bool launch_cluster(int device, void (*kernel)(Params), const Plan& plan, const Params& p,
+                    cudaStream_t stream) {
+  allow_smem(device, reinterpret_cast<const void*>(kernel), plan.smem);
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(static_cast<unsigned>(plan.blocks));
   cfg.blockDim = dim3(static_cast<unsigned>(plan.threads));
@@ -809,8 +1225,6 @@ bool launch_cluster(void (*kernel)(Params), const Plan& plan, const Params& p, c
   attr[0].val.clusterDim.z = 1;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  int device = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
   static std::map<std::tuple<int, const void*, int, int, size_t>, int> cache;
   const auto key = std::make_tuple(device, reinterpret_cast<const void*>(kernel), plan.C, plan.threads,
                                    plan.smem);
@@ -832,11 +1246,49 @@ bool launch_cluster(void (*kernel)(Params), const Plan& plan, const Params& p, c
 }
 
 template <typename S>
+void fill_tiled(const Plan& plan, const Seq& seq, bool relu, const S* w_hh, TiledParams<S>* p) {
+  p->T = seq.T;
+  p->B = seq.B;
+  p->H = static_cast<int>(seq.H);
+  p->HP = plan.HP;
+  p->R = plan.R;
+  p->ldw = plan.ldw;
+  p->BT = plan.BT;
+  p->C = plan.C;
+  p->KS = plan.KS;
+  p->meta = seq.meta;
+  p->reverse = seq.reverse;
+  p->relu = relu;
+  p->w_hh = w_hh;
+}
+
+// C = 1: the plain launch of the kernel without cluster code; else the cluster launch (false when
+// its clusters cannot be scheduled).
+template <typename S>
+bool launch_tiled(int device, const Plan& plan, const TiledParams<S>& p,
+                  void (*cluster_kernel)(TiledParams<S>), void (*plain_kernel)(TiledParams<S>),
+                  cudaStream_t stream) {
+  if (plan.C > 1) return launch_cluster(device, cluster_kernel, plan, p, stream);
+  launch(device, plain_kernel, plan, p, stream);
+  return true;
+}
+
+template <typename S>
 bool persistent_forward_t(const Seq& seq, const void* w_hh, const void* hx, void* out, void* h_n,
                           bool relu, Path path, cudaStream_t stream) {
-  const Plan plan = make_plan(seq.B, seq.H, sizeof(Acc<S>), sizeof(WStore<S>), path,
-                              reinterpret_cast<const void*>(persistent_forward_cluster_kernel<S>));
+  const int device = resolve_device(seq.device);
+  const Plan plan = make_plan(device, seq.B, seq.H, sizeof(Acc<S>), sizeof(WStore<S>), path,
+                              reinterpret_cast<const void*>(persistent_forward_cluster_kernel<S>),
+                              reinterpret_cast<const void*>(tiled_kernel<S, false, true>));
   if (plan.variant == Variant::None) return false;
+  if (plan.variant == Variant::Tiled) {
+    TiledParams<S> p = {};
+    fill_tiled(plan, seq, relu, static_cast<const S*>(w_hh), &p);
+    p.hx = static_cast<const S*>(hx);
+    p.out = static_cast<S*>(out);
+    p.h_n = static_cast<S*>(h_n);
+    return launch_tiled(device, plan, p, tiled_kernel<S, false, true>, tiled_kernel<S, false, false>, stream);
+  }
   FwdParams<S> p;
   p.C = plan.C;
   p.R = plan.R;
@@ -856,15 +1308,17 @@ bool persistent_forward_t(const Seq& seq, const void* w_hh, const void* hx, void
   if constexpr (!std::is_same_v<S, double>) {
     if (plan.variant == Variant::Regs) {
       if (plan.KPT == 8) {
-        launch(persistent_forward_regs_kernel<S, 8>, plan, p, stream);
+        launch(device, persistent_forward_regs_kernel<S, 8>, plan, p, stream);
       } else {
-        launch(persistent_forward_regs_kernel<S, 16>, plan, p, stream);
+        launch(device, persistent_forward_regs_kernel<S, 16>, plan, p, stream);
       }
       return true;
     }
   }
-  if (plan.variant == Variant::Cluster) return launch_cluster(persistent_forward_cluster_kernel<S>, plan, p, stream);
-  launch(persistent_forward_kernel<S>, plan, p, stream);
+  if (plan.variant == Variant::Cluster) {
+    return launch_cluster(device, persistent_forward_cluster_kernel<S>, plan, p, stream);
+  }
+  launch(device, persistent_forward_kernel<S>, plan, p, stream);
   return true;
 }
 
@@ -872,9 +1326,21 @@ template <typename S>
 bool persistent_backward_t(const Seq& seq, const void* w_hh, const void* grad_out,
                            const void* grad_h_n, const void* out, void* dpre, void* grad_hx,
                            bool relu, Path path, cudaStream_t stream) {
-  const Plan plan = make_plan(seq.B, seq.H, sizeof(Acc<S>), sizeof(WStore<S>), path,
-                              reinterpret_cast<const void*>(persistent_backward_cluster_kernel<S>));
+  const int device = resolve_device(seq.device);
+  const Plan plan = make_plan(device, seq.B, seq.H, sizeof(Acc<S>), sizeof(WStore<S>), path,
+                              reinterpret_cast<const void*>(persistent_backward_cluster_kernel<S>),
+                              reinterpret_cast<const void*>(tiled_kernel<S, true, true>));
   if (plan.variant == Variant::None) return false;
+  if (plan.variant == Variant::Tiled) {
+    TiledParams<S> p = {};
+    fill_tiled(plan, seq, relu, static_cast<const S*>(w_hh), &p);
+    p.grad_out = static_cast<const S*>(grad_out);
+    p.grad_h_n = static_cast<const S*>(grad_h_n);
+    p.out = const_cast<S*>(static_cast<const S*>(out));  // read only in the backward
+    p.dpre = static_cast<S*>(dpre);
+    p.grad_hx = static_cast<S*>(grad_hx);
+    return launch_tiled(device, plan, p, tiled_kernel<S, true, true>, tiled_kernel<S, true, false>, stream);
+  }
   BwdParams<S> p;
   p.C = plan.C;
   p.R = plan.R;
@@ -896,15 +1362,17 @@ bool persistent_backward_t(const Seq& seq, const void* w_hh, const void* grad_ou
   if constexpr (!std::is_same_v<S, double>) {
     if (plan.variant == Variant::Regs) {
       if (plan.KPT == 8) {
-        launch(persistent_backward_regs_kernel<S, 8>, plan, p, stream);
+        launch(device, persistent_backward_regs_kernel<S, 8>, plan, p, stream);
       } else {
-        launch(persistent_backward_regs_kernel<S, 16>, plan, p, stream);
+        launch(device, persistent_backward_regs_kernel<S, 16>, plan, p, stream);
       }
       return true;
     }
   }
-  if (plan.variant == Variant::Cluster) return launch_cluster(persistent_backward_cluster_kernel<S>, plan, p, stream);
-  launch(persistent_backward_kernel<S>, plan, p, stream);
+  if (plan.variant == Variant::Cluster) {
+    return launch_cluster(device, persistent_backward_cluster_kernel<S>, plan, p, stream);
+  }
+  launch(device, persistent_backward_kernel<S>, plan, p, stream);
   return true;
 }
 
@@ -1022,6 +1490,8 @@ const char* variant_name(const Plan& plan) {
     case Variant::Smem: return "persistent-smem";
     case Variant::Cluster:
       return plan.C == 2 ? "persistent-cluster2" : plan.C == 4 ? "persistent-cluster4" : "persistent-cluster8";
+    case Variant::Tiled:
+      return plan.C == 1 ? "tiled" : plan.C == 2 ? "tiled-cluster2" : plan.C == 4 ? "tiled-cluster4" : "tiled-cluster8";
     default: return "fallback";
   }
 }
@@ -1030,7 +1500,10 @@ template <typename S>
 const char* plan_name_t(int64_t B, int64_t H, Path path, bool backward) {
   const void* cluster = backward ? reinterpret_cast<const void*>(persistent_backward_cluster_kernel<S>)
                                  : reinterpret_cast<const void*>(persistent_forward_cluster_kernel<S>);
-  return variant_name(make_plan(B, H, sizeof(Acc<S>), sizeof(WStore<S>), path, cluster));
+  const void* tiled = backward ? reinterpret_cast<const void*>(tiled_kernel<S, true, true>)
+                               : reinterpret_cast<const void*>(tiled_kernel<S, false, true>);
+  return variant_name(
+      make_plan(resolve_device(-1), B, H, sizeof(Acc<S>), sizeof(WStore<S>), path, cluster, tiled));
 }
 
 }  // namespace

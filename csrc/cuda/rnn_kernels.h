@@ -24,14 +24,23 @@ struct Seq {
   // batch_sizes[0..T) followed by offsets[0..T] (offsets[T] = N).
   const int64_t* meta = nullptr;
   bool reverse = false;
+  int device = -1;  // CUDA device index of the call (-1: the current device, one runtime query)
 };
 
 // Which recurrence implementation to use (the glue reads RNNEXT_CUDA_PATH for tests):
 // Auto: the persistent kernel that fits, if the batch is not too large for it, else the fallback;
 // Persistent: a persistent kernel whenever one fits (registers first, then shared memory);
 // PersistentSmem: only the single-CTA shared-memory persistent kernel; PersistentCluster: only the
-// thread-block-cluster kernel (sm_90); Fallback: the per-step GEMM path.
-enum class Path : int { Auto = 0, Persistent = 1, Fallback = 2, PersistentSmem = 3, PersistentCluster = 4 };
+// thread-block-cluster kernel (sm_90); Fallback: the per-step GEMM path; Tiled: the register-blocked
+// batch-tile x hidden-split kernel of issue 14 (never run on a GPU yet; only when asked for).
+enum class Path : int {
+  Auto = 0,
+  Persistent = 1,
+  Fallback = 2,
+  PersistentSmem = 3,
+  PersistentCluster = 4,
+  Tiled = 5
+};
 
 // Persistent kernels: one launch runs every step, with W_hh held on chip across steps (in
 // registers for hidden sizes up to 128, else in shared memory, split over the CTAs of a cluster
@@ -53,7 +62,7 @@ bool persistent_backward(DType dtype, const Seq& seq, const void* w_hh, const vo
 
 // The recurrence path persistent_forward / persistent_backward take for this geometry on the current
 // device (the planner's choice, make_plan): "persistent-regs", "persistent-smem",
-// "persistent-cluster<C>" or "fallback" (the per-step GEMM path). A cluster plan whose clusters
+// "persistent-cluster<C>", "tiled", "tiled-cluster<C>" or "fallback" (the per-step GEMM path). A cluster plan whose clusters
 // cannot be scheduled at launch still falls back then; the name is the plan's.
 const char* plan_name(DType dtype, int64_t B, int64_t H, Path path, bool backward);
 
