@@ -389,17 +389,17 @@ def path_of(impl: str, case: Case, dtype: torch.dtype, device: torch.device, mod
     """The path an rnnext row ran, as the extension reports it; None for the other implementations.
 
     CPU: the ISA of the kernels and the CPU planner's path (``cpu::make_plan`` through
-    ``rnnext._C._cpu_plan``, at the run's thread count) for the first layer's shape, forward, and in
-    training ``fwd/bwd`` where the backward's differs. CUDA: the planner's choice for the case's batch and hidden size
-    (every layer and direction of a case has the same), forward, and in training ``fwd/bwd`` where
-    the backward's differs; for ``rnnext.RNN fallback`` under its forced setting; ``RNNCell loop``
-    rows plan one step of the same batch."""
+    ``rnnext._C._cpu_plan``, at the run's thread count) for the first layer's shape. CUDA: the
+    planner's choice for the case's batch and hidden size (every layer and direction of a case has
+    the same). Both: forward, and in training ``fwd/bwd`` where the backward's differs;
+    ``rnnext.RNN fallback`` under its forced setting; ``RNNCell loop`` rows plan one step."""
     if not impl.startswith("rnnext."):
         return None
     if device.type == "cpu":
         T = 1 if impl in CELL_IMPLS else case.T
-        fwd = cpu_planned_path(dtype, T, case.B, case.I, case.H, case.packed, False)
-        bwd = cpu_planned_path(dtype, T, case.B, case.I, case.H, case.packed, True) if mode == "training" else fwd
+        shape = (dtype, T, case.B, case.I, case.H, case.packed)
+        fwd = cpu_planned_path(*shape, False)
+        bwd = cpu_planned_path(*shape, True) if mode == "training" else fwd
         return f"{cpu_isa()} {fwd if bwd == fwd else f'{fwd}/{bwd}'}"
     # Packed: the first batch size, which is B (every sequence has at least one step).
     with cuda_path("fallback" if impl == FALLBACK_IMPL else os.environ.get(CUDA_PATH_ENV)):
