@@ -23,22 +23,30 @@ __all__: List[str] = []
 class ScriptRNN:
     """TorchScript forward of :class:`rnnext.RNN` (the attributes are ``torch.nn.RNNBase``'s)."""
 
-    def _script_forward_padded(self, input: Tensor, hx: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-        batch_dim = 0 if self.batch_first else 1
+    def _batched(self, input: Tensor, hx: Optional[Tensor]) -> Tuple[Tensor, Optional[Tensor], int]:
+        """torch.nn's unbatched handling of a padded call, with its checks of the dims (the eager
+        forward and the TorchScript one alike): ``(input, hx, squeeze)``, input 3-D and hx 3-D or
+        None, ``squeeze`` the batch dim to take out of the output again (-1: the call was batched)."""
         dim = input.dim()
         if dim != 2 and dim != 3:
             raise ValueError(f"RNN: Expected input to be 2D or 3D, got {dim}D tensor instead")
-        is_batched = dim == 3
-        if not is_batched:
-            input = input.unsqueeze(batch_dim)
-            if hx is not None:
-                if hx.dim() != 2:
-                    raise RuntimeError(
-                        f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
-                    )
-                hx = hx.unsqueeze(1)
-        elif hx is not None and hx.dim() != 3:
-            raise RuntimeError(f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor")
+        if dim == 3:
+            if hx is not None and hx.dim() != 3:
+                raise RuntimeError(
+                    f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
+                )
+            return input, hx, -1
+        batch_dim = 0 if self.batch_first else 1
+        if hx is not None:
+            if hx.dim() != 2:
+                raise RuntimeError(
+                    f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
+                )
+            hx = hx.unsqueeze(1)
+        return input.unsqueeze(batch_dim), hx, batch_dim
+
+    def _script_forward_padded(self, input: Tensor, hx: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+        input, hx, squeeze = self._batched(input, hx)
         if hx is None:
             self.check_input(input, None)
         else:
@@ -47,8 +55,8 @@ class ScriptRNN:
             input, None, hx, self._flat_weights, self.bias, self.num_layers, float(self.dropout),
             self.training, self.bidirectional, self.batch_first, self.mode == "RNN_RELU",
         )  # fmt: skip
-        if not is_batched:
-            return output.squeeze(batch_dim), hidden.squeeze(1)
+        if squeeze >= 0:
+            return output.squeeze(squeeze), hidden.squeeze(1)
         return output, hidden
 
     def _script_forward_packed(

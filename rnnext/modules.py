@@ -300,24 +300,7 @@ class RNN(_script.ScriptRNN, nn.RNNBase):
                 weights = self._flat_weights
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx, weights)
-        dim = input.dim()
-        if dim == 2:  # unbatched: a batch of 1, as torch.nn
-            batch_dim = 0 if self.batch_first else 1
-            data = input.unsqueeze(batch_dim)
-            if hx is not None:
-                if hx.dim() != 2:
-                    raise RuntimeError(
-                        f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
-                    )
-                hx = hx.unsqueeze(1)
-        elif dim == 3:
-            data = input
-            if hx is not None and hx.dim() != 3:
-                raise RuntimeError(
-                    f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
-                )
-        else:
-            raise ValueError(f"RNN: Expected input to be 2D or 3D, got {dim}D tensor instead")
+        data, hx, squeeze = self._batched(input, hx)
         bias, layers = self.bias, self.num_layers
         bidirectional, batch_first = self.bidirectional, self.batch_first
         if (
@@ -335,11 +318,11 @@ class RNN(_script.ScriptRNN, nn.RNNBase):
                 bidirectional, batch_first, self.mode == "RNN_RELU",
             )  # fmt: skip
             if ret is not None:
-                return ret if dim == 3 else (ret[0].squeeze(batch_dim), ret[1].squeeze(1))
+                return ret if squeeze < 0 else (ret[0].squeeze(squeeze), ret[1].squeeze(1))
         self._check_padded(data, hx, weights)
         output, hidden = self._functional(data, None, hx, weights)
-        if dim == 2:
-            return output.squeeze(batch_dim), hidden.squeeze(1)
+        if squeeze >= 0:
+            return output.squeeze(squeeze), hidden.squeeze(1)
         return output, hidden
 
     def _functional(
