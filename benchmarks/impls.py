@@ -362,6 +362,15 @@ def cpu_isa() -> str:
     return _C._cpu_isa()
 
 
+def cpu_planned_path(dtype: torch.dtype, T: int, B: int, I: int, H: int, packed: bool,  # noqa: E741
+                     backward: bool) -> str:
+    """The path name rnnext's CPU planner picks for one layer of this shape at the current thread
+    count (``rnnext._C._cpu_plan`` returns ``"name: reason"``; ``RNNEXT_CPU_PATH`` may force it)."""
+    from rnnext import _C
+
+    return _C._cpu_plan(T, B, I, H, dtype, packed, backward).split(":", 1)[0]
+
+
 def cuda_planned_path(dtype: torch.dtype, B: int, H: int, backward: bool,
                       device: Optional[torch.device] = None) -> Optional[str]:
     """The recurrence path rnnext's CUDA planner picks for batch ``B`` (packed: the first batch size)
@@ -379,15 +388,19 @@ def cuda_planned_path(dtype: torch.dtype, B: int, H: int, backward: bool,
 def path_of(impl: str, case: Case, dtype: torch.dtype, device: torch.device, mode: str) -> Optional[str]:
     """The path an rnnext row ran, as the extension reports it; None for the other implementations.
 
-    CPU: the ISA of the kernels (hook: once the CPU planner names its paths, ``cpu::make_plan``, the
-    plan's name per case goes here). CUDA: the planner's choice for the case's batch and hidden size
-    (every layer and direction of a case has the same), forward, and in training ``fwd/bwd`` where
-    the backward's differs; for ``rnnext.RNN fallback`` under its forced setting; ``RNNCell loop``
-    rows plan one step of the same batch."""
+    CPU: the ISA of the kernels and the CPU planner's path (``cpu::make_plan`` through
+    ``rnnext._C._cpu_plan``, at the run's thread count) for the first layer's shape. CUDA: the
+    planner's choice for the case's batch and hidden size (every layer and direction of a case has
+    the same). Both: forward, and in training ``fwd/bwd`` where the backward's differs;
+    ``rnnext.RNN fallback`` under its forced setting; ``RNNCell loop`` rows plan one step."""
     if not impl.startswith("rnnext."):
         return None
     if device.type == "cpu":
-        return cpu_isa()
+        T = 1 if impl in CELL_IMPLS else case.T
+        shape = (dtype, T, case.B, case.I, case.H, case.packed)
+        fwd = cpu_planned_path(*shape, False)
+        bwd = cpu_planned_path(*shape, True) if mode == "training" else fwd
+        return f"{cpu_isa()} {fwd if bwd == fwd else f'{fwd}/{bwd}'}"
     # Packed: the first batch size, which is B (every sequence has at least one step).
     with cuda_path("fallback" if impl == FALLBACK_IMPL else os.environ.get(CUDA_PATH_ENV)):
         fwd = cuda_planned_path(dtype, case.B, case.H, False, device)

@@ -3,7 +3,8 @@
 //
 // rnn_forward's node saves (input, batch_sizes, hx, w_ih, w_hh, output) and its backward is one
 // call of the fused rnnext::rnn_backward with output_mask = [input, hx, w_ih, w_hh, b_ih or b_hh]
-// (csrc/OPS.md, "Backward"). rnn_backward's own node only raises: rnnext has no double backward.
+// (csrc/OPS.md, "Backward"). rnn_backward's own autograd (its derivative, for double backward) and
+// the forward-mode path (a tangent on an argument runs the at:: composite) are in csrc/composite.cpp.
 //
 // The nodes are plain torch::autograd::Node subclasses, as PyTorch's generated ones are, not
 // torch::autograd::Function: functorch refuses C++ autograd Functions under its transforms, while a
@@ -14,11 +15,11 @@
 #include <ATen/ops/zeros_like.h>
 #include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/autograd/function.h>
-#include <torch/csrc/autograd/functions/basic_ops.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
+#include "composite.h"
 #include "op_handles.h"
 
 #include <cstring>
@@ -52,16 +53,6 @@ Tensor zeros_for(const Tensor& like) {
   Tensor z(at::detail::empty_cpu(like.sizes(), like.scalar_type()));  // no dispatcher: ~1 us less
   std::memset(z.data_ptr(), 0, z.nbytes());
   return z;
-}
-
-// Forward-mode AD (torch.autograd.forward_ad, torch.func.jvp / jacfwd / hessian) has no formula
-// yet: refuse tangents rather than drop them (outputs would silently carry none).
-void no_forward_ad(const char* op, std::initializer_list<optional<Tensor>> args) {
-  for (const auto& t : args) {
-    TORCH_CHECK_NOT_IMPLEMENTED(!torch::autograd::isFwGradDefined(t), "rnnext::", op,
-                                ": forward-mode AD (jvp, jacfwd, hessian) is not supported; use "
-                                "reverse mode (backward, grad, vjp, jacrev)");
-  }
 }
 
 // The backward of rnn_forward. Its next edges are those of (input, hx, w_ih, w_hh, b_ih, b_hh), in
@@ -98,9 +89,11 @@ struct RnnForwardBackward : public Node {
     };
     // Without create_graph the engine runs this with grad mode off: rnn_backward's autograd kernel
     // would record nothing, so skip it. With create_graph, through it, so that a second backward
-    // reaches rnn_backward's node (which raises until rnnext has a double backward).
+    // reaches rnn_backward's node (csrc/composite.cpp), which differentiates it.
+    // A tangent on the incoming gradients (forward-mode AD through a backward) also takes it.
     std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> res;
-    if (at::GradMode::is_enabled()) {
+    if (at::GradMode::is_enabled() || composite::has_tangent(grads[0]) ||
+        composite::has_tangent(grads[1])) {
       res = call();
     } else {
       at::AutoDispatchBelowADInplaceOrView guard;
@@ -119,7 +112,11 @@ std::tuple<Tensor, Tensor> rnn_forward_autograd(c10::DispatchKeySet ks, const Te
                                                 const Tensor& w_hh, const optional<Tensor>& b_ih,
                                                 const optional<Tensor>& b_hh, bool relu,
                                                 bool reverse) {
-  no_forward_ad("rnn_forward", {input, hx, w_ih, w_hh, b_ih, b_hh});
+  if (composite::has_tangent(input) || composite::has_tangent(hx) || composite::has_tangent(w_ih) ||
+      composite::has_tangent(w_hh) || composite::has_tangent(b_ih) || composite::has_tangent(b_hh)) {
+    // Forward-mode AD: the composite of at:: ops, whose tangents (and gradients) ATen computes.
+    return composite::rnn_forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse);
+  }
   c10::intrusive_ptr<RnnForwardBackward> node;
   if (torch::autograd::compute_requires_grad(input, hx, w_ih, w_hh, b_ih, b_hh)) {
     node = c10::make_intrusive<RnnForwardBackward>();
@@ -146,40 +143,10 @@ std::tuple<Tensor, Tensor> rnn_forward_autograd(c10::DispatchKeySet ks, const Te
   return outs;
 }
 
-// rnn_backward's autograd: its outputs get a node that raises when a second backward reaches it
-// (gradients taken with create_graph=True are still computed; only differentiating them raises).
-// Without one, such a backward would silently give None.
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_autograd(
-    c10::DispatchKeySet ks, const Tensor& grad_output, const optional<Tensor>& grad_h_n,
-    const Tensor& input, const optional<Tensor>& batch_sizes, const optional<Tensor>& hx,
-    const Tensor& w_ih, const Tensor& w_hh, const Tensor& output, bool relu, bool reverse,
-    std::array<bool, 5> output_mask) {
-  no_forward_ad("rnn_backward", {grad_output, grad_h_n, input, hx, w_ih, w_hh, output});
-  c10::intrusive_ptr<Node> node;
-  if (torch::autograd::compute_requires_grad(grad_output, grad_h_n, input, hx, w_ih, w_hh,
-                                             output)) {
-    node = c10::make_intrusive<torch::autograd::Error>(
-        "rnnext: double backward (gradients of gradients) is not supported; use torch.nn.RNN / "
-        "torch.nn.RNNCell where second derivatives are needed",
-        torch::autograd::collect_next_edges(grad_output, grad_h_n, input, hx, w_ih, w_hh, output));
-  }
-  auto res = [&] {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return backward_op().redispatch(ks & c10::after_autograd_keyset, grad_output, grad_h_n, input,
-                                    batch_sizes, hx, w_ih, w_hh, output, relu, reverse,
-                                    output_mask);
-  }();
-  if (node) {
-    std::apply([&](auto&... g) { (torch::autograd::set_history(g, node), ...); }, res);
-  }
-  return res;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(rnnext, Autograd, m) {
-  m.impl("rnn_forward", &rnn_forward_autograd);
-  m.impl("rnn_backward", &rnn_backward_autograd);
+  m.impl("rnn_forward", &rnn_forward_autograd);  // rnn_backward's: csrc/composite.cpp
 }
 
 }  // namespace rnnext

@@ -7,6 +7,7 @@
 
 #include "bindings.h"
 #include "cpu/peak.h"
+#include "cpu/plan_py.h"
 #ifdef RNNEXT_WITH_CUDA
 #include "cuda/plan_info.h"
 #endif
@@ -23,6 +24,8 @@ PyMODINIT_FUNC PyInit__C(void) {
   // The CUDA planner's choice, for the benchmark suite (cuda/plan_py.cpp).
   if (m != nullptr && PyModule_AddFunctions(m, rnnext::cuda::plan_methods()) != 0) Py_CLEAR(m);
 #endif
+  // The CPU planner's choice (cpu/plan_py.cpp).
+  if (m != nullptr && PyModule_AddFunctions(m, rnnext::cpu::plan_methods()) != 0) Py_CLEAR(m);
   return m;
 }
 

@@ -6,6 +6,7 @@
 """
 
 from . import _ops, functional  # noqa: F401  (_ops: loads rnnext._C, registers fake + autograd)
+from . import onnx as _onnx  # noqa: F401  (teaches torch.onnx's exporters rnnext's ops)
 from .convert import convert
 from .modules import RNN, RNNCell
 

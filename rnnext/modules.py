@@ -9,7 +9,8 @@ sequence, the dtype of ``hx``, short packed data) are made here in ATen's order,
 instances of ``torch.nn.RNN``.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: TorchScript reads the annotations of RNN.forward's
+# overloads (torch.jit.script; the scripted bodies are in _script.py).
 
 from typing import Optional, Union, overload
 
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import _C, functional
+from . import _C, _script, functional
 
 __all__ = ["RNN", "RNNCell"]
 
@@ -26,9 +27,45 @@ __all__ = ["RNN", "RNNCell"]
 # missing from _parameters).
 _CALL_ERRORS = (RuntimeError, ValueError, TypeError, IndexError, KeyError)
 _is_compiling = torch.compiler.is_compiling
+_is_scripting = torch.jit.is_scripting  # TorchScript knows the function, under any name
 
 
-class RNNCell(nn.RNNCell):
+def _call(op, *args):
+    """``op(*args)``, or None when the op refuses the call. (Not written inline in ``forward``:
+    TorchScript parses ``forward``'s whole source for ``torch.jit.script``, and rejects try blocks.)"""
+    try:
+        return op(*args)
+    except _CALL_ERRORS:
+        return None
+
+
+def _plain_arg_types(rnn: nn.RNNBase) -> bool:
+    """Whether the arguments torch.nn hands to ATen's rnn_tanh / rnn_relu have the types its parser
+    takes (torch.nn stores bias, batch_first, bidirectional and num_layers unchecked)."""
+    return (
+        type(rnn.bidirectional) is bool
+        and type(rnn.batch_first) is bool
+        and type(rnn.bias) is bool
+        and type(rnn.num_layers) is int
+    )
+
+
+def _raise_arg_types(
+    rnn: nn.RNNBase, data: Tensor, batch_sizes: Optional[Tensor], hx: Optional[Tensor]
+) -> None:
+    """Makes torch.nn's own call of ATen's rnn_tanh / rnn_relu with these arguments, whose parser
+    raises torch.nn's TypeError (it names the function and the types it got) before computing."""
+    fn = torch._VF.rnn_relu if rnn.mode == "RNN_RELU" else torch._VF.rnn_tanh
+    h = hx if hx is not None else data.new_zeros(())
+    common = (rnn._flat_weights, rnn.bias, rnn.num_layers, rnn.dropout, rnn.training, rnn.bidirectional)
+    with torch.no_grad():
+        if batch_sizes is None:
+            fn(data, h, *common, rnn.batch_first)
+        else:
+            fn(data, batch_sizes, h, *common)
+
+
+class RNNCell(_script.ScriptRNNCell, nn.RNNCell):
     r"""An Elman RNN cell with tanh or ReLU non-linearity, computed by rnnext's fused op.
 
     .. math::
@@ -71,6 +108,8 @@ class RNNCell(nn.RNNCell):
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         """One step from ``hx`` (zeros if ``None``); see the class docstring for shapes."""
+        if _is_scripting():  # TorchScript compiles this branch only
+            return self._script_forward(input, hx)
         if not _is_compiling():
             # One op call (rnnext::rnn_cell), the op's checks standing for torch.nn's. Anything it
             # refuses or does not take (None: autocast, a subclass, a torch-function mode), or runs
@@ -78,14 +117,11 @@ class RNNCell(nn.RNNCell):
             # takes the general path, which raises torch.nn's error or handles the case.
             nonlinearity = self.nonlinearity
             if nonlinearity == "tanh" or nonlinearity == "relu":
-                p = self._parameters  # (a parametrized weight is not in it: KeyError, general path)
-                try:
-                    h = _C.rnn_cell(
-                        input, hx, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"],
-                        nonlinearity == "relu",
-                    )  # fmt: skip
-                except _CALL_ERRORS:
-                    h = None
+                p = self._parameters  # (a parametrized weight is not in it: None, refused)
+                h = _call(
+                    _C.rnn_cell, input, hx, p.get("weight_ih"), p.get("weight_hh"), p.get("bias_ih"),
+                    p.get("bias_hh"), nonlinearity == "relu",
+                )  # fmt: skip
                 if h is not None and not h.is_meta:
                     return h
         return self._general_forward(input, hx)
@@ -135,7 +171,7 @@ class RNNCell(nn.RNNCell):
         return ret if is_batched else ret.squeeze(0)
 
 
-class RNN(nn.RNNBase):
+class RNN(_script.ScriptRNN, nn.RNNBase):
     r"""A multi-layer Elman RNN with tanh or ReLU non-linearity, computed by rnnext's fused ops.
 
     For each element in the input sequence, each layer computes
@@ -180,8 +216,7 @@ class RNN(nn.RNNBase):
     cast back (``torch.nn`` rounds after every step: results agree to half precision, not bit for
     bit); ``flatten_parameters`` does nothing; on CUDA, ``torch.nn`` hands calls to cuDNN, whose
     error messages for invalid calls are its own (rnnext raises the messages of ATen's native
-    path); TorchScript (``torch.jit.script``) is not supported, ``torch.compile`` and
-    ``torch.export`` are.
+    path).
 
     Examples::
 
@@ -233,9 +268,11 @@ class RNN(nn.RNNBase):
         is, so there is nothing to flatten."""
 
     @overload
+    @torch._jit_internal._overload_method  # TorchScript's overloads, as torch.nn.RNN declares them
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> tuple[Tensor, Tensor]: ...
 
     @overload
+    @torch._jit_internal._overload_method
     def forward(
         self, input: PackedSequence, hx: Optional[Tensor] = None
     ) -> tuple[PackedSequence, Tensor]: ...
@@ -244,6 +281,10 @@ class RNN(nn.RNNBase):
         self, input: Union[Tensor, PackedSequence], hx: Optional[Tensor] = None
     ) -> tuple[Union[Tensor, PackedSequence], Tensor]:
         """Runs the RNN over ``input`` from ``hx`` (zeros if ``None``); see the class docstring."""
+        if _is_scripting():  # TorchScript compiles this branch only, once per overload
+            if isinstance(input, PackedSequence):
+                return self._script_forward_packed(input, hx)
+            return self._script_forward_padded(input, hx)
         compiling = _is_compiling()
         params = self._parameters
         if compiling:
@@ -259,46 +300,36 @@ class RNN(nn.RNNBase):
                 weights = self._flat_weights
         if isinstance(input, PackedSequence):
             return self._forward_packed(input, hx, weights)
-        dim = input.dim()
-        if dim == 2:  # unbatched: a batch of 1, as torch.nn
-            batch_dim = 0 if self.batch_first else 1
-            data = input.unsqueeze(batch_dim)
-            if hx is not None:
-                if hx.dim() != 2:
-                    raise RuntimeError(
-                        f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
-                    )
-                hx = hx.unsqueeze(1)
-        elif dim == 3:
-            data = input
-            if hx is not None and hx.dim() != 3:
-                raise RuntimeError(
-                    f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
-                )
-        else:
-            raise ValueError(f"RNN: Expected input to be 2D or 3D, got {dim}D tensor instead")
-        if not compiling:
+        data, hx, squeeze = self._batched(input, hx)
+        bias, layers = self.bias, self.num_layers
+        bidirectional, batch_first = self.bidirectional, self.batch_first
+        if (
+            not compiling
+            and type(bidirectional) is bool  # else torch.nn's TypeError (_functional)
+            and type(batch_first) is bool
+            and type(bias) is bool
+            and type(layers) is int
+        ):
             # One op call, the op's checks standing for torch.nn's. Anything it refuses or does not
             # take (None: autocast, a subclass, a torch-function mode) takes the general path,
             # which raises torch.nn's error in its order or handles the case.
-            try:
-                ret = _C.rnn(
-                    data, None, hx, weights, self.bias, self.num_layers, self.dropout, self.training,
-                    self.bidirectional, self.batch_first, self.mode == "RNN_RELU",
-                )  # fmt: skip
-            except _CALL_ERRORS:
-                ret = None
+            ret = _call(
+                _C.rnn, data, None, hx, weights, bias, layers, self.dropout, self.training,
+                bidirectional, batch_first, self.mode == "RNN_RELU",
+            )  # fmt: skip
             if ret is not None:
-                return ret if dim == 3 else (ret[0].squeeze(batch_dim), ret[1].squeeze(1))
+                return ret if squeeze < 0 else (ret[0].squeeze(squeeze), ret[1].squeeze(1))
         self._check_padded(data, hx, weights)
         output, hidden = self._functional(data, None, hx, weights)
-        if dim == 2:
-            return output.squeeze(batch_dim), hidden.squeeze(1)
+        if squeeze >= 0:
+            return output.squeeze(squeeze), hidden.squeeze(1)
         return output, hidden
 
     def _functional(
         self, data: Tensor, batch_sizes: Optional[Tensor], hx: Optional[Tensor], weights: list[Tensor]
     ) -> tuple[Tensor, Tensor]:
+        if not _plain_arg_types(self):  # after torch.nn's checks, where torch.nn's ATen call raises
+            _raise_arg_types(self, data, batch_sizes, hx)
         return functional.rnn(
             data, hx, weights, num_layers=self.num_layers,
             nonlinearity="relu" if self.mode == "RNN_RELU" else "tanh", bias=self.bias,
@@ -337,7 +368,7 @@ class RNN(nn.RNNBase):
             self.check_forward_args(data, hx, batch_sizes)
         data = _check_packed(data, batch_sizes, hx, weights, self.bias)
         ret = None
-        if not torch.compiler.is_compiling():
+        if not torch.compiler.is_compiling() and _plain_arg_types(self):
             try:  # the op through the binding; what it refuses or does not take, as for padded input
                 ret = _C.rnn(
                     data, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout,

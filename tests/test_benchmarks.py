@@ -68,7 +68,11 @@ def test_rows(tutorial: dict) -> None:
         assert math.isclose(r["gemm_share"], r["gflops"] / r["gemm_gflops"], rel_tol=1e-9)
         assert math.isclose(r["floor_ms"], r["flops"] / (r["peak_gflops"] * 1e9) * 1e3, rel_tol=1e-9)
         assert r["threads"] == 1
-        assert r["path"] == (tutorial["cpu_isa"] if r["impl"].startswith("rnnext.") else None)
+        if r["impl"].startswith("rnnext."):  # "<isa> <planner's path>[/<backward's>]"
+            isa, plan = r["path"].split(" ")
+            assert isa == tutorial["cpu_isa"] and plan, r["path"]
+        else:
+            assert r["path"] is None
         assert r["max_err"] <= 1e-4
     fwd = 2 * 10 * 3 * (100 * 20 + 20 * 20)
     assert {r["mode"]: r["flops"] for r in rows} == {"inference": fwd, "training": 3 * fwd}
@@ -260,15 +264,21 @@ def test_cuda_path_is_asked_of_the_extension(monkeypatch: pytest.MonkeyPatch) ->
     assert os.environ[impls.CUDA_PATH_ENV] == "smem"
 
 
-def test_cpu_path_is_the_kernels_isa() -> None:
+def test_cpu_path_is_the_kernels_isa_and_the_planners_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
     from benchmarks import cases, impls
     from rnnext import _C
 
+    cpu = torch.device("cpu")
     case = cases.ALL_CASES["tutorial"]
-    assert impls.path_of("rnnext.RNN", case, torch.float32, torch.device("cpu"), "training") == _C._cpu_isa()
-    assert impls.path_of("torch.nn.RNN", case, torch.float32, torch.device("cpu"), "training") is None
+    monkeypatch.delenv("RNNEXT_CPU_PATH", raising=False)
+    plan = _C._cpu_plan(case.T, case.B, case.I, case.H, torch.float32, False, False).split(":")[0]
+    assert impls.path_of("rnnext.RNN", case, torch.float32, cpu, "inference") == f"{_C._cpu_isa()} {plan}"
+    # The row names what the planner picks, so forcing a path shows in it.
+    monkeypatch.setenv("RNNEXT_CPU_PATH", "blas")
+    assert impls.path_of("rnnext.RNN", case, torch.float32, cpu, "training") == f"{_C._cpu_isa()} blas"
+    assert impls.path_of("torch.nn.RNN", case, torch.float32, cpu, "training") is None
 
 
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")

@@ -71,13 +71,3 @@ def test_vmap_and_per_sample_gradients():
     loop = [grad(lambda p, x: _loss(ref, p, x))(params, x) for x in xs]
     for k in params:
         torch.testing.assert_close(per_sample[k], torch.stack([g[k] for g in loop]), **TOL)
-
-
-def test_second_order_raises():
-    ours = rnnext.RNNCell(3, 4).double()
-    x = torch.randn(2, 3, dtype=torch.float64)
-    with pytest.raises(RuntimeError):
-        torch.func.hessian(lambda x: ours(x).square().sum())(x)
-    inner = grad(lambda y: ours(y[None]).sum())  # first order: fine
-    with pytest.raises(RuntimeError, match="double backward"):
-        grad(lambda y: inner(y).sum())(x[0])

@@ -141,6 +141,20 @@ def test_tanh_accuracy_float32():
     torch.testing.assert_close(out.flatten(), torch.tanh(x.flatten()), rtol=4e-7, atol=1e-7)
 
 
+def test_tanh_accuracy_float64():
+    # The float64 kernels' vector tanh (Cephes): within ~1 ulp of torch.tanh, exactly +-1 from
+    # |x| = 20 on (and for +-inf), NaN propagated; both sides of the 0.625 branch point.
+    x = torch.cat([
+        torch.linspace(-25, 25, 100001, dtype=torch.float64),
+        torch.tensor([0.6249999999, 0.625, 0.6250000001, 19.5, 20.0, 21.0, 1e300, float("inf"),
+                      -float("inf"), float("nan")], dtype=torch.float64),
+    ]).reshape(1, -1, 1)
+    w_ih, w_hh = torch.ones(1, 1, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)
+    out, _ = torch.ops.rnnext.rnn_forward(x, None, None, w_ih, w_hh, None, None, False, False)
+    torch.testing.assert_close(out.flatten(), torch.tanh(x.flatten()), rtol=4.5e-16, atol=0,
+                               equal_nan=True)
+
+
 def _op_args(packed, hx, bias, dtype=torch.float64):
     torch.manual_seed(5)
     H, n_in = 9, 4
@@ -192,8 +206,8 @@ def test_autograd_partial_requires_grad():
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("packed", [False, True])
-def test_large_hidden_blas_path(dtype, packed):
-    # H >= 512 runs the recurrent products in BLAS with the fused epilogue after them.
+def test_large_hidden(dtype, packed):
+    # H = 520: W_hh in 9 column panels (the last one partial) and 5 k chunks of the micro-kernel.
     ref, new = _pair(8, 520, 1, "tanh", True, True, dtype, seed=11)
     x = torch.randn(4, 3, 8, dtype=dtype)
     h0 = torch.randn(2, 3, 520, dtype=dtype)
@@ -339,3 +353,108 @@ def test_expanded_input_rows(dtype, T, B, H):
         m(xc, h0[0]).square().sum().backward()
     for a, b in zip(cell.parameters(), cell_ref.parameters()):
         torch.testing.assert_close(a.grad, b.grad, **(tol or TOL[dtype]))
+
+
+# ---- Every CPU path on purpose (csrc/cpu/plan.h), against the float64 reference of test_ops ----
+
+CPU_PATHS = ["fused", "kernel", "blas", "blas-fused", "columns"]
+
+
+def _op_case(packed, reverse, relu, has_hx, bias, dtype, T=10, B=17, n_in=6, H=75, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, scale=1.0):
+        return ((torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * scale).to(dtype)
+
+    if packed:
+        lengths = torch.randint(T // 2, T + 1, (B,), generator=g).sort(descending=True).values
+        lengths[0] = T
+        bs = torch.tensor([int((lengths > t).sum()) for t in range(T)])
+        x = rand(int(bs.sum()), n_in)
+    else:
+        bs = None
+        x = rand(T, B, n_in)
+    s = H**-0.5
+    hx = rand(B, H) if has_hx else None
+    b_ih, b_hh = (rand(H), rand(H)) if bias else (None, None)
+    return x, bs, hx, rand(H, n_in, scale=s), rand(H, H, scale=s), b_ih, b_hh
+
+
+def _grads(fn, args):
+    leaves = [a.detach().clone().requires_grad_() if isinstance(a, torch.Tensor) and a.is_floating_point()
+              else a for a in args]
+    out, h_n = fn(*leaves)
+    g = torch.Generator().manual_seed(99)
+    go = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype)
+    gh = torch.randn(h_n.shape, generator=g, dtype=torch.float64).to(out.dtype)
+    wrt = [a for a in leaves if isinstance(a, torch.Tensor) and a.requires_grad]
+    grads = torch.autograd.grad((out * go).sum() + (h_n * gh).sum(), wrt)
+    return [out.detach(), h_n.detach(), *grads]
+
+
+@pytest.mark.parametrize("path", CPU_PATHS + [p + "+own-gemm" for p in ("kernel", "columns", "blas")])
+@pytest.mark.parametrize("size", ["small", "chunked"])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_each_cpu_path_matches_reference(monkeypatch, path, size, packed, reverse, threads, dtype):
+    # RNNEXT_CPU_PATH forces the path for rnn_forward and rnn_backward alike; the answer (output,
+    # h_n, every gradient) must be the float64 reference's, whatever the path and thread count.
+    # small: H = 75 leaves partial vectors, B = 17 partial row blocks and uneven thread slices; at
+    # 2 threads the recurrence is large enough (N H^2 >= 2^19) to be split. chunked: I = 140 and
+    # H = 150 run the micro-kernel's k in two chunks (128 + rest) over three column panels.
+    # "+own-gemm": RNNEXT_CPU_GEMM=own runs the GEMMs over all rows (projection, grad_input) in the
+    # micro-kernel instead of the BLAS (the default off Intel CPUs).
+    from test_ops import reference
+
+    path, own = path.split("+")[0], path.endswith("+own-gemm")
+    monkeypatch.setenv("RNNEXT_CPU_PATH", path)
+    monkeypatch.setenv("RNNEXT_CPU_GEMM", "own" if own else "blas")
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for k, (relu, has_hx, bias) in enumerate([(False, True, True), (True, False, False)]):
+            T, B, n_in, H = (10, 17, 6, 75) if size == "small" else (5, 9, 140, 150)
+            args = _op_case(packed, reverse, relu, has_hx, bias, dtype, T, B, n_in, H, seed=k + 3 * packed)
+            assert rnnext._C._cpu_plan(T, B, n_in, H, dtype, packed, False).startswith(path + ":")
+            assert rnnext._C._cpu_plan(T, B, n_in, H, dtype, packed, True).startswith(path + ":")
+            got = _grads(lambda *a, r=relu: torch.ops.rnnext.rnn_forward(*a, r, reverse), args)
+            ref_args = [a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                        for a in args]
+            want = _grads(lambda *a, r=relu: reference(*a, r, reverse), ref_args)
+            tol = TOL[torch.float64] if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+            for name, a, b in zip(["output", "h_n", "input", "hx", "w_ih", "w_hh", "b_ih", "b_hh"]
+                                  if has_hx else ["output", "h_n", "input", "w_ih", "w_hh"], got, want):
+                torch.testing.assert_close(a.double(), b, **tol, msg=lambda m, n=name: f"{n}: {m}")
+    finally:
+        torch.set_num_threads(prev)
+
+
+def test_cpu_gemm_override_rejects_unknown_names(monkeypatch):
+    monkeypatch.setenv("RNNEXT_CPU_GEMM", "mkl")
+    x = torch.randn(3, 2, 4)
+    with pytest.raises(RuntimeError, match="RNNEXT_CPU_GEMM=mkl is not a choice"):
+        torch.ops.rnnext.rnn_forward(x, None, None, torch.randn(5, 4), torch.randn(5, 5), None, None,
+                                     False, False)
+
+
+def test_cpu_path_override_rejects_unknown_names(monkeypatch):
+    monkeypatch.setenv("RNNEXT_CPU_PATH", "fastest")
+    x = torch.randn(3, 2, 4)
+    with pytest.raises(RuntimeError, match="RNNEXT_CPU_PATH=fastest is not a CPU path"):
+        torch.ops.rnnext.rnn_forward(x, None, None, torch.randn(5, 4), torch.randn(5, 5), None, None,
+                                     False, False)
+    with pytest.raises(RuntimeError, match="RNNEXT_CPU_PATH=fastest is not a CPU path"):
+        rnnext._C._cpu_plan(3, 2, 4, 5, torch.float32, False, False)
+
+
+def test_cpu_plan_names_a_path_and_a_reason(monkeypatch):
+    monkeypatch.delenv("RNNEXT_CPU_PATH", raising=False)
+    for shape in [(10, 3, 100, 20), (100, 64, 256, 256), (100, 64, 1024, 1024), (1, 8, 128, 128)]:
+        for backward in (False, True):
+            for dtype in (torch.float32, torch.float64):
+                name, reason = rnnext._C._cpu_plan(*shape, dtype, False, backward).split(": ", 1)
+                assert name in CPU_PATHS and reason
+    with pytest.raises(TypeError):
+        rnnext._C._cpu_plan(3, 2, 4, 5, "float32", False, False)

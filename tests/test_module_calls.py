@@ -184,23 +184,6 @@ def test_parameter_replaced_behind_setattr():
     torch.testing.assert_close(rnn(x)[0], ref(x)[0])
 
 
-def test_int_flags_read_as_python_truth():
-    # Flags set to ints (bidirectional=1 passes torch.nn's constructor; batch_first can be set
-    # afterwards) are read as truth values, as rnnext has always read them (torch.nn's own forward
-    # refuses ints there): the same as a torch.nn.RNN built with True.
-    torch.manual_seed(0)
-    ours = rnnext.RNN(5, 7, 2, bidirectional=1).double()
-    ours.batch_first = 1
-    ref = nn.RNN(5, 7, 2, bidirectional=True, batch_first=True).double()
-    ref.load_state_dict(ours.state_dict())
-    x = torch.randn(3, 4, 5, dtype=torch.float64)
-    _assert_matches_torch_nn(ours, ref, [x, None])
-    y, h = ours(x)
-    assert y.shape == (3, 4, 14) and h.shape == (4, 3, 7)
-    with torch.autocast("cpu"):  # the general path (torch.ops) reads them the same way
-        assert ours.float()(x.float())[0].shape == (3, 4, 14)
-
-
 def test_dropout_in_training_matches_torch_nn_masks():
     # The stack op draws dropout masks with torch.nn's calls: the same seed, the same masks.
     ours, ref = _pair(rnnext.RNN, nn.RNN, 4, 6, 3, dropout=0.5)
@@ -273,17 +256,6 @@ def test_jit_trace_records_the_stack_as_one_op():
     graph = torch.jit.trace(rnn, (torch.randn(2, 5, 3),)).graph
     kinds = [n.kind() for n in graph.nodes()]
     assert kinds.count("rnnext::rnn") == 1 and "rnnext::rnn_forward" not in kinds
-
-
-def test_forward_mode_ad_raises():
-    rnn = rnnext.RNN(3, 4).double()
-    x, t = torch.randn(2, 1, 3, dtype=torch.float64), torch.randn(2, 1, 3, dtype=torch.float64)
-    with pytest.raises(NotImplementedError, match="forward-mode AD"):
-        torch.func.jvp(lambda x: rnn(x)[0], (x,), (t,))
-    import torch.autograd.forward_ad as fwAD
-
-    with fwAD.dual_level(), pytest.raises(NotImplementedError, match="forward-mode AD"):
-        rnn(fwAD.make_dual(x, t))
 
 
 def test_cell_with_no_input_features():

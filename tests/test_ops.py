@@ -129,40 +129,6 @@ def test_noncontiguous_inputs():
     torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
 
 
-@pytest.mark.parametrize("packed,relu,reverse", [(False, False, False), (True, True, True)])
-def test_create_graph_first_order_works_and_double_backward_raises(packed, relu, reverse):
-    """rnn_backward has no derivative: gradients taken with create_graph=True are right (and carry
-    a graph), but differentiating them raises instead of silently giving None."""
-    x, bs, hx, w_ih, w_hh, b_ih, b_hh = make_args(packed, True, True, requires_grad=True)
-    inputs = (x, hx, w_ih, w_hh, b_ih, b_hh)
-    out, h_n = fwd(x, bs, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse)
-    g = torch.Generator().manual_seed(5)
-    loss = (out * torch.randn(out.shape, generator=g, dtype=out.dtype)).sum() + (h_n * h_n).sum()
-    want = torch.autograd.grad(loss, inputs, retain_graph=True)
-    got = torch.autograd.grad(loss, inputs, create_graph=True)
-    for a, b in zip(got, want):
-        assert a.requires_grad
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-    with pytest.raises(
-        RuntimeError, match=r"rnnext: double backward \(gradients of gradients\) is not supported"
-    ):
-        sum((t * t).sum() for t in got).backward()
-    for t in inputs:  # nothing was accumulated before the error
-        assert t.grad is None
-
-
-def test_double_backward_through_modules_raises():
-    """The same through rnnext.RNN and rnnext.RNNCell (torch.nn computes second derivatives)."""
-    torch.manual_seed(0)
-    for module, x in ((rnnext.RNN(3, 4, 2), torch.randn(5, 2, 3)), (rnnext.RNNCell(3, 4), torch.randn(2, 3))):
-        x.requires_grad_(True)
-        out = module(x)
-        y = out[0] if isinstance(out, tuple) else out
-        (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
-        with pytest.raises(RuntimeError, match="double backward"):
-            torch.autograd.grad(gx.square().sum(), list(module.parameters()))
-
-
 @pytest.mark.parametrize("T,B", [(4, 0), (0, 3), (0, 0)])
 @pytest.mark.parametrize(
     "has_hx,bias,reverse", [(False, True, False), (True, False, True), (True, True, False)]

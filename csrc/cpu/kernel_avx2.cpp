@@ -76,12 +76,25 @@ struct F64 {
   static void store(double* p, reg v) { _mm256_storeu_pd(p, v); }
   static void storen(double* p, reg v, int m) { _mm256_maskstore_pd(p, mask(m), v); }
   static reg fma(reg a, reg b, reg c) { return _mm256_fmadd_pd(a, b, c); }
-  static reg tanh(reg v) {
-    alignas(32) double t[4];
-    _mm256_store_pd(t, v);
-    for (double& x : t) x = std::tanh(x);
-    return _mm256_load_pd(t);
+  static reg add(reg a, reg b) { return _mm256_add_pd(a, b); }
+  static reg sub(reg a, reg b) { return _mm256_sub_pd(a, b); }
+  static reg mul(reg a, reg b) { return _mm256_mul_pd(a, b); }
+  static reg div(reg a, reg b) { return _mm256_div_pd(a, b); }
+  static reg sign() { return _mm256_castsi256_pd(_mm256_set1_epi64x(static_cast<int64_t>(0x8000000000000000ull))); }
+  static reg abs(reg a) { return _mm256_andnot_pd(sign(), a); }
+  static reg min_keep_nan(reg c, reg a) { return _mm256_min_pd(c, a); }
+  static reg round(reg a) { return _mm256_round_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static reg scale_pow2(reg e, reg n) {  // e * 2^n for integral n in [0, 58]
+    const __m256i bits = _mm256_slli_epi64(_mm256_cvtepi32_epi64(_mm256_cvtpd_epi32(n)), 52);
+    return _mm256_castsi256_pd(_mm256_add_epi64(_mm256_castpd_si256(e), bits));
   }
+  static reg copysign(reg mag, reg sgn) {
+    return _mm256_or_pd(_mm256_and_pd(sgn, sign()), _mm256_andnot_pd(sign(), mag));
+  }
+  static reg select_lt(reg a, reg b, reg x, reg y) {
+    return _mm256_blendv_pd(y, x, _mm256_cmp_pd(a, b, _CMP_LT_OQ));
+  }
+  static reg tanh(reg v);
   static reg relu(reg v) { return _mm256_max_pd(zero(), v); }
   static reg tanh_bwd(reg g, reg h) { return _mm256_mul_pd(g, _mm256_fnmadd_pd(h, h, set1(1.0))); }
   static reg relu_bwd(reg g, reg h) { return _mm256_and_pd(_mm256_cmp_pd(h, zero(), _CMP_NLE_UQ), g); }
@@ -90,16 +103,17 @@ struct F64 {
 #include "kernel_impl.h"
 
 inline F32::reg F32::tanh(reg v) { return tanh_f32<F32>(v); }
+inline F64::reg F64::tanh(reg v) { return tanh_f64<F64>(v); }
 
 }  // namespace
 
 void step(int64_t rows, int64_t n, int64_t k, const float* a, int64_t lda, const float* p,
-          int64_t ldp, float* c, int64_t ldc, const float* aux, Epilogue ep) {
-  step_impl<F32>(rows, n, k, a, lda, p, ldp, c, ldc, aux, ep);
+          int64_t ldp, int64_t kp, float* c, int64_t ldc, const float* aux, Epilogue ep) {
+  step_impl<F32>(rows, n, k, a, lda, p, ldp, kp, c, ldc, aux, ep);
 }
 void step(int64_t rows, int64_t n, int64_t k, const double* a, int64_t lda, const double* p,
-          int64_t ldp, double* c, int64_t ldc, const double* aux, Epilogue ep) {
-  step_impl<F64>(rows, n, k, a, lda, p, ldp, c, ldc, aux, ep);
+          int64_t ldp, int64_t kp, double* c, int64_t ldc, const double* aux, Epilogue ep) {
+  step_impl<F64>(rows, n, k, a, lda, p, ldp, kp, c, ldc, aux, ep);
 }
 
 }  // namespace avx2

@@ -76,12 +76,26 @@ struct F64 {
   static void store(double* p, reg v) { _mm512_storeu_pd(p, v); }
   static void storen(double* p, reg v, int m) { _mm512_mask_storeu_pd(p, mask8(m), v); }
   static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_pd(a, b, c); }
-  static reg tanh(reg v) {  // float64 keeps libm's tanh: the equivalence tests are tight there
-    alignas(64) double t[8];
-    _mm512_store_pd(t, v);
-    for (double& x : t) x = std::tanh(x);
-    return _mm512_load_pd(t);
+  static reg add(reg a, reg b) { return _mm512_add_pd(a, b); }
+  static reg sub(reg a, reg b) { return _mm512_sub_pd(a, b); }
+  static reg mul(reg a, reg b) { return _mm512_mul_pd(a, b); }
+  static reg div(reg a, reg b) { return _mm512_div_pd(a, b); }
+  static reg abs(reg a) { return _mm512_abs_pd(a); }
+  static reg min_keep_nan(reg c, reg a) { return _mm512_min_pd(c, a); }
+  static reg round(reg a) { return _mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static reg scale_pow2(reg e, reg n) {  // e * 2^n for integral n in [0, 58]
+    const __m512i bits = _mm512_slli_epi64(_mm512_cvtepi32_epi64(_mm512_cvtpd_epi32(n)), 52);
+    return _mm512_castsi512_pd(_mm512_add_epi64(_mm512_castpd_si512(e), bits));
   }
+  static reg copysign(reg mag, reg sgn) {
+    const __m512i sign = _mm512_set1_epi64(static_cast<int64_t>(0x8000000000000000ull));
+    return _mm512_castsi512_pd(_mm512_or_si512(_mm512_and_si512(_mm512_castpd_si512(sgn), sign),
+                                               _mm512_andnot_si512(sign, _mm512_castpd_si512(mag))));
+  }
+  static reg select_lt(reg a, reg b, reg x, reg y) {  // a < b ? x : y
+    return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(a, b, _CMP_LT_OQ), y, x);
+  }
+  static reg tanh(reg v);
   static reg relu(reg v) { return _mm512_max_pd(zero(), v); }
   static reg tanh_bwd(reg g, reg h) { return _mm512_mul_pd(g, _mm512_fnmadd_pd(h, h, set1(1.0))); }
   static reg relu_bwd(reg g, reg h) {
@@ -92,16 +106,17 @@ struct F64 {
 #include "kernel_impl.h"
 
 inline F32::reg F32::tanh(reg v) { return tanh_f32<F32>(v); }
+inline F64::reg F64::tanh(reg v) { return tanh_f64<F64>(v); }
 
 }  // namespace
 
 void step(int64_t rows, int64_t n, int64_t k, const float* a, int64_t lda, const float* p,
-          int64_t ldp, float* c, int64_t ldc, const float* aux, Epilogue ep) {
-  step_impl<F32>(rows, n, k, a, lda, p, ldp, c, ldc, aux, ep);
+          int64_t ldp, int64_t kp, float* c, int64_t ldc, const float* aux, Epilogue ep) {
+  step_impl<F32>(rows, n, k, a, lda, p, ldp, kp, c, ldc, aux, ep);
 }
 void step(int64_t rows, int64_t n, int64_t k, const double* a, int64_t lda, const double* p,
-          int64_t ldp, double* c, int64_t ldc, const double* aux, Epilogue ep) {
-  step_impl<F64>(rows, n, k, a, lda, p, ldp, c, ldc, aux, ep);
+          int64_t ldp, int64_t kp, double* c, int64_t ldc, const double* aux, Epilogue ep) {
+  step_impl<F64>(rows, n, k, a, lda, p, ldp, kp, c, ldc, aux, ep);
 }
 
 }  // namespace avx512

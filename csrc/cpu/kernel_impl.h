@@ -83,6 +83,18 @@ static inline __attribute__((always_inline)) void column_block(
   a += r * lda;
   c += r * ldc;
   if (aux) aux += r * ldc;
+  if constexpr (MR > 7) {
+    if (rest == 7) return block<V, 7, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+  }
+  if constexpr (MR > 6) {
+    if (rest == 6) return block<V, 6, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+  }
+  if constexpr (MR > 5) {
+    if (rest == 5) return block<V, 5, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+  }
+  if constexpr (MR > 4) {
+    if (rest == 4) return block<V, 4, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+  }
   if constexpr (MR > 3) {
     if (rest == 3) return block<V, 3, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
   }
@@ -96,26 +108,47 @@ static inline __attribute__((always_inline)) void column_block(
 
 template <class V>
 static void step_impl(int64_t rows, int64_t n, int64_t k, const typename V::T* a, int64_t lda,
-                      const typename V::T* p, int64_t ldp, typename V::T* c, int64_t ldc,
-                      const typename V::T* aux, Epilogue ep) {
+                      const typename V::T* p, int64_t ldp, int64_t kp, typename V::T* c,
+                      int64_t ldc, const typename V::T* aux, Epilogue ep) {
+  using T = typename V::T;
   constexpr int W = V::W, NR = V::NR;
+  const int64_t PC = ldp;
   if (rows <= 0 || n <= 0) return;
-  for (int64_t j0 = 0; j0 < n; j0 += NR * W) {
-    const int64_t cols = n - j0 < NR * W ? n - j0 : NR * W;
-    const int nv = static_cast<int>((cols + W - 1) / W);
-    const int last = static_cast<int>(cols - (nv - 1) * W);
-    const typename V::T* auxj = aux ? aux + j0 : aux;
-    if (nv == NR) {
-      column_block<V, NR>(rows, k, a, lda, p + j0, ldp, c + j0, ldc, auxj, last, ep);
-    } else if (nv == 1) {
-      column_block<V, 1>(rows, k, a, lda, p + j0, ldp, c + j0, ldc, auxj, last, ep);
-    } else if constexpr (NR > 2) {
-      if (nv == 2) {
-        column_block<V, 2>(rows, k, a, lda, p + j0, ldp, c + j0, ldc, auxj, last, ep);
-      } else if constexpr (NR > 3) {
-        if (nv == 3) column_block<V, 3>(rows, k, a, lda, p + j0, ldp, c + j0, ldc, auxj, last, ep);
+  for (int64_t p0 = 0; p0 < n; p0 += PC) {  // one panel of columns
+    const int64_t pn = n - p0 < PC ? n - p0 : PC;
+    const T* panel = p ? p + (p0 / PC) * kp * PC : p;
+    int64_t q0 = 0;
+    do {  // k in chunks; C holds the partial sums between chunks, the epilogue after the last
+      const int64_t kc = k - q0 < kChunkRows ? k - q0 : kChunkRows;
+      const bool first = q0 == 0, final = q0 + kc >= k;
+      Epilogue e = ep;
+      if (!final) {
+        e = first && ep == Epilogue::kZero ? Epilogue::kZero : Epilogue::kNone;
+      } else if (!first && ep == Epilogue::kZero) {
+        e = Epilogue::kNone;
       }
-    }
+      const T* pq = panel ? panel + q0 * PC : panel;
+      for (int64_t j0 = 0; j0 < pn; j0 += NR * W) {
+        const int64_t cols = pn - j0 < NR * W ? pn - j0 : NR * W;
+        const int nv = static_cast<int>((cols + W - 1) / W);
+        const int last = static_cast<int>(cols - (nv - 1) * W);
+        const T* pj = pq ? pq + j0 : pq;
+        T* cj = c + p0 + j0;
+        const T* auxj = aux ? aux + p0 + j0 : aux;
+        if (nv == NR) {
+          column_block<V, NR>(rows, kc, a + q0, lda, pj, PC, cj, ldc, auxj, last, e);
+        } else if (nv == 1) {
+          column_block<V, 1>(rows, kc, a + q0, lda, pj, PC, cj, ldc, auxj, last, e);
+        } else if constexpr (NR > 2) {
+          if (nv == 2) {
+            column_block<V, 2>(rows, kc, a + q0, lda, pj, PC, cj, ldc, auxj, last, e);
+          } else if constexpr (NR > 3) {
+            if (nv == 3) column_block<V, 3>(rows, kc, a + q0, lda, pj, PC, cj, ldc, auxj, last, e);
+          }
+        }
+      }
+      q0 += kc;
+    } while (q0 < k);
   }
 }
 
@@ -151,4 +184,43 @@ static inline __attribute__((always_inline)) typename V::reg tanh_f32(typename V
   reg l = V::sub(V::set1(1.0f), V::div(V::set1(2.0f), V::add(e, V::set1(1.0f))));
   l = V::copysign(l, x);
   return V::select_lt(ax, V::set1(0.625f), s, l);
+}
+
+// tanh for float64 lanes (Cephes tanh): x + x^3 P(x^2) / Q(x^2) below |x| = 0.625, else
+// sign(x) (1 - 2 / (exp(2|x|) + 1)) with Cephes' exp (a Pade form on the reduced argument);
+// |x| is capped at 20 (tanh rounds to 1 from ~19.1 on, so +-inf gives exactly +-1). About 2e-16
+// relative error; NaN propagates.
+template <class V>
+static inline __attribute__((always_inline)) typename V::reg tanh_f64(typename V::reg x) {
+  using reg = typename V::reg;
+  const reg ax = V::abs(x);
+  const reg z = V::mul(x, x);
+  reg p = V::set1(-9.64399179425052238628e-1);
+  p = V::fma(p, z, V::set1(-9.92877231001918586564e1));
+  p = V::fma(p, z, V::set1(-1.61468768441708447952e3));
+  reg q = V::add(z, V::set1(1.12811678491632931402e2));
+  q = V::fma(q, z, V::set1(2.23548839060100448583e3));
+  q = V::fma(q, z, V::set1(4.84406305325125486048e3));
+  const reg s = V::fma(V::mul(V::div(p, q), z), x, x);
+  // exp(y), y = 2 min(|x|, 20) in [0, 40]: y = n ln2 + f, |f| <= ln2 / 2, n <= 58.
+  const reg capped = V::min_keep_nan(V::set1(20.0), ax);
+  const reg y = V::add(capped, capped);
+  const reg n = V::round(V::mul(y, V::set1(1.4426950408889634073599)));
+  reg f = V::fma(n, V::set1(-6.93145751953125e-1), y);
+  f = V::fma(n, V::set1(-1.42860682030941723212e-6), f);
+  const reg ff = V::mul(f, f);
+  reg ep = V::set1(1.26177193074810590878e-4);
+  ep = V::fma(ep, ff, V::set1(3.02994407707441961300e-2));
+  ep = V::fma(ep, ff, V::set1(9.99999999999999999910e-1));
+  ep = V::mul(ep, f);
+  reg eq = V::set1(3.00198505138664455042e-6);
+  eq = V::fma(eq, ff, V::set1(2.52448340349684104192e-3));
+  eq = V::fma(eq, ff, V::set1(2.27265548208155028766e-1));
+  eq = V::fma(eq, ff, V::set1(2.00000000000000000009e0));
+  reg e = V::div(ep, V::sub(eq, ep));
+  e = V::fma(e, V::set1(2.0), V::set1(1.0));
+  e = V::scale_pow2(e, n);
+  reg l = V::sub(V::set1(1.0), V::div(V::set1(2.0), V::add(e, V::set1(1.0))));
+  l = V::copysign(l, x);
+  return V::select_lt(ax, V::set1(0.625), s, l);
 }

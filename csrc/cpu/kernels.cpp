@@ -35,12 +35,12 @@ struct Scalar {
 }  // namespace
 
 void step(int64_t rows, int64_t n, int64_t k, const float* a, int64_t lda, const float* p,
-          int64_t ldp, float* c, int64_t ldc, const float* aux, Epilogue ep) {
-  step_impl<Scalar<float>>(rows, n, k, a, lda, p, ldp, c, ldc, aux, ep);
+          int64_t ldp, int64_t kp, float* c, int64_t ldc, const float* aux, Epilogue ep) {
+  step_impl<Scalar<float>>(rows, n, k, a, lda, p, ldp, kp, c, ldc, aux, ep);
 }
 void step(int64_t rows, int64_t n, int64_t k, const double* a, int64_t lda, const double* p,
-          int64_t ldp, double* c, int64_t ldc, const double* aux, Epilogue ep) {
-  step_impl<Scalar<double>>(rows, n, k, a, lda, p, ldp, c, ldc, aux, ep);
+          int64_t ldp, int64_t kp, double* c, int64_t ldc, const double* aux, Epilogue ep) {
+  step_impl<Scalar<double>>(rows, n, k, a, lda, p, ldp, kp, c, ldc, aux, ep);
 }
 
 }  // namespace base

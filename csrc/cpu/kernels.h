@@ -3,8 +3,13 @@
 //
 //   C[r, 0:n] = epilogue(C[r, 0:n] + sum_{q<k} A[r, q] * P[q, 0:n])   for r < rows
 //
-// P is a packed weight: k rows of ldp >= round_up(n, kPackAlign) entries, zero past column n, so
-// every vector load of P is whole. k = 0 applies only the epilogue. Row-major, row strides given.
+// P is a packed weight (pack_weight): column panels of ldp = packed_width<T>(n) columns (256
+// bytes of a row, or the whole width rounded up to kPackAlign when narrower), each panel its kp
+// rows one after the other (kp * ldp entries), zero past column n, so every vector load of P is
+// whole and one panel's rows stream contiguously. The kernel
+// walks k in chunks of kChunkRows rows (a chunk of a panel, 32 KB, stays in L1 while every row
+// block of C passes over it) and applies the epilogue after the last chunk. k = 0 applies only
+// the epilogue (P unused). Row-major A and C, row strides given.
 #pragma once
 
 #include <cstdint>
@@ -12,7 +17,24 @@
 namespace rnnext {
 namespace cpu {
 
-constexpr int64_t kPackAlign = 16;  // column padding of packed weights (>= every vector width)
+constexpr int64_t kPanelBytes = 256;  // one packed panel row: 64 float / 32 double columns
+constexpr int64_t kPackAlign = 16;     // narrower weights: one panel, width a multiple of this
+constexpr int64_t kChunkRows = 128;   // rows of a panel per k chunk: 32 KB, within L1
+template <typename T>
+constexpr int64_t panel_cols() {
+  return kPanelBytes / static_cast<int64_t>(sizeof(T));
+}
+// The panel width (ldp) of a weight with n columns.
+template <typename T>
+constexpr int64_t packed_width(int64_t n) {
+  return n >= panel_cols<T>() ? panel_cols<T>() : (n + kPackAlign - 1) / kPackAlign * kPackAlign;
+}
+// Entries of W packed with n columns and k rows.
+template <typename T>
+constexpr int64_t packed_size(int64_t n, int64_t k) {
+  const int64_t pw = packed_width<T>(n);
+  return pw == 0 ? 0 : (n + pw - 1) / pw * pw * k;
+}
 
 enum class Epilogue : int {
   kNone = 0,     // C = C + A P
@@ -23,9 +45,11 @@ enum class Epilogue : int {
   kZero = 5,     // C = A P (C is not read)
 };
 
+// ldp: P's panel width (packed_width of the whole weight's columns); kp: the rows each panel of
+// P holds (its k when packed; the kernel reads the first k).
 template <typename T>
 using StepKernel = void (*)(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* p,
-                            int64_t ldp, T* c, int64_t ldc, const T* aux, Epilogue ep);
+                            int64_t ldp, int64_t kp, T* c, int64_t ldc, const T* aux, Epilogue ep);
 
 // The best kernel this CPU runs (RNNEXT_CPU_ISA=avx512|avx2|base in the environment overrides it).
 StepKernel<float> step_kernel_f32();
@@ -35,38 +59,42 @@ const char* step_kernel_isa();
 // Each instruction set's entry points (absent ones are never called: see kernels.cpp).
 #define RNNEXT_DECLARE_ISA(isa)                                                              \
   namespace isa {                                                                            \
-  void step(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, float*, \
-            int64_t, const float*, Epilogue);                                                \
+  void step(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t, \
+            float*, int64_t, const float*, Epilogue);                                        \
   void step(int64_t, int64_t, int64_t, const double*, int64_t, const double*, int64_t,       \
-            double*, int64_t, const double*, Epilogue);                                      \
+            int64_t, double*, int64_t, const double*, Epilogue);                             \
   }
 RNNEXT_DECLARE_ISA(base)
 RNNEXT_DECLARE_ISA(avx2)
 RNNEXT_DECLARE_ISA(avx512)
 #undef RNNEXT_DECLARE_ISA
 
-// Packs W for the kernel: P has k rows of ldp entries, P[q, j] = W[j, q] (transpose; W is [n, k])
-// or W[q, j] (W is [k, n]), for j < n, and zero for n <= j < ldp. ldw is W's row stride.
+// Packs W for the kernel into p (packed_size<T>(n, k) entries): P[q, j] = W[j, q] (transpose; W is
+// [n, k]) or W[q, j] (W is [k, n]) for j < n, zero for the padding columns of the last panel.
+// ldw is W's row stride.
 template <typename T>
-void pack_weight(const T* w, int64_t ldw, int64_t n, int64_t k, bool transpose, T* p, int64_t ldp) {
-  if (transpose) {  // 16 x 16 tiles: the 16 source rows and 16 destination rows stay in L1
-    constexpr int64_t kTile = 16;
-    for (int64_t q0 = 0; q0 < k; q0 += kTile) {
-      const int64_t q1 = q0 + kTile < k ? q0 + kTile : k;
-      for (int64_t j0 = 0; j0 < n; j0 += kTile) {
-        const int64_t j1 = j0 + kTile < n ? j0 + kTile : n;
-        for (int64_t q = q0; q < q1; ++q) {
-          for (int64_t j = j0; j < j1; ++j) p[q * ldp + j] = w[j * ldw + q];
+void pack_weight(const T* w, int64_t ldw, int64_t n, int64_t k, bool transpose, T* p) {
+  const int64_t PC = packed_width<T>(n);
+  for (int64_t j0 = 0; j0 < n; j0 += PC) {
+    const int64_t cols = n - j0 < PC ? n - j0 : PC;
+    T* panel = p + (j0 / PC) * k * PC;
+    if (transpose) {  // 16-entry runs of q: 16 source rows' runs and 16 panel rows stay in L1
+      constexpr int64_t kTile = 16;
+      for (int64_t q0 = 0; q0 < k; q0 += kTile) {
+        const int64_t q1 = q0 + kTile < k ? q0 + kTile : k;
+        for (int64_t j = 0; j < cols; ++j) {
+          const T* src = w + (j0 + j) * ldw;
+          for (int64_t q = q0; q < q1; ++q) panel[q * PC + j] = src[q];
         }
       }
+    } else {
+      for (int64_t q = 0; q < k; ++q) {
+        for (int64_t j = 0; j < cols; ++j) panel[q * PC + j] = w[q * ldw + j0 + j];
+      }
     }
-  } else {
     for (int64_t q = 0; q < k; ++q) {
-      for (int64_t j = 0; j < n; ++j) p[q * ldp + j] = w[q * ldw + j];
+      for (int64_t j = cols; j < PC; ++j) panel[q * PC + j] = T(0);
     }
-  }
-  for (int64_t q = 0; q < k; ++q) {
-    for (int64_t j = n; j < ldp; ++j) p[q * ldp + j] = T(0);
   }
 }
 

@@ -4,8 +4,10 @@
 // whole time loop over its own rows with no synchronisation).
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <thread>
 
 #include "blas.h"
 #include "kernels.h"
@@ -13,7 +15,41 @@
 namespace rnnext {
 namespace cpu {
 
-// One layer, one direction, over the batch rows [row_begin, row_end). Row r of a step is batch
+// A barrier for the threads of one parallel region that split a step's hidden columns: spins
+// (pause) for a short while, then yields, so a thread the OS has descheduled (a shared machine)
+// does not cost its partner a whole time slice of spinning. Every participant must call wait()
+// equally often.
+class SpinBarrier {
+ public:
+  explicit SpinBarrier(int participants) : n_(participants) {}
+  void wait() {
+    if (n_ <= 1) return;
+    const int gen = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) == n_ - 1) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_release);
+      return;
+    }
+    for (int spins = 0; generation_.load(std::memory_order_acquire) == gen; ++spins) {
+      if (spins < 20000) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+ private:
+  const int n_;
+  std::atomic<int> arrived_{0};
+  std::atomic<int> generation_{0};
+};
+
+// One layer, one direction, over the batch rows [row_begin, row_end) and the hidden columns
+// [col_begin, col_end) (whole packed panels; every row when columns are split, with a barrier
+// after each step, since a step reads all columns of the step before it). Row r of a step is batch
 // entry r; step t's rows start at offsets[t].
 template <typename T>
 struct Recurrence {
@@ -21,36 +57,53 @@ struct Recurrence {
   int64_t hidden;                // H
   const int64_t* batch_sizes;    // [T], non-increasing
   const int64_t* offsets;        // [T + 1]
-  const T* w_packed;             // [H, ldp]: W_hh^T for forward, W_hh for backward (pack_weight)
-  int64_t ldp;
+  const T* w_packed;             // W_hh^T for forward, W_hh for backward (pack_weight, k = H)
   const T* hx;                   // [B, H] or nullptr (zeros)
   bool relu;
   bool reverse;
   StepKernel<T> kernel;
   const T* w_blas = nullptr;     // [H, H] W_hh itself: when set, the products run in BLAS (large H)
   // When x is set, forward() computes each step's input projection itself (else `out` holds it on
-  // entry): x [N, inputs] with row stride ldx; w_ih_packed: W_ih^T packed [inputs, ldp], then
-  // one more row of ldp holding b_ih + b_hh.
+  // entry): x [N, inputs] with row stride ldx; w_ih_packed: W_ih^T packed (k = inputs); bias:
+  // b_ih + b_hh [H].
   const T* x = nullptr;
   int64_t ldx = 0;
   int64_t inputs = 0;
   const T* w_ih_packed = nullptr;
+  const T* bias = nullptr;
   // backward() only: W_ih itself [H, inputs] (row stride ldw_ih) for grad_x in BLAS, in place of
   // w_ih_plain (few steps, where packing costs more than it saves).
   const T* w_ih_blas = nullptr;
   int64_t ldw_ih = 0;
   // When grad_x is set, backward() also computes grad_input = dpre W_ih for its rows at each
-  // step: grad_x [N, inputs] contiguous; w_ih_plain: W_ih packed as is [H, ldp_ih].
+  // step: grad_x [N, inputs] contiguous; w_ih_plain: W_ih packed as is (n = inputs, k = H).
   T* grad_x = nullptr;
   const T* w_ih_plain = nullptr;
-  int64_t ldp_ih = 0;
   int64_t row_begin = 0;
   int64_t row_end = INT64_MAX;
+  int64_t col_begin = 0;            // multiples of panel_cols<T>(); col_end is clipped to H
+  int64_t col_end = INT64_MAX;
+  SpinBarrier* barrier = nullptr;   // set when the columns are split between threads
 
   int64_t bs(int64_t t) const { return (t >= 0 && t < steps) ? batch_sizes[t] : 0; }
   T* rows(T* base, int64_t t) const { return base + offsets[t] * hidden; }
   const T* rows(const T* base, int64_t t) const { return base + offsets[t] * hidden; }
   int64_t clip(int64_t r) const { return r < row_begin ? row_begin : (r > row_end ? row_end : r); }
+  int64_t c0() const { return col_begin; }
+  int64_t c1() const { return col_end < hidden ? col_end : hidden; }
+  // Offset of column c (a panel boundary) in a weight of n columns packed with k rows.
+  static int64_t panel_offset(int64_t c, int64_t n, int64_t k) {
+    return c == 0 ? 0 : c / packed_width<T>(n) * k * packed_width<T>(n);
+  }
+  // rows [r0, r1) of a step's [*, H] block, this thread's columns only
+  void copy_cols(T* dst, const T* src, int64_t r0, int64_t r1) const {
+    const int64_t H = hidden, a = c0(), w = c1() - c0();
+    if (a == 0 && w == H) {
+      std::memcpy(dst + r0 * H, src + r0 * H, (r1 - r0) * H * sizeof(T));
+      return;
+    }
+    for (int64_t r = r0; r < r1; ++r) std::memcpy(dst + r * H + a, src + r * H + a, w * sizeof(T));
+  }
 
   // The step processed just before t, and how many of t's rows continue from it (the rest start
   // from hx): forward continues from t-1 (all rows), reverse from t+1 (its batch size).
@@ -60,75 +113,85 @@ struct Recurrence {
   // out holds x_t W_ih^T + biases on entry (unless x is set); on return it holds h_t for every
   // step. h_n: [B, H].
   void forward(T* out, T* h_n) const {
-    const int64_t H = hidden;
+    const int64_t H = hidden, a = c0(), w = c1() - c0();
     const Epilogue ep = relu ? Epilogue::kRelu : Epilogue::kTanh;
     for (int64_t i = 0; i < steps; ++i) {
       const int64_t t = reverse ? steps - 1 - i : i;
       const int64_t n = clip(bs(t)), carried = clip(carried_rows(t)), r0 = row_begin;
-      if (n <= r0) continue;
-      T* cur = rows(out, t);
-      if (x != nullptr) {  // this slice's rows of x_t W_ih^T + b_ih + b_hh
-        const T* bias = w_ih_packed + inputs * ldp;
-        for (int64_t r = r0; r < n; ++r) std::memcpy(cur + r * H, bias, H * sizeof(T));
-        kernel(n - r0, H, inputs, x + (offsets[t] + r0) * ldx, ldx, w_ih_packed, ldp, cur + r0 * H,
-               H, nullptr, Epilogue::kNone);
+      if (n > r0 && w > 0) {
+        T* cur = rows(out, t);
+        if (x != nullptr) {  // this slice's rows of x_t W_ih^T + b_ih + b_hh
+          for (int64_t r = r0; r < n; ++r) std::memcpy(cur + r * H + a, bias + a, w * sizeof(T));
+          kernel(n - r0, w, inputs, x + (offsets[t] + r0) * ldx, ldx,
+                 w_ih_packed + panel_offset(a, H, inputs), packed_width<T>(H), inputs,
+                 cur + r0 * H + a, H, nullptr, Epilogue::kNone);
+        }
+        if (carried > r0) {
+          product(true, carried - r0, H, rows(static_cast<const T*>(out), prev_step(t)) + r0 * H,
+                  cur + r0 * H, nullptr, ep);
+        }
+        const int64_t fresh = carried > r0 ? carried : r0;
+        if (n > fresh) {  // rows starting here: from hx, or from zeros (activation only)
+          product(true, n - fresh, hx != nullptr ? H : 0, hx != nullptr ? hx + fresh * H : nullptr,
+                  cur + fresh * H, nullptr, ep);
+        }
+        // Rows whose sequence ends here: forward, those absent at t+1; reverse, all rows at t = 0.
+        const int64_t done_from = reverse ? (t == 0 ? r0 : n) : clip(bs(t + 1));
+        if (n > done_from) copy_cols(h_n, cur, done_from, n);
       }
-      if (carried > r0) {
-        product(true, carried - r0, H, rows(static_cast<const T*>(out), prev_step(t)) + r0 * H,
-                cur + r0 * H, nullptr, ep);
-      }
-      const int64_t fresh = carried > r0 ? carried : r0;
-      if (n > fresh) {  // rows starting here: from hx, or from zeros (activation only)
-        product(true, n - fresh, hx != nullptr ? H : 0, hx != nullptr ? hx + fresh * H : nullptr,
-                cur + fresh * H, nullptr, ep);
-      }
-      // Rows whose sequence ends here: forward, those absent at t+1; reverse, all rows at t = 0.
-      const int64_t done_from = reverse ? (t == 0 ? r0 : n) : clip(bs(t + 1));
-      if (n > done_from) {
-        std::memcpy(h_n + done_from * H, cur + done_from * H, (n - done_from) * H * sizeof(T));
-      }
+      if (barrier != nullptr) barrier->wait();
     }
   }
 
   // dpre[N, H] receives dL/d(pre-activation) of every row. grad_out: [N, H]; grad_h_n: [B, H] or
   // nullptr; out: the forward's output. grad_hx: [B, H] or nullptr (not wanted).
   void backward(const T* grad_out, const T* grad_h_n, const T* out, T* dpre, T* grad_hx) const {
-    const int64_t H = hidden;
+    const int64_t H = hidden, a = c0(), w = c1() - c0();
     const Epilogue ep = relu ? Epilogue::kReluBwd : Epilogue::kTanhBwd;
     for (int64_t i = 0; i < steps; ++i) {
       // Undo the forward order: forward ran 0..T-1, so the backward runs T-1..0, and vice versa.
       const int64_t t = reverse ? i : steps - 1 - i;
       const int64_t n = clip(bs(t)), r0 = row_begin;
-      if (n <= r0) continue;
       T* cur = rows(dpre, t);
-      const T* h = rows(out, t);
-      std::memcpy(cur + r0 * H, rows(grad_out, t) + r0 * H, (n - r0) * H * sizeof(T));
-      // The step that consumed h_t: t+1 (forward) or t-1 (reverse). Its rows feed back via w_hh.
-      const int64_t next = reverse ? t - 1 : t + 1;
-      const int64_t fed = clip(reverse ? (t > 0 ? bs(t) : 0) : bs(t + 1));
-      if (fed > r0) {
-        product(false, fed - r0, H, rows(static_cast<const T*>(dpre), next) + r0 * H, cur + r0 * H,
-                h + r0 * H, ep);
-      }
-      // The other rows hold their final state here and receive grad_h_n (fed is r0 or n in reverse).
-      const int64_t final_from = fed > r0 ? fed : r0;
-      if (n > final_from) {
-        if (grad_h_n != nullptr) {
-          for (int64_t j = final_from * H; j < n * H; ++j) cur[j] += grad_h_n[j];
+      if (n > r0 && w > 0) {
+        const T* h = rows(out, t);
+        copy_cols(cur, rows(grad_out, t), r0, n);
+        // The step that consumed h_t: t+1 (forward) or t-1 (reverse). Its rows feed back via w_hh.
+        const int64_t next = reverse ? t - 1 : t + 1;
+        const int64_t fed = clip(reverse ? (t > 0 ? bs(t) : 0) : bs(t + 1));
+        if (fed > r0) {
+          product(false, fed - r0, H, rows(static_cast<const T*>(dpre), next) + r0 * H,
+                  cur + r0 * H, h + r0 * H, ep);
         }
-        product(false, n - final_from, 0, nullptr, cur + final_from * H, h + final_from * H, ep);
+        // The other rows hold their final state here and receive grad_h_n (fed is r0 or n in
+        // reverse).
+        const int64_t final_from = fed > r0 ? fed : r0;
+        if (n > final_from) {
+          if (grad_h_n != nullptr) {
+            for (int64_t r = final_from; r < n; ++r) {
+              for (int64_t j = r * H + a; j < r * H + a + w; ++j) cur[j] += grad_h_n[j];
+            }
+          }
+          product(false, n - final_from, 0, nullptr, cur + final_from * H, h + final_from * H, ep);
+        }
       }
-      if (grad_x != nullptr) {
+      // grad_x reads whole rows of dpre_t (it is never set when the columns are split: the planner
+      // then takes grad_input as one GEMM after the recurrence).
+      if (grad_x != nullptr && n > r0) {
         T* gx = grad_x + (offsets[t] + r0) * inputs;
         if (w_ih_blas != nullptr) {
           gemm_rows(false, n - r0, inputs, H, cur + r0 * H, H, w_ih_blas, ldw_ih, T(0), gx, inputs);
         } else {
-          kernel(n - r0, inputs, H, cur + r0 * H, H, w_ih_plain, ldp_ih, gx, inputs, nullptr,
-                 Epilogue::kZero);
+          kernel(n - r0, inputs, H, cur + r0 * H, H, w_ih_plain, packed_width<T>(inputs), H, gx,
+                 inputs, nullptr, Epilogue::kZero);
         }
       }
+      // grad_hx reads whole rows of dpre_t too: with the columns split, only once every thread has
+      // written its columns (each thread then writes its columns of grad_hx).
+      if (barrier != nullptr) barrier->wait();
+      if (n <= r0) continue;
       // Rows that started from hx at this step pass their gradient to grad_hx.
-      if (grad_hx != nullptr) {
+      if (grad_hx != nullptr && w > 0) {
         const int64_t carried = clip(carried_rows(t));
         const int64_t from = carried > r0 ? carried : r0;
         if (n > from) {
@@ -142,14 +205,17 @@ struct Recurrence {
   // row strides H. k = 0: the epilogue alone. In the micro-kernel, or BLAS then the epilogue.
   void product(bool transpose, int64_t nrows, int64_t k, const T* a, T* c, const T* aux,
                Epilogue ep) const {
-    const int64_t H = hidden;
+    const int64_t H = hidden, c_0 = c0(), w = c1() - c0();
     if (w_blas != nullptr && k > 0) {
       const bool zero = ep == Epilogue::kZero;
-      gemm_rows(transpose, nrows, H, H, a, H, w_blas, H, zero ? T(0) : T(1), c, H);
+      // op(W)'s columns c_0.. are W's rows c_0.. (forward, W^T) or its columns (backward).
+      gemm_rows(transpose, nrows, w, H, a, H, w_blas + (transpose ? c_0 * H : c_0), H,
+                zero ? T(0) : T(1), c + c_0, H);
       if (zero || ep == Epilogue::kNone) return;
       k = 0;
     }
-    kernel(nrows, H, k, a, H, w_packed, ldp, c, H, aux, ep);
+    kernel(nrows, w, k, a, H, w_packed ? w_packed + panel_offset(c_0, H, H) : w_packed,
+           packed_width<T>(H), H, c + c_0, H, aux ? aux + c_0 : aux, ep);
   }
 
   // h_prev[N, H]: for every row, the state it started from (hx or zeros at a sequence's start).

@@ -1,18 +1,24 @@
-// CPU glue: checks arguments, allocates outputs, runs the large GEMMs (input projection, weight
-// gradients) through ATen once per call, and the recurrence through the core in rnn_core.h.
+// CPU glue: checks arguments, asks the planner (plan.h) for the path, allocates outputs, packs the
+// weights the path needs, runs the GEMMs over all rows (input projection, weight gradients) and
+// the recurrence through the core in rnn_core.h.
 #include <ATen/Dispatch.h>
 #include <ATen/EmptyTensor.h>
 #include <ATen/Functions.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include "../rnn_backward_tail.h"
 #include "../rnn_common.h"
+#include "plan.h"
 #include "rnn_core.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -54,42 +60,30 @@ Tensor dense_2d(const Tensor& t) {
   return d;
 }
 
-int64_t packed_ld(int64_t h) { return (h + cpu::kPackAlign - 1) / cpu::kPackAlign * cpu::kPackAlign; }
+// Entries of an n-column, k-row weight packed for the micro-kernel (kernels.h), for this dtype.
+int64_t packed_entries(int64_t n, int64_t k, at::ScalarType dtype) {
+  return dtype == at::kDouble ? cpu::packed_size<double>(n, k) : cpu::packed_size<float>(n, k);
+}
 
 // W_hh packed for the micro-kernel (kernels.h): transposed for the forward (h W^T), as is for the
-// backward (dpre W), with zero-padded rows; or not at all when `blas` (an empty [0, ldp] then).
-// extra_rows more rows are allocated after it, unset.
-Tensor pack_w_hh(const Tensor& w_hh, bool transpose, bool blas, int64_t extra_rows = 0) {
+// backward (dpre W); or not at all when `blas` (then only the extra entries). extra entries are
+// allocated after it, unset.
+Tensor pack_w_hh(const Tensor& w_hh, bool transpose, bool blas, int64_t extra = 0) {
   const int64_t H = w_hh.size(0);
-  const int64_t ldp = packed_ld(H);
   Tensor w = w_hh.contiguous();
-  Tensor p = empty({(blas ? 0 : H) + extra_rows, ldp}, w.scalar_type());
+  const int64_t size = blas ? 0 : packed_entries(H, H, w.scalar_type());
+  Tensor p = empty({size + extra}, w.scalar_type());
   if (blas) return p;
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "rnnext_pack_w_hh", [&] {
-    cpu::pack_weight<scalar_t>(w.data_ptr<scalar_t>(), H, H, H, transpose, p.data_ptr<scalar_t>(),
-                               ldp);
+    cpu::pack_weight<scalar_t>(w.data_ptr<scalar_t>(), H, H, H, transpose, p.data_ptr<scalar_t>());
   });
   return p;
 }
 
-// The input projection runs inside the recurrence (each thread slice, each step: its rows'
-// x_t W_ih^T + bias in the micro-kernel, just before the recurrent product) when the whole
-// projection is small, or when the recurrence itself runs in the micro-kernel and I is moderate:
-// one parallel region per call instead of an MKL region plus ours, and the rows are hot in cache
-// for the step. Otherwise (large I, BLAS steps, few steps, narrow batches) one GEMM for all rows
-// before the recurrence (BLAS called directly, rnn_forward_cpu).
-constexpr int64_t kSmallProjection = 1 << 18;
-// ...but only with this many rows a step (on average, for packed input) or more: with fewer, each
-// step's kernel call reuses every W_ih^T row for too few rows, and one GEMM over all steps was
-// faster at every shape measured (B = 1 to 4, H = 20 to 256; benchmarks/NOTES.md section 16).
-constexpr int64_t kFusedMinRows = 8;
-constexpr int64_t kFusedMaxInput = 512;
-
-// b_ih + b_hh (either may be absent) into bias[0:H], zeros up to ldp.
+// b_ih + b_hh (either may be absent) into bias[0:H].
 template <typename T>
-void pack_bias(const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, int64_t H, T* bias,
-               int64_t ldp) {
-  for (int64_t j = 0; j < ldp; ++j) bias[j] = T(0);
+void pack_bias(const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, int64_t H, T* bias) {
+  for (int64_t j = 0; j < H; ++j) bias[j] = T(0);
   for (const auto* b : {&b_ih, &b_hh}) {
     if (b->has_value()) {
       const T* bp = (*b)->template data_ptr<T>();
@@ -99,26 +93,13 @@ void pack_bias(const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, int64
   }
 }
 
-// Packs W_ih^T into p (I rows of ldp) and the summed bias into the row after it.
+// Packs W_ih^T into p (packed_size(H, I) entries) and the summed bias [H] after it.
 template <typename T>
 void pack_projection(const Tensor& w_ih, const optional<Tensor>& b_ih,
-                     const optional<Tensor>& b_hh, T* p, int64_t ldp) {
+                     const optional<Tensor>& b_hh, T* p) {
   const int64_t I = w_ih.size(1), H = w_ih.size(0);
-  cpu::pack_weight<T>(w_ih.data_ptr<T>(), w_ih.stride(0), H, I, /*transpose=*/true, p, ldp);
-  pack_bias<T>(b_ih, b_hh, H, p + I * ldp, ldp);
-}
-
-// Few steps, e.g. an RNNCell call: packing the weights for the micro-kernel (the forward's is a
-// transposing copy of W_ih and W_hh, ~0.5 ns per entry, every call) costs more than the micro-
-// kernel saves over BLAS in so few steps, so the products run in BLAS on the weights as they are.
-// The backward's packing is a plain copy of W_hh and W_ih, and its fused grad_input beats BLAS on
-// small rows: BLAS there only for one or two steps of a large problem. Measured in one process,
-// interleaved (benchmarks/NOTES.md, "Few steps"): forward T <= 4 wins at H 64 to 256; backward
-// T <= 2 wins from B H (H + I) ~ 1M multiply-adds a step.
-bool few_rows(const Geometry& g, bool bwd = false) {
-  if (g.H < 32) return false;  // tiny weights pack in ~1 us, and the micro-kernel wins
-  if (!bwd) return g.T <= 4;
-  return g.T <= 2 && g.N / g.T * g.H * (g.H + g.I) >= (int64_t{1} << 20);
+  cpu::pack_weight<T>(w_ih.data_ptr<T>(), w_ih.stride(0), H, I, /*transpose=*/true, p);
+  pack_bias<T>(b_ih, b_hh, H, p + cpu::packed_size<T>(H, I));
 }
 
 // The input's N rows as one matrix: (x, row stride), the stride uniform and at least I, as BLAS
@@ -142,20 +123,25 @@ Tensor blas_ready(const Tensor& w) {
   return w.stride(1) == 1 && w.stride(0) >= w.size(1) ? w : w.contiguous();
 }
 
-// From this hidden size on, the recurrent products run in BLAS (one call per step and thread
-// slice, then the fused epilogue in the micro-kernel): the micro-kernel has no blocking over k,
-// and with W_hh of several MB, MKL's blocked GEMM was ~15% faster per step in our runs.
-constexpr int64_t kBlasHidden = 512;
-
-// Without a vector kernel for this CPU (the portable scalar one), the products all go to BLAS,
-// as before the micro-kernel existed; the scalar kernel then only applies the epilogues.
+// Without a vector kernel for this CPU (the portable scalar one), the planner sends the products
+// to BLAS; the scalar kernel then only applies the epilogues.
 bool vector_kernel() {
   static const bool vec = std::strcmp(cpu::step_kernel_isa(), "base") != 0;
   return vec;
 }
 
-bool use_blas(const Geometry& g, bool bwd = false) {
-  return g.H >= kBlasHidden || !vector_kernel() || few_rows(g, bwd);
+cpu::Plan plan_for(const Geometry& g, bool backward, bool want_input, at::ScalarType dtype) {
+  cpu::Shape s;
+  s.T = g.T;
+  s.B = g.B;
+  s.N = g.N;
+  s.I = g.I;
+  s.H = g.H;
+  s.backward = backward;
+  s.want_input = want_input;
+  s.elem_size = static_cast<int>(c10::elementSize(dtype));
+  s.threads = at::get_num_threads();
+  return cpu::make_plan(s, vector_kernel());
 }
 
 template <typename T>
@@ -166,7 +152,6 @@ cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor& w_packed, co
                             g.batch_sizes.data(),
                             g.offsets.data(),
                             w_packed.defined() ? w_packed.data_ptr<T>() : nullptr,
-                            w_packed.defined() ? w_packed.size(1) : 0,
                             hx != nullptr ? hx->data_ptr<T>() : nullptr,
                             relu,
                             reverse,
@@ -174,24 +159,37 @@ cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor& w_packed, co
                             w_blas.defined() ? w_blas.data_ptr<T>() : nullptr};
 }
 
-// Below this many multiply-adds in the recurrence (~10 us on one core), one thread: a parallel
-// region costs a few us, more on a loaded machine, and splitting saves at most half the work.
-constexpr int64_t kMinParallelWork = 1 << 19;
+// C[rows, n] = epilogue(C + A P) over all rows in the micro-kernel, blocks of rows split between
+// threads: the GEMMs over all rows (input projection, grad_input) where the planner does not
+// trust the BLAS (plan.h, own_gemm). P: packed (n columns, k rows).
+template <typename T>
+void gemm_rows_kernel(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* p, T* c,
+                      int64_t ldc, cpu::Epilogue ep) {
+  constexpr int64_t kRowBlock = 128;  // rows of C per task (512 was slower: W re-read from L3)
+  const auto kernel = step_kernel<T>();
+  const int64_t ldp = cpu::packed_width<T>(n);
+  at::parallel_for(0, (rows + kRowBlock - 1) / kRowBlock, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
+      kernel(r1 - r0, n, k, a + r0 * lda, lda, p, ldp, k, c + r0 * ldc, ldc, nullptr, ep);
+    }
+  });
+}
 
-// Runs fn(row_begin, row_end) over the batch rows, in parallel when there is enough work. Rows
+// Runs fn(row_begin, row_end) over the batch rows, in parallel when the plan says so. Rows
 // are independent through the recurrence, so each slice runs the whole time loop on its own. The
-// rows are cut into ~4 slices per thread (whole register blocks of 4 rows) and the threads take
-// slices from a shared counter: a thread that the OS deschedules (the machine may be shared)
-// holds up only its current slice, and packed batches, whose first rows are the longest, balance.
-// With BLAS steps (large H) one slice per thread: each BLAS call re-reads all of W_hh.
+// rows are cut into plan.row_slices slices per thread (whole register blocks of 4 rows) and the
+// threads take slices from a shared counter: a thread that the OS deschedules (the machine may be
+// shared) holds up only its current slice, and packed batches, whose first rows are the longest,
+// balance.
 template <typename F>
-void over_rows(const Geometry& g, bool blas, const F& fn) {
+void over_rows(const Geometry& g, const cpu::Plan& plan, const F& fn) {
   const int64_t threads = at::get_num_threads();
-  if (threads < 2 || g.B < 2 || g.N * g.H * g.H < kMinParallelWork) {
+  if (plan.split != cpu::Split::kRows || threads < 2) {
     fn(int64_t{0}, g.B);
     return;
   }
-  const int64_t want = blas ? threads : 4 * threads;
+  const int64_t want = plan.row_slices * threads;
   const int64_t per = std::max<int64_t>(4, ((g.B + want - 1) / want + 3) / 4 * 4);
   const int64_t slices = (g.B + per - 1) / per;
   std::atomic<int64_t> next{0};
@@ -201,6 +199,40 @@ void over_rows(const Geometry& g, bool blas, const F& fn) {
         fn(s * per, std::min(g.B, (s + 1) * per));
       }
     }
+  });
+}
+
+// Runs fn(part) on each thread's share of the recurrence: rows (over_rows), or, for a column
+// split, every row and whole panels of the hidden columns, one share per thread of an OpenMP team
+// that synchronises after each step (SpinBarrier). Not at::parallel_for: it may run two indices
+// on one thread, one after the other, and a barrier between them would never open. The team is
+// as large as torch.set_num_threads allows (one thread inside another parallel region).
+template <typename T, typename F>
+void split_work(const Geometry& g, const cpu::Plan& plan, const cpu::Recurrence<T>& rec,
+                const F& fn) {
+  if (plan.split == cpu::Split::kColumns) {
+#ifdef _OPENMP
+    std::optional<cpu::SpinBarrier> barrier;
+    const int64_t panels = (g.H + cpu::panel_cols<T>() - 1) / cpu::panel_cols<T>();
+#pragma omp parallel num_threads(static_cast<int>(at::get_num_threads()))
+    {
+#pragma omp single
+      barrier.emplace(omp_get_num_threads());
+      const int64_t team = omp_get_num_threads(), tid = omp_get_thread_num();
+      auto part = rec;
+      part.col_begin = tid * panels / team * cpu::panel_cols<T>();
+      part.col_end = (tid + 1) * panels / team * cpu::panel_cols<T>();
+      part.barrier = &*barrier;
+      fn(part);
+    }
+    return;
+#endif
+  }
+  over_rows(g, plan, [&](int64_t r0, int64_t r1) {
+    auto part = rec;
+    part.row_begin = r0;
+    part.row_end = r1;
+    fn(part);
   });
 }
 
@@ -222,25 +254,34 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
     if (hx.has_value()) h_n.copy_(*hx); else h_n.zero_();
     return {out, h_n};
   }
-  const bool blas = use_blas(g), few = few_rows(g);
-  const bool fused = !few && g.N >= kFusedMinRows * g.T &&
-                     (g.N * g.I * g.H <= kSmallProjection ||
-                      (!blas && vector_kernel() && g.I <= kFusedMaxInput));
-  // Packed W_hh^T (none for BLAS), then, when fused, packed W_ih^T and the bias row.
-  Tensor w = pack_w_hh(w_hh, /*transpose=*/true, blas, fused ? g.I + 1 : 0);
+  const cpu::Plan plan = plan_for(g, /*backward=*/false, /*want_input=*/true, dtype);
+  const bool blas = plan.blas_recurrence(), fused = plan.input_per_step();
+  // Packed W_hh^T (none for BLAS), then, when fused, packed W_ih^T and the summed bias.
+  const int64_t w_hh_entries = blas ? 0 : packed_entries(g.H, g.H, dtype);
+  Tensor w = pack_w_hh(w_hh, /*transpose=*/true, blas,
+                       fused ? packed_entries(g.H, g.I, dtype) + g.H : 0);
   Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
   const auto [xc, ldx] = input_rows(input, g);
   Tensor wc = blas_ready(w_ih);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_projection", [&] {
     using T = scalar_t;
     if (fused) {
-      pack_projection<T>(wc, b_ih, b_hh, w.data_ptr<T>() + (blas ? 0 : g.H) * w.size(1), w.size(1));
+      pack_projection<T>(wc, b_ih, b_hh, w.data_ptr<T>() + w_hh_entries);
       return;
     }
     // Input projection for every step in one GEMM, written straight into the output buffer.
     T* o = out.data_ptr<T>();
     std::vector<T> bias(static_cast<size_t>(g.H));
-    pack_bias<T>(b_ih, b_hh, g.H, bias.data(), g.H);
+    pack_bias<T>(b_ih, b_hh, g.H, bias.data());
+    if (plan.own_gemm) {
+      for (int64_t r = 0; r < g.N; ++r) std::memcpy(o + r * g.H, bias.data(), g.H * sizeof(T));
+      Tensor wp = empty({packed_entries(g.H, g.I, dtype)}, dtype);
+      cpu::pack_weight<T>(wc.data_ptr<T>(), wc.stride(0), g.H, g.I, /*transpose=*/true,
+                          wp.data_ptr<T>());
+      gemm_rows_kernel<T>(g.N, g.H, g.I, xc.data_ptr<T>(), ldx, wp.data_ptr<T>(), o, g.H,
+                          cpu::Epilogue::kNone);
+      return;
+    }
     for (int64_t r = 0; r < g.N; ++r) std::memcpy(o + r * g.H, bias.data(), g.H * sizeof(T));
     cpu::gemm_rows(true, g.N, g.H, g.I, xc.data_ptr<T>(), ldx, wc.data_ptr<T>(), wc.stride(0), T(1),
                    o, g.H);
@@ -253,16 +294,12 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
       rec.x = xc.data_ptr<scalar_t>();
       rec.ldx = ldx;
       rec.inputs = g.I;
-      rec.w_ih_packed = w.data_ptr<scalar_t>() + (blas ? 0 : g.H) * w.size(1);
+      rec.w_ih_packed = w.data_ptr<scalar_t>() + w_hh_entries;
+      rec.bias = rec.w_ih_packed + cpu::packed_size<scalar_t>(g.H, g.I);
     }
     scalar_t* o = out.data_ptr<scalar_t>();
     scalar_t* hn = h_n.data_ptr<scalar_t>();
-    over_rows(g, blas, [&](int64_t r0, int64_t r1) {
-      auto part = rec;
-      part.row_begin = r0;
-      part.row_end = r1;
-      part.forward(o, hn);
-    });
+    split_work(g, plan, rec, [&](const cpu::Recurrence<scalar_t>& part) { part.forward(o, hn); });
   });
   return {out, h_n};
 }
@@ -283,6 +320,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
                    : g.N > 0 ? empty({g.B, g.H}, dtype)
                              : at::zeros({g.B, g.H}, opts);
   Tensor dpre = empty({g.N, g.H}, dtype);
+  const cpu::Plan plan = plan_for(g, /*backward=*/true, want_input, dtype);
   Tensor grad_input;
   bool fused_grad_input = false;
   Tensor out = output.contiguous();
@@ -290,23 +328,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   if (g.N > 0) {
     Tensor go = grad_output.contiguous();
     Tensor ghn = grad_h_n.has_value() ? dense_2d(*grad_h_n) : Tensor();
-    const bool blas = use_blas(g, true), few = few_rows(g, true);
+    // BLAS steps take grad_input per step in BLAS as well (W_ih unpacked), micro-kernel steps in
+    // the micro-kernel (W_ih packed).
+    const bool blas = plan.blas_recurrence();
     Tensor w = pack_w_hh(w_hh, /*transpose=*/false, blas);
     Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
-    // grad_input inside the recurrence, as the forward's projection (see kFusedMaxInput).
-    fused_grad_input =
-        want_input && (few || g.N * g.I * g.H <= kSmallProjection ||
-                       (!blas && vector_kernel() && g.I <= kFusedMaxInput));
-    Tensor w_ih_plain;  // W_ih as is: itself for BLAS (few), else packed for the micro-kernel
+    fused_grad_input = want_input && plan.input_per_step();
+    Tensor w_ih_plain;  // W_ih as is: itself for BLAS, else packed for the micro-kernel
     if (fused_grad_input) {
       grad_input = empty(input.sizes(), dtype);
       w_ih_plain = blas_ready(w_ih);
-      if (!few) {
-        const int64_t ldp_ih = packed_ld(g.I);
-        Tensor packed = empty({g.H, ldp_ih}, dtype);
+      if (!blas) {
+        Tensor packed = empty({packed_entries(g.I, g.H, dtype)}, dtype);
         AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_pack_w_ih", [&] {
           cpu::pack_weight<scalar_t>(w_ih_plain.data_ptr<scalar_t>(), w_ih_plain.stride(0), g.I,
-                                     g.H, /*transpose=*/false, packed.data_ptr<scalar_t>(), ldp_ih);
+                                     g.H, /*transpose=*/false, packed.data_ptr<scalar_t>());
         });
         w_ih_plain = packed;
       }
@@ -317,12 +353,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
       if (fused_grad_input) {
         rec.grad_x = grad_input.data_ptr<scalar_t>();
         rec.inputs = g.I;
-        if (few) {
+        if (blas) {
           rec.w_ih_blas = w_ih_plain.data_ptr<scalar_t>();
           rec.ldw_ih = w_ih_plain.stride(0);
         } else {
           rec.w_ih_plain = w_ih_plain.data_ptr<scalar_t>();
-          rec.ldp_ih = w_ih_plain.size(1);
         }
       }
       const scalar_t* gop = go.data_ptr<scalar_t>();
@@ -330,76 +365,79 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
       const scalar_t* op = out.data_ptr<scalar_t>();
       scalar_t* dp = dpre.data_ptr<scalar_t>();
       scalar_t* ghx = want_hx ? grad_hx.data_ptr<scalar_t>() : nullptr;
-      over_rows(g, blas, [&](int64_t r0, int64_t r1) {
-        auto part = rec;
-        part.row_begin = r0;
-        part.row_end = r1;
+      split_work(g, plan, rec, [&](const cpu::Recurrence<scalar_t>& part) {
         part.backward(gop, ghnp, op, dp, ghx);
       });
     });
   } else if (want_hx && grad_h_n.has_value()) {
     grad_hx.copy_(*grad_h_n);  // no step ran: h_n is hx itself
   }
-  if (g.N * g.H * (g.I + g.H) <= kSmallProjection) {
-    // Small problem: the weight and bias gradients straight from raw pointers (no dispatcher,
-    // no h_prev copy when every step has all B rows). Same sums as the ATen tail below.
-    if (!fused_grad_input) {
+  // The weight and bias gradients from raw pointers through the BLAS (no dispatcher; MKL
+  // threads the large ones), with no h_prev copy when every step has all B rows.
+  if (!fused_grad_input) {
+    if (want_input && plan.own_gemm && g.N > 0) {
+      grad_input = empty(input.sizes(), dtype);
+      Tensor wi = blas_ready(w_ih);
+      Tensor wp = empty({packed_entries(g.I, g.H, dtype)}, dtype);
+      AT_DISPATCH_FLOATING_TYPES(dtype, "rnnext_grad_input_cpu", [&] {
+        cpu::pack_weight<scalar_t>(wi.data_ptr<scalar_t>(), wi.stride(0), g.I, g.H,
+                                   /*transpose=*/false, wp.data_ptr<scalar_t>());
+        gemm_rows_kernel<scalar_t>(g.N, g.I, g.H, dpre.data_ptr<scalar_t>(), g.H,
+                                   wp.data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>(), g.I,
+                                   cpu::Epilogue::kZero);
+      });
+    } else {
       grad_input = want_input ? at::mm(dpre, w_ih).view(input.sizes()) : empty({0}, dtype);
     }
-    Tensor grad_w_ih = empty(want_w_ih ? at::IntArrayRef{g.H, g.I} : at::IntArrayRef{0}, dtype);
-    Tensor grad_w_hh = empty(want_w_hh ? at::IntArrayRef{g.H, g.H} : at::IntArrayRef{0}, dtype);
-    Tensor grad_bias = empty(want_bias ? at::IntArrayRef{g.H} : at::IntArrayRef{0}, dtype);
-    AT_DISPATCH_FLOATING_TYPES(dtype, "rnnext_rnn_backward_weights_cpu", [&] {
-      using T = scalar_t;
-      const T* dp = dpre.data_ptr<T>();
-      const int64_t N = g.N, H = g.H, B = g.B;
-      if (want_w_ih) {
-        const auto [xc, ldx] = input_rows(input, g);
-        cpu::gemm_tn(H, g.I, N, dp, H, xc.data_ptr<T>(), ldx, T(0), grad_w_ih.data_ptr<T>(), g.I);
-      }
-      if (want_w_hh) {
-        T* gw = grad_w_hh.data_ptr<T>();
-        const T* o = out.data_ptr<T>();
-        const T* h0p = hx.has_value() ? h0.data_ptr<T>() : nullptr;
-        if (N == 0) {
-          for (int64_t j = 0; j < H * H; ++j) gw[j] = T(0);
-        } else if (!g.packed || g.batch_sizes.front() == g.batch_sizes.back()) {
-          // Every step has all B rows: step t started from the step before it in time order
-          // (t-1 forward, t+1 reverse), the first one processed from hx.
-          const int64_t carried = N - B;  // rows of the steps that continue from another step
-          const T* d_cont = reverse ? dp : dp + B * H;
-          const T* h_cont = reverse ? o + B * H : o;
-          if (carried > 0 || h0p == nullptr) {  // (k = 0 writes zeros)
-            cpu::gemm_tn(H, H, carried, d_cont, H, h_cont, H, T(0), gw, H);
-          }
-          if (h0p != nullptr) {
-            const T* d_first = reverse ? dp + carried * H : dp;
-            cpu::gemm_tn(H, H, B, d_first, H, h0p, H, T(carried > 0 ? 1 : 0), gw, H);
-          }
-        } else {
-          std::vector<T> h_prev(static_cast<size_t>(N * H));
-          make_recurrence<T>(g, Tensor(), hx.has_value() ? &h0 : nullptr, relu, reverse)
-              .gather_prev(o, h_prev.data());
-          cpu::gemm_tn(H, H, N, dp, H, h_prev.data(), H, T(0), gw, H);
-        }
-      }
-      if (want_bias) {
-        T* gb = grad_bias.data_ptr<T>();
-        for (int64_t j = 0; j < H; ++j) gb[j] = T(0);
-        for (int64_t r = 0; r < N; ++r) {
-          for (int64_t j = 0; j < H; ++j) gb[j] += dp[r * H + j];
-        }
-      }
-    });
-    return {grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias};
   }
-  // Everything else is one large GEMM (or reduction) over all rows.
-  return backward_tail(g, input, w_ih, dpre, grad_input, grad_hx, output_mask, [&](Tensor& h_prev) {
-    AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_gather_prev_cpu", [&] {
-      make_recurrence<scalar_t>(g, Tensor(), hx.has_value() ? &h0 : nullptr, relu, reverse)
-          .gather_prev(out.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>());
-    });
+  Tensor grad_w_ih = empty(want_w_ih ? at::IntArrayRef{g.H, g.I} : at::IntArrayRef{0}, dtype);
+  Tensor grad_w_hh = empty(want_w_hh ? at::IntArrayRef{g.H, g.H} : at::IntArrayRef{0}, dtype);
+  Tensor grad_bias = empty(want_bias ? at::IntArrayRef{g.H} : at::IntArrayRef{0}, dtype);
+  AT_DISPATCH_FLOATING_TYPES(dtype, "rnnext_rnn_backward_weights_cpu", [&] {
+    using T = scalar_t;
+    const T* dp = dpre.data_ptr<T>();
+    const int64_t N = g.N, H = g.H, B = g.B;
+    if (want_w_ih) {
+      const auto [xc, ldx] = input_rows(input, g);
+      cpu::gemm_tn(H, g.I, N, dp, H, xc.data_ptr<T>(), ldx, T(0), grad_w_ih.data_ptr<T>(), g.I);
+    }
+    if (want_w_hh) {
+      T* gw = grad_w_hh.data_ptr<T>();
+      const T* o = out.data_ptr<T>();
+      const T* h0p = hx.has_value() ? h0.data_ptr<T>() : nullptr;
+      if (N == 0) {
+        for (int64_t j = 0; j < H * H; ++j) gw[j] = T(0);
+      } else if (!g.packed || g.batch_sizes.front() == g.batch_sizes.back()) {
+        // Every step has all B rows: step t started from the step before it in time order
+        // (t-1 forward, t+1 reverse), the first one processed from hx.
+        const int64_t carried = N - B;  // rows of the steps that continue from another step
+        const T* d_cont = reverse ? dp : dp + B * H;
+        const T* h_cont = reverse ? o + B * H : o;
+        if (carried > 0 || h0p == nullptr) {  // (k = 0 writes zeros)
+          cpu::gemm_tn(H, H, carried, d_cont, H, h_cont, H, T(0), gw, H);
+        }
+        if (h0p != nullptr) {
+          const T* d_first = reverse ? dp + carried * H : dp;
+          cpu::gemm_tn(H, H, B, d_first, H, h0p, H, T(carried > 0 ? 1 : 0), gw, H);
+        }
+      } else {
+        Tensor h_prev = empty({N, H}, dtype);
+        make_recurrence<T>(g, Tensor(), hx.has_value() ? &h0 : nullptr, relu, reverse)
+            .gather_prev(o, h_prev.data_ptr<T>());
+        cpu::gemm_tn(H, H, N, dp, H, h_prev.data_ptr<T>(), H, T(0), gw, H);
+      }
+    }
+    if (want_bias && !plan.small_tail) {
+      at::sum_out(grad_bias, dpre, 0);  // threaded
+    } else if (want_bias) {
+      T* gb = grad_bias.data_ptr<T>();
+      for (int64_t j = 0; j < H; ++j) gb[j] = T(0);
+      for (int64_t r = 0; r < N; ++r) {
+        for (int64_t j = 0; j < H; ++j) gb[j] += dp[r * H + j];
+      }
+    }
   });
+  return {grad_input, grad_hx, grad_w_ih, grad_w_hh, grad_bias};
 }
 
 }  // namespace

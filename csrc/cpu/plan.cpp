@@ -1,0 +1,169 @@
+// The CPU planner (plan.h): every threshold of the CPU path, with the measurement behind it.
+#include "plan.h"
+
+#include "kernels.h"
+
+#include <c10/util/Exception.h>
+
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <cstring>
+
+namespace rnnext {
+namespace cpu {
+namespace {
+
+constexpr const char* kNames[kNumPaths] = {"fused", "kernel", "blas", "blas-fused", "columns"};
+
+// A whole input product below this many multiply-adds runs per step inside the recurrence
+// whatever the path (at::add + addmm cost ~20 us at the tutorial shape; NOTES.md section 3).
+constexpr int64_t kSmallProjection = int64_t{1} << 18;
+// The per-step input product needs this many rows a step (on average, for packed input): with
+// fewer, each step reuses every packed W_ih^T row for too few rows, and one GEMM over all steps
+// was faster at every shape measured (B = 1 to 4, H = 20 to 256; NOTES.md section 16).
+constexpr int64_t kFusedMinRows = 8;
+// ...and packed W_ih^T and W_hh^T together at most this large: both are read at every step, and
+// must stay in a core's L2 (2 MB on Sapphire Rapids, 1 MB on Zen 4) with the step's rows. At
+// I = H = 512 (2 MB) the fused projection ran at 141 GFLOP/s against 161 for one GEMM before the
+// recurrence (1 thread, CPU time; NOTES.md section 21); at I = H = 256 (512 KB) both ran at 150.
+constexpr int64_t kFusedMaxWeightBytes = int64_t{512} << 10;
+// Few steps (an RNNCell call): packing the weights (a transposing copy, ~0.5 ns an entry, every
+// call) costs more than the micro-kernel saves over BLAS in so few steps. Forward: T <= 4 won at
+// H 64 to 256; backward (its packing is a plain copy, and its fused grad_input beats BLAS on small
+// rows): T <= 2 with B H (H + I) >= 2^20 multiply-adds a step (section 14). Tiny weights
+// (H < 32) pack in ~1 us and the micro-kernel wins.
+constexpr int64_t kFewMinHidden = 32;
+constexpr int64_t kFewStepsForward = 4;
+constexpr int64_t kFewStepsBackward = 2;
+constexpr int64_t kFewBackwardStepWork = int64_t{1} << 20;
+// Below this many multiply-adds in the recurrence (~10 us on one core), one thread: a parallel
+// region costs a few us, and splitting saves at most half the work (section 5).
+constexpr int64_t kMinParallelWork = int64_t{1} << 19;
+// Rows in 2 slices per thread taken from a shared counter (a descheduled thread holds up one
+// slice; packed batches balance); one per thread for BLAS steps, whose every call re-reads W_hh.
+// 4 slices (section 6) re-read the packed weights from L2 twice as often: 2 threads, GFLOP/s
+// 1 / 2 / 4 slices: B=32 H=128 fwd+bwd 159 / 157 / 134, B=64 H=256 fwd 267 / 260 / 237
+// (NOTES.md section 24).
+constexpr int64_t kSlicesPerThread = 2;
+// Hidden columns are split between threads (a barrier per step) when the batch gives fewer than
+// this many rows per thread, or when packed W_hh is larger than this (then each thread keeps only
+// its half hot); and only with at least one 256-byte panel per thread and this many multiply-adds
+// a step (a barrier costs ~1 us; ~2 us of work at one core's rate).
+constexpr int64_t kColumnsMaxRowsPerThread = 4;
+constexpr int64_t kColumnsMinWeightBytes = int64_t{1} << 20;
+constexpr int64_t kColumnsMinStepWork = int64_t{1} << 18;
+// The backward's weight and bias gradients from raw pointers below this many multiply-adds.
+constexpr int64_t kSmallTail = int64_t{1} << 18;
+
+Plan automatic(const Shape& s, bool vector_kernel) {
+  Plan p;
+  const int64_t projection = s.N * s.I * s.H;
+  const bool tiny_projection = projection <= kSmallProjection;
+  const bool many_rows = s.N >= kFusedMinRows * s.T;
+  const bool fits = (s.I + s.H) * s.H * s.elem_size <= kFusedMaxWeightBytes;
+  if (!s.backward) {
+    if (s.H >= kFewMinHidden && s.T <= kFewStepsForward) {
+      p.path = Path::kBlas;
+      p.reason = "few steps (T <= 4, H >= 32): BLAS on the unpacked weights, no packing";
+    } else if (!vector_kernel) {
+      const bool fuse = many_rows && tiny_projection;
+      p.path = fuse ? Path::kBlasFused : Path::kBlas;
+      p.reason = fuse ? "no vector micro-kernel: BLAS steps; tiny projection per step"
+                      : "no vector micro-kernel: BLAS steps and one projection GEMM";
+    } else if (many_rows && (tiny_projection || fits)) {
+      p.path = Path::kFused;
+      p.reason = "micro-kernel steps with each step's projection fused (>= 8 rows a step, "
+                 "W_ih and W_hh within 512 KB)";
+    } else {
+      p.path = Path::kKernel;
+      p.reason = many_rows ? "micro-kernel steps; W_ih and W_hh over 512 KB: one projection GEMM"
+                           : "micro-kernel steps; < 8 rows a step: one projection GEMM";
+    }
+  } else {
+    const bool few = s.H >= kFewMinHidden && s.T <= kFewStepsBackward &&
+                     s.N / s.T * s.H * (s.H + s.I) >= kFewBackwardStepWork;
+    if (few) {
+      p.path = Path::kBlasFused;
+      p.reason = "few large steps (T <= 2): BLAS on the unpacked weights, grad_input per step";
+    } else if (!vector_kernel) {
+      const bool fuse = s.want_input && tiny_projection;
+      p.path = fuse ? Path::kBlasFused : Path::kBlas;
+      p.reason = "no vector micro-kernel: BLAS steps";
+    } else if (tiny_projection || fits) {
+      p.path = Path::kFused;
+      p.reason = "micro-kernel steps with grad_input fused per step (W_ih and W_hh within 512 KB)";
+    } else {
+      p.path = Path::kKernel;
+      p.reason = "micro-kernel steps; W_ih and W_hh over 512 KB: grad_input as one GEMM";
+    }
+  }
+  return p;
+}
+
+// The BLAS is trusted for the large GEMMs when it is MKL on an Intel CPU (its AVX-512 path: on this
+// session's Sapphire Rapids MKL beat the micro-kernel on the input projection by 6-16%, NOTES.md
+// section 25); elsewhere (MKL's AVX2 path on AMD, or an unknown BLAS) the micro-kernel runs them.
+bool trust_blas() {
+  static const bool trusted = [] {
+    const bool mkl = dlsym(RTLD_DEFAULT, "MKL_Set_Num_Threads_Local") != nullptr;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    return mkl && __builtin_cpu_is("intel");
+#else
+    return mkl;
+#endif
+  }();
+  return trusted;
+}
+
+}  // namespace
+
+const char* path_name(Path p) { return kNames[static_cast<int>(p)]; }
+
+Plan make_plan(const Shape& s, bool vector_kernel) {
+  Plan p;
+  const char* want = std::getenv("RNNEXT_CPU_PATH");
+  if (want != nullptr && *want != '\0' && std::strcmp(want, "auto") != 0) {
+    int found = -1;
+    for (int i = 0; i < kNumPaths; ++i) {
+      if (std::strcmp(want, kNames[i]) == 0) found = i;
+    }
+    TORCH_CHECK(found >= 0, "rnnext: RNNEXT_CPU_PATH=", want,
+                " is not a CPU path; expected auto, fused, kernel, blas, blas-fused or columns");
+    p.path = static_cast<Path>(found);
+    p.reason = "forced by RNNEXT_CPU_PATH";
+    p.forced = true;
+  } else {
+    p = automatic(s, vector_kernel);
+    const int64_t panel = kPanelBytes / s.elem_size;
+    const bool wide = s.H * s.H * s.elem_size > kColumnsMinWeightBytes;
+    const bool narrow = s.B < kColumnsMaxRowsPerThread * s.threads;
+    if (vector_kernel && s.threads >= 2 && (wide || narrow) && s.H >= panel * s.threads &&
+        s.B * s.H * s.H >= kColumnsMinStepWork && s.T > kFewStepsForward) {
+      p.path = Path::kColumns;
+      p.reason = wide ? "micro-kernel steps, hidden columns split between threads (W_hh over 1 MB); "
+                        "one GEMM for the input product"
+                      : "micro-kernel steps, hidden columns split between threads (batch under 4 "
+                        "rows a thread); one GEMM for the input product";
+    }
+  }
+  const bool parallel = s.threads >= 2 && s.N * s.H * s.H >= kMinParallelWork;
+  if (p.path == Path::kColumns) {
+    p.split = parallel && s.H > kPanelBytes / s.elem_size ? Split::kColumns : Split::kNone;
+  } else {
+    p.split = parallel && s.B >= 2 ? Split::kRows : Split::kNone;
+  }
+  p.row_slices = p.blas_recurrence() ? 1 : kSlicesPerThread;
+  p.own_gemm = vector_kernel && !trust_blas();
+  if (const char* gemm = std::getenv("RNNEXT_CPU_GEMM"); gemm != nullptr && *gemm != '\0') {
+    TORCH_CHECK(std::strcmp(gemm, "own") == 0 || std::strcmp(gemm, "blas") == 0,
+                "rnnext: RNNEXT_CPU_GEMM=", gemm, " is not a choice; expected own or blas");
+    p.own_gemm = std::strcmp(gemm, "own") == 0;
+  }
+  p.small_tail = s.backward && s.N * s.H * (s.I + s.H) <= kSmallTail;
+  return p;
+}
+
+}  // namespace cpu
+}  // namespace rnnext
