@@ -11,8 +11,11 @@
 #   build     the CUDA extension in place (TORCH_CUDA_ARCH_LIST default 9.0, MAX_JOBS default 16),
 #             then a check that the ops have CUDA kernels
 #   sync      scripts/cuda_sweep.py sync: per-step cost of the barrier / exchange of each path
-#   tests     tests/test_cuda.py (every RNNEXT_CUDA_PATH, the new "tiled" included), then
-#             tests/test_rnn.py -k cuda (its float32-cuda grid, fixed after 2026-11-26, never re-run)
+#   tests     tests/test_cuda.py (every RNNEXT_CUDA_PATH, the new "tiled" included), then the
+#             module behaviour tests on the cuda param of the device fixture (tests/conftest.py):
+#             tests/test_ops.py tests/test_rnn.py tests/test_cell.py tests/test_reliability.py
+#             tests/test_higher_order.py -k cuda (the float32-cuda grid: never re-run since its TF32 fix
+#             of 2026-11-26; higher order: never run on a GPU)
 #   sanitize  compute-sanitizer racecheck, then memcheck, on scripts/cuda_smoke.py (every path)
 #   sweep     scripts/cuda_sweep.py sweep: RNNEXT_CUDA_TILE over shapes, timed, each checked
 #   bench     python -m benchmarks --devices cuda (the one driver; --quick under a short limit)
@@ -155,8 +158,9 @@ tests() {
   local rc=0
   "$PY" -m pytest -q --maxfail=${GPU_CHECK_MAXFAIL:-10} ${GPU_CHECK_PYTEST_ARGS:-} -rfEs --durations=10 \
     -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$RESULTS/test_cuda.txt" || rc=1
-  echo "===== tests/test_rnn.py -k cuda =====" | tee -a "$RESULTS/test_cuda.txt"
-  "$PY" -m pytest -q --maxfail=5 -rfE -p no:cacheprovider tests/test_rnn.py -k cuda 2>&1 \
+  local on_device="tests/test_ops.py tests/test_rnn.py tests/test_cell.py tests/test_reliability.py tests/test_higher_order.py"
+  echo "===== $on_device -k cuda =====" | tee -a "$RESULTS/test_cuda.txt"
+  "$PY" -m pytest -q --maxfail=5 -rfE -p no:cacheprovider $on_device -k cuda 2>&1 \
     | tee -a "$RESULTS/test_cuda.txt" || rc=1
   return $rc
 }

@@ -45,3 +45,47 @@ def still_works():
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
     return check
+
+
+_NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=_NO_CUDA)])
+def device(request):
+    """The device a behaviour test runs on: the CPU, and CUDA when present (skipped otherwise).
+
+    On CUDA, TF32 is off in cuDNN and cuBLAS for the whole test (forward and backward, ours and
+    torch.nn's): TF32 is a 1e-3 error, and a comparison must see the kernels' own precision."""
+    if request.param != "cuda":
+        yield request.param
+        return
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield request.param
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+# tests/test_cuda.py's tolerances for a CUDA result against torch.nn (cuDNN, or the CPU in float64):
+# our kernels and cuDNN sum in other orders than the CPU reference.
+_CUDA_TOL = {torch.float64: (1e-9, 1e-9), torch.float32: (1e-4, 1e-5)}
+
+
+@pytest.fixture
+def close(device):
+    """``torch.testing.assert_close`` with the test's own (CPU) tolerances on the CPU; on CUDA with
+    tests/test_cuda.py's: float64 1e-9 (rtol and atol), float32 rtol 1e-4 and atol 1e-5 times
+    (1 + the expected tensor's largest magnitude), as gradients are sums over every step and batch
+    entry. ``dtype``: the precision the result was computed in (default: ``actual``'s)."""
+
+    def check(actual, expected, *, rtol, atol, dtype=None):
+        if device == "cuda":
+            dtype = dtype or actual.dtype
+            rtol, atol = _CUDA_TOL[dtype]
+            if dtype == torch.float32 and expected.numel():
+                atol *= 1.0 + float(expected.detach().abs().max())
+        torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol)
+
+    return check

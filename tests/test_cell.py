@@ -12,7 +12,6 @@ from torch import nn
 
 import rnnext
 
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-10), torch.float32: dict(rtol=1e-5, atol=1e-5)}
 
 
@@ -86,9 +85,8 @@ CELL_GRID = list(
 )
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("nonlinearity,bias,kind,with_hx,dtype", CELL_GRID)
-def test_forward_and_gradients(device, nonlinearity, bias, kind, with_hx, dtype):
+def test_forward_and_gradients(device, close, nonlinearity, bias, kind, with_hx, dtype):
     ref, ours = make_pair(5, 7, bias, nonlinearity, device=device, dtype=dtype)
     shape = (4,) if kind == "batched" else ()
     x0 = torch.randn(*shape, 5, dtype=dtype).to(device)
@@ -105,7 +103,7 @@ def test_forward_and_gradients(device, nonlinearity, bias, kind, with_hx, dtype)
         results.append([out.detach(), x.grad] + hx_grad + [p.grad for p in m.parameters()])
     for e, a in zip(*results):
         assert a.shape == e.shape and a.dtype == e.dtype
-        torch.testing.assert_close(a, e, **TOL[dtype])
+        close(a, e, **TOL[dtype])
 
 
 def test_sequence_of_steps_matches_rnn():
@@ -210,25 +208,25 @@ def test_error_cases_do_raise():
     assert sum(raised) >= 20
 
 
-def test_non_contiguous_inputs():
-    ref, ours = make_pair(5, 4, dtype=torch.float64)
-    x = torch.randn(10, 6, dtype=torch.float64)[::2, 1:]  # [5, 5], strided
-    hx = torch.randn(4, 5, dtype=torch.float64).t()  # [5, 4], transposed
+def test_non_contiguous_inputs(device, close):
+    ref, ours = make_pair(5, 4, dtype=torch.float64, device=device)
+    x = torch.randn(10, 6, dtype=torch.float64, device=device)[::2, 1:]  # [5, 5], strided
+    hx = torch.randn(4, 5, dtype=torch.float64, device=device).t()  # [5, 4], transposed
     assert not x.is_contiguous() and not hx.is_contiguous()
-    torch.testing.assert_close(ours(x, hx), ref(x, hx), rtol=1e-10, atol=1e-10)
+    close(ours(x, hx), ref(x, hx), rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("grad_kind", ["sum", "transposed", "row_broadcast"])
-def test_gradients_with_strided_grad_and_input(grad_kind):
+def test_gradients_with_strided_grad_and_input(device, close, grad_kind):
     """The gradient reaching the cell's output may be an expand (``.sum()``), a transposed or a
     broadcast tensor, and x a strided view: every gradient still matches torch.nn (float64)."""
-    ref, ours = make_pair(5, 4, dtype=torch.float64)
-    x0 = torch.randn(10, 6, dtype=torch.float64)[::2, 1:]  # [5, 5], strided
-    h0 = torch.randn(5, 4, dtype=torch.float64)
+    ref, ours = make_pair(5, 4, dtype=torch.float64, device=device)
+    x0 = torch.randn(10, 6, dtype=torch.float64, device=device)[::2, 1:]  # [5, 5], strided
+    h0 = torch.randn(5, 4, dtype=torch.float64, device=device)
     grad = {
-        "sum": torch.ones((), dtype=torch.float64).expand(5, 4),
-        "transposed": torch.randn(4, 5, dtype=torch.float64).t(),
-        "row_broadcast": torch.randn(4, dtype=torch.float64).expand(5, 4),
+        "sum": torch.ones((), dtype=torch.float64, device=device).expand(5, 4),
+        "transposed": torch.randn(4, 5, dtype=torch.float64, device=device).t(),
+        "row_broadcast": torch.randn(4, dtype=torch.float64, device=device).expand(5, 4),
     }[grad_kind]
     results = []
     for m in (ref, ours):
@@ -237,7 +235,7 @@ def test_gradients_with_strided_grad_and_input(grad_kind):
         out = m(x, h)
         results.append(torch.autograd.grad(out, [x, h, *m.parameters()], grad))
     for e, a in zip(*results):
-        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+        close(a, e, rtol=1e-10, atol=1e-10)
 
 
 def test_training_loop_of_steps_matches_nn():

@@ -1,4 +1,9 @@
-"""CUDA tests of rnnext's ops and modules. Skipped without a GPU.
+"""The CUDA-only tests of rnnext: the planner's paths, half types, streams, CUDA graphs, and the
+CPU-runnable models of the CUDA algorithms. Skipped without a GPU (except the models).
+
+The behaviour tests run on CUDA through the ``device`` fixture (tests/conftest.py): the modules'
+in tests/test_rnn.py and tests/test_cell.py (with this file's tolerances), the op's empty inputs in
+tests/test_ops.py; scripts/gpu_check.sh selects them with ``-k cuda``.
 
 Every check compares against a reference computed at test time: the CPU op / ``torch.nn`` in
 float64, and ``torch.nn.RNN`` on the same GPU (cuDNN). The recurrence has two CUDA implementations
@@ -207,44 +212,6 @@ def test_output_mask_skips_work(path):
                 assert o.numel() == 0
 
 
-def test_empty_sequence_returns_hx():
-    x = torch.randn(0, 3, 4, device=CUDA, dtype=torch.float64)
-    h0 = torch.randn(3, 5, device=CUDA, dtype=torch.float64)
-    w_ih = torch.randn(5, 4, device=CUDA, dtype=torch.float64)
-    w_hh = torch.randn(5, 5, device=CUDA, dtype=torch.float64)
-    out, h_n = FWD(x, None, h0, w_ih, w_hh, None, None, False, False)
-    assert out.shape == (0, 3, 5)
-    torch.testing.assert_close(h_n, h0)
-    ghn = torch.randn_like(h0)
-    grads = BWD(torch.zeros_like(out), ghn, x, None, h0, w_ih, w_hh, out, False, False, [True] * 5)
-    torch.testing.assert_close(grads[1], ghn)
-    assert grads[0].shape == x.shape
-    torch.testing.assert_close(grads[3], torch.zeros_like(w_hh))
-
-
-@pytest.mark.parametrize("has_hx,reverse", [(False, False), (True, True)])
-def test_empty_batch_returns_empty(has_hx, reverse):
-    """Padded B = 0 (OPS.md): empty outputs and zero weight gradients, without launching a kernel
-    on zero rows (the glue returns before the recurrence)."""
-    x = torch.randn(4, 0, 3, device=CUDA, dtype=torch.float64)
-    h0 = torch.randn(0, 5, device=CUDA, dtype=torch.float64) if has_hx else None
-    w_ih = torch.randn(5, 3, device=CUDA, dtype=torch.float64)
-    w_hh = torch.randn(5, 5, device=CUDA, dtype=torch.float64)
-    b = torch.randn(5, device=CUDA, dtype=torch.float64)
-    out, h_n = FWD(x, None, h0, w_ih, w_hh, b, b, False, reverse)
-    assert out.shape == (4, 0, 5) and h_n.shape == (0, 5)
-    for mask in ([True] * 5, [False, True, False, True, False]):
-        grads = BWD(torch.zeros_like(out), torch.zeros_like(h_n), x, None, h0, w_ih, w_hh, out, False,
-                    reverse, mask)  # fmt: skip
-        want = [x, h_n, w_ih, w_hh, b]
-        for m, g, w in zip(mask, grads, want):
-            assert g.shape == (w.shape if m else (0,))
-            if m:
-                assert g.count_nonzero() == 0
-    if torch.cuda.is_available() and not _ON_CPU:
-        torch.cuda.synchronize()  # surfaces an asynchronous launch error here
-
-
 @needs_gpu
 def test_mixed_devices_raise():
     x = torch.randn(3, 2, 4, device=CUDA)
@@ -333,8 +300,10 @@ def _module_inputs(T, B, In, H, layers, bidirectional, batch_first, hx, packed, 
 
 
 @pytest.mark.parametrize("layers,bidirectional,nonlinearity,bias,batch_first,hx,packed", MODULE_CASES)
-@pytest.mark.parametrize("H", [16, 300])  # 300: W_hh exceeds one SM: cluster kernel (sm_90) or fallback
+@pytest.mark.parametrize("H", [300])  # W_hh exceeds one SM: cluster kernel (sm_90) or fallback
 def test_module_matches_torch_nn(layers, bidirectional, nonlinearity, bias, batch_first, hx, packed, H):
+    """The automatic plan for a large H, at module level, every option (the small-H paths:
+    test_rnn.py's grid on CUDA)."""
     T, B, In = 6, 4, 5
     kw = dict(num_layers=layers, bidirectional=bidirectional, nonlinearity=nonlinearity, bias=bias,
               batch_first=batch_first)
@@ -377,28 +346,6 @@ def test_module_auto_path_small_hidden_float32(B):
     ref, new = _make_pair(In, H, dtype=torch.float32, device=CUDA)
     _assert_results(_run_module(new, x.to(CUDA), h0.to(CUDA)), _run_module(ref, x.to(CUDA), h0.to(CUDA)),
                     **F32)
-
-
-@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
-@pytest.mark.parametrize("bias", [True, False])
-def test_rnn_cell_matches_torch_nn(nonlinearity, bias):
-    torch.manual_seed(3)
-    ref = nn.RNNCell(7, 9, bias=bias, nonlinearity=nonlinearity).to(CUDA, torch.float64)
-    new = rnnext.RNNCell(7, 9, bias=bias, nonlinearity=nonlinearity).to(CUDA, torch.float64)
-    new.load_state_dict(ref.state_dict())
-    for hx in (None, torch.randn(4, 9, device=CUDA, dtype=torch.float64)):
-        x = torch.randn(4, 7, device=CUDA, dtype=torch.float64)
-        results = []
-        for mod in (ref, new):
-            xi = x.clone().requires_grad_(True)
-            hi = None if hx is None else hx.clone().requires_grad_(True)
-            mod.zero_grad(set_to_none=True)
-            h = mod(xi, hi)
-            (h * torch.arange(9, device=CUDA)).sum().backward()
-            results.append([h, xi.grad] + ([] if hi is None else [hi.grad]) +
-                           [p.grad for p in mod.parameters()])
-        for a, b in zip(*results):
-            torch.testing.assert_close(b, a, **F64)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -133,9 +133,9 @@ def test_noncontiguous_inputs():
 @pytest.mark.parametrize(
     "has_hx,bias,reverse", [(False, True, False), (True, False, True), (True, True, False)]
 )
-def test_empty_padded_input(T, B, has_hx, bias, reverse):
+def test_empty_padded_input(device, T, B, has_hx, bias, reverse):
     """OPS.md: T = 0 or B = 0 (padded) gives empty outputs, h_n = hx or zeros; backward gives empty
-    or zero gradients of the right shapes, and honours output_mask."""
+    or zero gradients of the right shapes (on the input's device), and honours output_mask."""
     In, H = 3, 5
     g = torch.Generator().manual_seed(11)
     x = torch.randn(T, B, In, generator=g, dtype=torch.float64)
@@ -145,21 +145,25 @@ def test_empty_padded_input(T, B, has_hx, bias, reverse):
     b_ih, b_hh = (
         (torch.randn(H, generator=g, dtype=torch.float64) for _ in range(2)) if bias else (None, None)
     )
+    x, hx, w_ih, w_hh, b_ih, b_hh = (
+        t if t is None else t.to(device) for t in (x, hx, w_ih, w_hh, b_ih, b_hh)
+    )
+    f64 = dict(dtype=torch.float64, device=device)
     out, h_n = fwd(x, None, hx, w_ih, w_hh, b_ih, b_hh, False, reverse)
     assert out.shape == (T, B, H) and h_n.shape == (B, H)
-    torch.testing.assert_close(h_n, hx if has_hx else torch.zeros(B, H, dtype=torch.float64), rtol=0, atol=0)
-    grad_h_n = torch.randn(B, H, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(h_n, hx if has_hx else torch.zeros(B, H, **f64), rtol=0, atol=0)
+    grad_h_n = torch.randn(B, H, generator=g, dtype=torch.float64).to(device)
     want = [
-        torch.zeros(T, B, In, dtype=torch.float64),
-        grad_h_n if T == 0 else torch.zeros(B, H, dtype=torch.float64),
-        torch.zeros(H, In, dtype=torch.float64),
-        torch.zeros(H, H, dtype=torch.float64),
-        torch.zeros(H, dtype=torch.float64),
+        torch.zeros(T, B, In, **f64),
+        grad_h_n if T == 0 else torch.zeros(B, H, **f64),
+        torch.zeros(H, In, **f64),
+        torch.zeros(H, H, **f64),
+        torch.zeros(H, **f64),
     ]
     for mask in ([True] * 5, [False, True, False, True, False], [False] * 5):
         grads = bwd(torch.randn_like(out), grad_h_n, x, None, hx, w_ih, w_hh, out, False, reverse, mask)
         for i, (got, expected, m) in enumerate(zip(grads, want, mask)):
-            expected = expected if m else torch.empty(0, dtype=torch.float64)
+            expected = expected if m else torch.empty(0, **f64)
             assert got.shape == expected.shape, (i, got.shape, expected.shape)
             torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=f"gradient {i}")
     # Through autograd too (the module path never sends B = 0 here, but the op must be usable).
@@ -171,3 +175,5 @@ def test_empty_padded_input(T, B, has_hx, bias, reverse):
     for t, expected in zip(leaves, want[:4] + [want[4], want[4]]):
         if t is not None:
             torch.testing.assert_close(t.grad, expected, rtol=0, atol=0)
+    if device == "cuda":
+        torch.cuda.synchronize()  # surfaces an asynchronous launch error here

@@ -309,10 +309,6 @@ def test_concurrent_calls_match_serial_calls(dtype) -> None:
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize(
-    "device",
-    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))],
-)
 def test_two_identical_runs_are_bitwise_identical(kwargs, dtype, packed, device) -> None:
     def run():
         torch.manual_seed(1234)
