@@ -53,6 +53,12 @@ constexpr int64_t kSlicesPerThread = 2;
 constexpr int64_t kColumnsMaxRowsPerThread = 4;
 constexpr int64_t kColumnsMinWeightBytes = int64_t{1} << 20;
 constexpr int64_t kColumnsMinStepWork = int64_t{1} << 18;
+// Matrix-vector steps: with under this many rows a step and packed W_hh over kFusedMaxWeightBytes,
+// the micro-kernel's 4-row register block runs mostly empty while every step streams W_hh from
+// L2 / L3; MKL's per-step product streams it faster. Forward, B = 1-3, H = 512 and 1024, float32
+// and float64, 1 and 2 threads: BLAS steps 0.62-0.91x the micro-kernel's time (NOTES.md section
+// 28). Measured with MKL on an Intel CPU only (trust_blas): elsewhere the micro-kernel stays.
+constexpr int64_t kGemvMaxRows = 4;
 // The backward's weight and bias gradients from raw pointers below this many multiply-adds.
 constexpr int64_t kSmallTail = int64_t{1} << 18;
 
@@ -147,6 +153,11 @@ Plan make_plan(const Shape& s, bool vector_kernel) {
                       : "micro-kernel steps, hidden columns split between threads (batch under 4 "
                         "rows a thread); one GEMM for the input product";
     }
+  }
+  if (!p.forced && !s.backward && vector_kernel && s.B < kGemvMaxRows && s.T > kFewStepsForward &&
+      s.H * s.H * s.elem_size > kFusedMaxWeightBytes && trust_blas()) {
+    p.path = Path::kBlas;
+    p.reason = "matrix-vector steps (under 4 rows, W_hh over 512 KB): BLAS steps stream W_hh faster";
   }
   const bool parallel = s.threads >= 2 && s.N * s.H * s.H >= kMinParallelWork;
   if (p.path == Path::kColumns) {
