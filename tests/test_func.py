@@ -11,20 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_module_calls import TOL, _pair
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
 import rnnext
-
-TOL = dict(rtol=1e-10, atol=1e-10)
-
-
-def _pair(cls, ref_cls, *args, **kwargs):
-    torch.manual_seed(0)
-    ours = cls(*args, **kwargs).double()
-    ref = ref_cls(*args, **kwargs).double()
-    ref.load_state_dict(ours.state_dict())
-    return ours, ref
 
 
 def _loss(module, params, x, h=None):
