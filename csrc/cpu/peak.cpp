@@ -60,37 +60,29 @@ volatile double g_sink = 0;
 #if RNNEXT_PEAK_X86
 #define RNNEXT_AVX512 __attribute__((target("avx512f,avx512dq,avx2,fma")))
 #define RNNEXT_AVX2 __attribute__((target("avx2,fma")))
-// (Stores, not _mm512_reduce_add_*: GCC 12 warns inside those, a known false positive.)
-RNNEXT_AVX512 inline float sum512(__m512 v) {
-  alignas(64) float x[16];
-  _mm512_store_ps(x, v);
-  float s = 0;
-  for (float e : x) s += e;
+// The sum of a register's lanes, through memory (not _mm512_reduce_add_*: GCC 12 warns inside
+// those, a known false positive). One body per target: a function taking a zmm / ymm argument
+// must carry that target.
+template <class T, class R>
+RNNEXT_AVX512 inline T sum512(R v) {
+  alignas(64) T x[sizeof(R) / sizeof(T)];
+  std::memcpy(x, &v, sizeof(R));
+  T s = 0;
+  for (T e : x) s += e;
   return s;
 }
-RNNEXT_AVX512 inline double sum512(__m512d v) {
-  alignas(64) double x[8];
-  _mm512_store_pd(x, v);
-  double s = 0;
-  for (double e : x) s += e;
+template <class T, class R>
+RNNEXT_AVX2 inline T sum256(R v) {
+  alignas(32) T x[sizeof(R) / sizeof(T)];
+  std::memcpy(x, &v, sizeof(R));
+  T s = 0;
+  for (T e : x) s += e;
   return s;
 }
-RNNEXT_AVX2 inline float sum256(__m256 v) {
-  alignas(32) float x[8];
-  _mm256_store_ps(x, v);
-  float s = 0;
-  for (float e : x) s += e;
-  return s;
-}
-RNNEXT_AVX2 inline double sum256(__m256d v) {
-  alignas(32) double x[4];
-  _mm256_store_pd(x, v);
-  return x[0] + x[1] + x[2] + x[3];
-}
-RNNEXT_PEAK_CHAINS(avx512_f32, RNNEXT_AVX512, __m512, float, 16, _mm512_set1_ps, _mm512_fmadd_ps, sum512)
-RNNEXT_PEAK_CHAINS(avx512_f64, RNNEXT_AVX512, __m512d, double, 16, _mm512_set1_pd, _mm512_fmadd_pd, sum512)
-RNNEXT_PEAK_CHAINS(avx2_f32, RNNEXT_AVX2, __m256, float, 12, _mm256_set1_ps, _mm256_fmadd_ps, sum256)
-RNNEXT_PEAK_CHAINS(avx2_f64, RNNEXT_AVX2, __m256d, double, 12, _mm256_set1_pd, _mm256_fmadd_pd, sum256)
+RNNEXT_PEAK_CHAINS(avx512_f32, RNNEXT_AVX512, __m512, float, 16, _mm512_set1_ps, _mm512_fmadd_ps, sum512<float>)
+RNNEXT_PEAK_CHAINS(avx512_f64, RNNEXT_AVX512, __m512d, double, 16, _mm512_set1_pd, _mm512_fmadd_pd, sum512<double>)
+RNNEXT_PEAK_CHAINS(avx2_f32, RNNEXT_AVX2, __m256, float, 12, _mm256_set1_ps, _mm256_fmadd_ps, sum256<float>)
+RNNEXT_PEAK_CHAINS(avx2_f64, RNNEXT_AVX2, __m256d, double, 12, _mm256_set1_pd, _mm256_fmadd_pd, sum256<double>)
 #endif
 
 // The portable loop: scalar multiply-adds, 8 chains (the compiler may vectorise them for the
