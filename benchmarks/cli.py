@@ -181,11 +181,21 @@ def run_case(case: Case, device: torch.device, dtype: torch.dtype, cfg: RunConfi
                 continue
             calls[impl.name], errors[impl.name], info[impl.name] = call, err, extra
         progress.show(f"{case.name}/{mode} ({dname}, {tname}): timing {len(calls)} impls")
-        results = timing.interleaved(
-            calls, cfg.timing,
-            on_round=lambda r, m=mode: progress.show(f"{case.name}/{m} ({dname}, {tname}): round {r}", True),
-            threads=cfg.threads, device=device,
-        )
+        alone = [i.name for i in active if i.alone and i.name in calls]
+        groups = [{n: c for n, c in calls.items() if n not in alone}] + [{n: calls[n]} for n in alone]
+        results = {}
+        for group in groups:  # the others interleaved, then each spinning one on its own
+            if alone:
+                time.sleep(timing.SETTLE_S)  # a spinning implementation ran (its check, or its block)
+            results.update(timing.interleaved(
+                group, cfg.timing,
+                on_round=lambda r, m=mode: progress.show(f"{case.name}/{m} ({dname}, {tname}): round {r}",
+                                                         True),
+                threads=cfg.threads, device=device,
+            ))
+        if alone:
+            time.sleep(timing.SETTLE_S)  # before the next mode's or case's checks and blocks
+        results = {n: results[n] for n in calls}
         fl = cases_mod.flops(case, mode)
         base = results.get(impls_mod.BASELINE)
         for name, st in results.items():

@@ -24,7 +24,8 @@ Implementations (``impl`` in the result rows):
 ``torch.compile(nn.RNN)``   CPU only, ``torch._dynamo.config.allow_rnn = True``, ``dynamic=False``
 ``onnxruntime``             inference only, CPU only: ``torch.onnx.export`` (TorchScript exporter,
                             which emits ONNX's fused ``RNN`` operator) run by ONNX Runtime with
-                            ``intra_op_num_threads`` = the benchmark's threads; numpy in and out
+                            ``intra_op_num_threads`` = the benchmark's threads; numpy in and out;
+                            timed after the others, alone (its threads spin after each run)
 =========================== =====================================================================
 """
 
@@ -96,6 +97,9 @@ class Impl:
     params: list[Tensor]
     modes: tuple[str, ...] = ("inference", "training")
     info: dict = field(default_factory=dict)  # e.g. compile_s, exporter
+    # Timed after the others, on its own (timing.SETTLE_S after it): an implementation whose idle
+    # worker threads keep spinning after each call and would take a core from the next block.
+    alone: bool = False
 
 
 def make_inputs(case: Case, dtype: torch.dtype, device: torch.device, seed: int = 0) -> Inputs:
@@ -209,8 +213,11 @@ def _onnxruntime(ref: nn.RNN, case: Case, inputs: Inputs, threads: int) -> Impl:
         y, hn = sess.run(None, {"x": inp.detach().numpy(), "h0": h.detach().numpy()})
         return torch.from_numpy(y), torch.from_numpy(hn)
 
-    return Impl(ORT_IMPL, forward, [], modes=("inference",), info={"export_s": round(export_s, 2),
-                                                                   "onnxruntime": ort.__version__})
+    # ONNX Runtime's intra-op threads spin after each run (its default, its fastest setting: medium
+    # 4.8 ms against 5.6 without spinning), ~30 ms of CPU; an rnnext block right after one took
+    # 1.10 ms per call against 0.48 (benchmarks/NOTES.md section 30): so it is timed alone.
+    return Impl(ORT_IMPL, forward, [], modes=("inference",), alone=True,
+                info={"export_s": round(export_s, 2), "onnxruntime": ort.__version__})
 
 
 CUDA_PATH_ENV = "RNNEXT_CUDA_PATH"

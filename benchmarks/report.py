@@ -101,7 +101,8 @@ def markdown(result: dict) -> str:
         lines.append(f"- rnnext's CPU kernels ran {result['cpu_isa']} code (the `path` column)")
     lines.append("- method: outputs (inference) or all gradients (training) checked against torch.nn.RNN "
                  "before timing; warm-up; blocks of calls (CPU: torch.utils.benchmark.Timer; CUDA: CUDA "
-                 f"events), {threads_note}, implementations interleaved across rounds; cells are median "
+                 f"events), {threads_note}, implementations interleaved across rounds (onnxruntime, whose "
+                 "threads spin after each run, timed after them on its own); cells are median "
                  f"±IQR in ms per call, `~` where the IQR exceeds {NOISY:.0%} of the median (noisy)")
     lines.append("- speedup = torch.nn.RNN ms / rnnext.RNN ms (cell speedup: the same for the RNNCell "
                  "loops); rnnext GFLOP/s counts 2*T*B*(I*H + H*H) per layer and direction forward, 3x "

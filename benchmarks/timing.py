@@ -23,6 +23,10 @@ Method, per (case, mode):
 4. the result is the median of the samples and their interquartile range (IQR = 75th - 25th
    percentile).
 
+An implementation whose idle worker threads spin after each call (ONNX Runtime's default) would
+take a core from whichever block follows it; such a one (``Impl.alone``) is timed after the others,
+in rounds of its own, with ``SETTLE_S`` of quiet before and after.
+
 Threads: ``torch.utils.benchmark.Timer`` sets torch's intra-op thread count around every timed block
 to its ``num_threads`` argument, which defaults to **1**, whatever ``torch.set_num_threads`` said
 before. Every block here (CPU or CUDA), its warm-up and its calibration run on the run's thread count
@@ -41,7 +45,11 @@ from typing import Callable, Iterator, Optional
 import torch
 import torch.utils.benchmark as tb
 
-__all__ = ["TimingConfig", "Stats", "interleaved", "gemm_gflops", "fma_peak", "stats"]
+__all__ = ["TimingConfig", "Stats", "interleaved", "gemm_gflops", "fma_peak", "stats", "SETTLE_S"]
+
+# Seconds to wait after an implementation whose idle threads spin after each call (ONNX Runtime:
+# ~30 ms of CPU after its last run) before another is timed.
+SETTLE_S = 0.1
 
 
 @dataclass(frozen=True)

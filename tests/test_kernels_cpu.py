@@ -392,7 +392,7 @@ def _grads(fn, args):
     return [out.detach(), h_n.detach(), *grads]
 
 
-@pytest.mark.parametrize("path", CPU_PATHS + [p + "+own-gemm" for p in ("kernel", "columns", "blas")])
+@pytest.mark.parametrize("path", CPU_PATHS + [p + "+own-gemm" for p in ("fused", "kernel", "columns", "blas")])
 @pytest.mark.parametrize("size", ["small", "chunked"])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
@@ -404,8 +404,8 @@ def test_each_cpu_path_matches_reference(monkeypatch, path, size, packed, revers
     # small: H = 75 leaves partial vectors, B = 17 partial row blocks and uneven thread slices; at
     # 2 threads the recurrence is large enough (N H^2 >= 2^19) to be split. chunked: I = 140 and
     # H = 150 run the micro-kernel's k in two chunks (128 + rest) over three column panels.
-    # "+own-gemm": RNNEXT_CPU_GEMM=own runs the GEMMs over all rows (projection, grad_input) in the
-    # micro-kernel instead of the BLAS (the default off Intel CPUs).
+    # "+own-gemm": RNNEXT_CPU_GEMM=own runs the GEMMs over all rows (projection, grad_input, the
+    # weight gradients) in the micro-kernel instead of the BLAS (the default off Intel CPUs).
     from test_ops import reference
 
     path, own = path.split("+")[0], path.endswith("+own-gemm")
@@ -429,6 +429,36 @@ def test_each_cpu_path_matches_reference(monkeypatch, path, size, packed, revers
                 torch.testing.assert_close(a.double(), b, **tol, msg=lambda m, n=name: f"{n}: {m}")
     finally:
         torch.set_num_threads(prev)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_weight_gradient_gemm(dtype, threads):
+    # The weight gradients' C = A^T B (A [k, m], B [k, n]) in the micro-kernel against float64:
+    # k across the 128-row chunks, m across the 16-row task shares (few panels at 2 threads), n a
+    # narrow panel, one panel, and whole panels plus a partial one; strided rows; accumulation into
+    # C; k = 0 (C = 0, or C kept when accumulating). The BLAS route gives the same.
+    g = torch.Generator().manual_seed(5)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for k, m, n in [(1, 1, 1), (129, 37, 5), (300, 75, 64), (257, 130, 150), (0, 9, 70), (64, 300, 16)]:
+            a = torch.randn(k, m + 3, generator=g, dtype=torch.float64)[:, :m].to(dtype)
+            b = torch.randn(k, n + 5, generator=g, dtype=torch.float64)[:, :n].to(dtype)
+            c0 = torch.randn(m, n + 2, generator=g, dtype=torch.float64)[:, :n].to(dtype)
+            want = a.double().t() @ b.double()
+            tol = TOL[torch.float64] if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5 * max(k, 1) ** 0.5)
+            for own in (True, False):
+                for accumulate in (False, True):
+                    c = c0.clone()
+                    rnnext._C._cpu_gemm_tn(a, b, c, accumulate, own)
+                    expect = want + c0.double() if accumulate else want
+                    torch.testing.assert_close(c.double(), expect, **tol,
+                                               msg=lambda s, x=(k, m, n, own, accumulate): f"{x}: {s}")
+    finally:
+        torch.set_num_threads(prev)
+    with pytest.raises(RuntimeError, match="sizes do not match"):
+        rnnext._C._cpu_gemm_tn(torch.randn(3, 2), torch.randn(4, 2), torch.empty(2, 2), False, True)
 
 
 def test_cpu_gemm_override_rejects_unknown_names(monkeypatch):

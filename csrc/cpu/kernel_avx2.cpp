@@ -107,14 +107,7 @@ inline F64::reg F64::tanh(reg v) { return tanh_f64<F64>(v); }
 
 }  // namespace
 
-void step(int64_t rows, int64_t n, int64_t k, const float* a, int64_t lda, const float* p,
-          int64_t ldp, int64_t kp, float* c, int64_t ldc, const float* aux, Epilogue ep) {
-  step_impl<F32>(rows, n, k, a, lda, p, ldp, kp, c, ldc, aux, ep);
-}
-void step(int64_t rows, int64_t n, int64_t k, const double* a, int64_t lda, const double* p,
-          int64_t ldp, int64_t kp, double* c, int64_t ldc, const double* aux, Epilogue ep) {
-  step_impl<F64>(rows, n, k, a, lda, p, ldp, kp, c, ldc, aux, ep);
-}
+RNNEXT_DEFINE_ISA(F32, F64)
 
 }  // namespace avx2
 }  // namespace cpu

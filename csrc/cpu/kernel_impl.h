@@ -7,8 +7,15 @@
 //   zero, set1, load (whole), loadn/storen (first m lanes), store, fma(a,b,c)=a*b+c, add, mul,
 //   tanh, relu, tanh_bwd(g, h) = g*(1-h*h), relu_bwd(g, h) = h <= 0 ? 0 : g.
 
+// A is row-major (A[r, q] = a[r * lda + q]) or, with ACM, column-major (A[r, q] = a[q * lda + r]:
+// the weight gradients' dpre^T, read in place from dpre [N, H]).
+template <bool ACM>
+static inline __attribute__((always_inline)) int64_t a_at(int64_t r, int64_t q, int64_t lda) {
+  return ACM ? q * lda + r : r * lda + q;
+}
+
 // One MR x NR block: rows r < mr, vectors c < nr, lanes up to `cols` in the last vector.
-template <class V, int MR, int NR>
+template <class V, int MR, int NR, bool ACM>
 static inline __attribute__((always_inline)) void block(int64_t k, const typename V::T* a,
                                                        int64_t lda, const typename V::T* p,
                                                        int64_t ldp, typename V::T* c, int64_t ldc,
@@ -36,7 +43,7 @@ static inline __attribute__((always_inline)) void block(int64_t k, const typenam
     for (int j = 0; j < NR; ++j) w[j] = V::load(p + q * ldp + j * W);
 #pragma GCC unroll 8
     for (int r = 0; r < MR; ++r) {
-      const reg x = V::set1(a[r * lda + q]);
+      const reg x = V::set1(a[a_at<ACM>(r, q, lda)]);
 #pragma GCC unroll 8
       for (int j = 0; j < NR; ++j) acc[r][j] = V::fma(x, w[j], acc[r][j]);
     }
@@ -69,44 +76,44 @@ static inline __attribute__((always_inline)) void block(int64_t k, const typenam
 }
 
 // Rows in blocks of MR (the remainder with fewer), columns in blocks of NR vectors.
-template <class V, int NR>
+template <class V, int NR, bool ACM>
 static inline __attribute__((always_inline)) void column_block(
     int64_t rows, int64_t k, const typename V::T* a, int64_t lda, const typename V::T* p,
     int64_t ldp, typename V::T* c, int64_t ldc, const typename V::T* aux, int last, Epilogue ep) {
   constexpr int MR = V::MR;
   int64_t r = 0;
   for (; r + MR <= rows; r += MR) {
-    block<V, MR, NR>(k, a + r * lda, lda, p, ldp, c + r * ldc, ldc, aux ? aux + r * ldc : aux,
-                     last, ep);
+    block<V, MR, NR, ACM>(k, a + a_at<ACM>(r, 0, lda), lda, p, ldp, c + r * ldc, ldc,
+                          aux ? aux + r * ldc : aux, last, ep);
   }
   const int64_t rest = rows - r;
-  a += r * lda;
+  a += a_at<ACM>(r, 0, lda);
   c += r * ldc;
   if (aux) aux += r * ldc;
   if constexpr (MR > 7) {
-    if (rest == 7) return block<V, 7, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+    if (rest == 7) return block<V, 7, NR, ACM>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
   }
   if constexpr (MR > 6) {
-    if (rest == 6) return block<V, 6, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+    if (rest == 6) return block<V, 6, NR, ACM>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
   }
   if constexpr (MR > 5) {
-    if (rest == 5) return block<V, 5, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+    if (rest == 5) return block<V, 5, NR, ACM>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
   }
   if constexpr (MR > 4) {
-    if (rest == 4) return block<V, 4, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+    if (rest == 4) return block<V, 4, NR, ACM>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
   }
   if constexpr (MR > 3) {
-    if (rest == 3) return block<V, 3, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+    if (rest == 3) return block<V, 3, NR, ACM>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
   }
   if constexpr (MR > 2) {
-    if (rest == 2) return block<V, 2, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+    if (rest == 2) return block<V, 2, NR, ACM>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
   }
   if constexpr (MR > 1) {
-    if (rest == 1) return block<V, 1, NR>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+    if (rest == 1) return block<V, 1, NR, ACM>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
   }
 }
 
-template <class V>
+template <class V, bool ACM>
 static void step_impl(int64_t rows, int64_t n, int64_t k, const typename V::T* a, int64_t lda,
                       const typename V::T* p, int64_t ldp, int64_t kp, typename V::T* c,
                       int64_t ldc, const typename V::T* aux, Epilogue ep) {
@@ -128,6 +135,7 @@ static void step_impl(int64_t rows, int64_t n, int64_t k, const typename V::T* a
         e = Epilogue::kNone;
       }
       const T* pq = panel ? panel + q0 * PC : panel;
+      const T* aq = a + a_at<ACM>(0, q0, lda);
       for (int64_t j0 = 0; j0 < pn; j0 += NR * W) {
         const int64_t cols = pn - j0 < NR * W ? pn - j0 : NR * W;
         const int nv = static_cast<int>((cols + W - 1) / W);
@@ -136,14 +144,14 @@ static void step_impl(int64_t rows, int64_t n, int64_t k, const typename V::T* a
         T* cj = c + p0 + j0;
         const T* auxj = aux ? aux + p0 + j0 : aux;
         if (nv == NR) {
-          column_block<V, NR>(rows, kc, a + q0, lda, pj, PC, cj, ldc, auxj, last, e);
+          column_block<V, NR, ACM>(rows, kc, aq, lda, pj, PC, cj, ldc, auxj, last, e);
         } else if (nv == 1) {
-          column_block<V, 1>(rows, kc, a + q0, lda, pj, PC, cj, ldc, auxj, last, e);
+          column_block<V, 1, ACM>(rows, kc, aq, lda, pj, PC, cj, ldc, auxj, last, e);
         } else if constexpr (NR > 2) {
           if (nv == 2) {
-            column_block<V, 2>(rows, kc, a + q0, lda, pj, PC, cj, ldc, auxj, last, e);
+            column_block<V, 2, ACM>(rows, kc, aq, lda, pj, PC, cj, ldc, auxj, last, e);
           } else if constexpr (NR > 3) {
-            if (nv == 3) column_block<V, 3>(rows, kc, a + q0, lda, pj, PC, cj, ldc, auxj, last, e);
+            if (nv == 3) column_block<V, 3, ACM>(rows, kc, aq, lda, pj, PC, cj, ldc, auxj, last, e);
           }
         }
       }

@@ -34,14 +34,7 @@ struct Scalar {
 
 }  // namespace
 
-void step(int64_t rows, int64_t n, int64_t k, const float* a, int64_t lda, const float* p,
-          int64_t ldp, int64_t kp, float* c, int64_t ldc, const float* aux, Epilogue ep) {
-  step_impl<Scalar<float>>(rows, n, k, a, lda, p, ldp, kp, c, ldc, aux, ep);
-}
-void step(int64_t rows, int64_t n, int64_t k, const double* a, int64_t lda, const double* p,
-          int64_t ldp, int64_t kp, double* c, int64_t ldc, const double* aux, Epilogue ep) {
-  step_impl<Scalar<double>>(rows, n, k, a, lda, p, ldp, kp, c, ldc, aux, ep);
-}
+RNNEXT_DEFINE_ISA(Scalar<float>, Scalar<double>)
 
 }  // namespace base
 
@@ -69,22 +62,29 @@ Isa isa() {
   return chosen;
 }
 
-template <typename T>
+// The entry point of the chosen instruction set: step (row-major A) or step_cm (column-major A).
+template <typename T, bool ACM>
 StepKernel<T> pick() {
+  using Fn = StepKernel<T>;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   switch (isa()) {
-    case Isa::kAvx512: return static_cast<StepKernel<T>>(&avx512::step);
-    case Isa::kAvx2: return static_cast<StepKernel<T>>(&avx2::step);
+    case Isa::kAvx512: return ACM ? static_cast<Fn>(&avx512::step_cm) : static_cast<Fn>(&avx512::step);
+    case Isa::kAvx2: return ACM ? static_cast<Fn>(&avx2::step_cm) : static_cast<Fn>(&avx2::step);
     default: break;
   }
 #endif
-  return static_cast<StepKernel<T>>(&base::step);
+  return ACM ? static_cast<Fn>(&base::step_cm) : static_cast<Fn>(&base::step);
 }
 
 }  // namespace
 
-StepKernel<float> step_kernel_f32() { return pick<float>(); }
-StepKernel<double> step_kernel_f64() { return pick<double>(); }
+template <typename T>
+StepKernel<T> step_kernel(bool a_col_major) {
+  return a_col_major ? pick<T, true>() : pick<T, false>();
+}
+template StepKernel<float> step_kernel<float>(bool);
+template StepKernel<double> step_kernel<double>(bool);
+
 const char* step_kernel_isa() {
   switch (isa()) {
     case Isa::kAvx512: return "avx512";

@@ -51,23 +51,42 @@ template <typename T>
 using StepKernel = void (*)(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* p,
                             int64_t ldp, int64_t kp, T* c, int64_t ldc, const T* aux, Epilogue ep);
 
-// The best kernel this CPU runs (RNNEXT_CPU_ISA=avx512|avx2|base in the environment overrides it).
-StepKernel<float> step_kernel_f32();
-StepKernel<double> step_kernel_f64();
+// The best kernel this CPU runs (RNNEXT_CPU_ISA=avx512|avx2|base in the environment overrides
+// it), for A row-major or, with a_col_major, column-major (step_cm below). float and double.
+template <typename T>
+StepKernel<T> step_kernel(bool a_col_major = false);
 const char* step_kernel_isa();
 
-// Each instruction set's entry points (absent ones are never called: see kernels.cpp).
+// Each instruction set's entry points (absent ones are never called: see kernels.cpp): step reads
+// A row-major, step_cm column-major (A[r, q] = a[q * lda + r]; the weight gradients' dpre^T).
 #define RNNEXT_DECLARE_ISA(isa)                                                              \
   namespace isa {                                                                            \
   void step(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t, \
             float*, int64_t, const float*, Epilogue);                                        \
   void step(int64_t, int64_t, int64_t, const double*, int64_t, const double*, int64_t,       \
             int64_t, double*, int64_t, const double*, Epilogue);                             \
+  void step_cm(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t,      \
+               int64_t, float*, int64_t, const float*, Epilogue);                            \
+  void step_cm(int64_t, int64_t, int64_t, const double*, int64_t, const double*, int64_t,    \
+               int64_t, double*, int64_t, const double*, Epilogue);                          \
   }
 RNNEXT_DECLARE_ISA(base)
 RNNEXT_DECLARE_ISA(avx2)
 RNNEXT_DECLARE_ISA(avx512)
 #undef RNNEXT_DECLARE_ISA
+
+// Defines those entry points in an instruction set's translation unit, from its traits (after
+// kernel_impl.h): RNNEXT_DEFINE_ISA(F32, F64).
+#define RNNEXT_DEFINE_ISA_ONE(name, V, ACM)                                                      \
+  void name(int64_t rows, int64_t n, int64_t k, const V::T* a, int64_t lda, const V::T* p,       \
+            int64_t ldp, int64_t kp, V::T* c, int64_t ldc, const V::T* aux, Epilogue ep) {       \
+    step_impl<V, ACM>(rows, n, k, a, lda, p, ldp, kp, c, ldc, aux, ep);                          \
+  }
+#define RNNEXT_DEFINE_ISA(F32, F64)         \
+  RNNEXT_DEFINE_ISA_ONE(step, F32, false)    \
+  RNNEXT_DEFINE_ISA_ONE(step, F64, false)    \
+  RNNEXT_DEFINE_ISA_ONE(step_cm, F32, true)  \
+  RNNEXT_DEFINE_ISA_ONE(step_cm, F64, true)
 
 // Packs W for the kernel into p (packed_size<T>(n, k) entries): P[q, j] = W[j, q] (transpose; W is
 // [n, k]) or W[q, j] (W is [k, n]) for j < n, zero for the padding columns of the last panel.

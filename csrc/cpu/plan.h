@@ -59,10 +59,10 @@ struct Plan {
   // counter.
   Split split = Split::kNone;
   int64_t row_slices = 1;
-  // The GEMMs over all rows (the input product when not per step) in the micro-kernel instead of
-  // the BLAS: where the BLAS is not known to be good on this CPU (MKL on a non-Intel CPU runs its
-  // AVX2 path: ~105 GFLOP/s a core on the Zen 4 of NOTES.md, against ~265 of FMA peak).
-  // RNNEXT_CPU_GEMM=own|blas overrides. The weight gradients stay in the BLAS.
+  // The GEMMs over all rows (the input product when not per step, and the weight gradients) in
+  // the micro-kernel instead of the BLAS: where the BLAS is not known to be good on this CPU (MKL
+  // on a non-Intel CPU runs its AVX2 path: 35-42% of the FMA peak on the Zen 5 of NOTES.md section
+  // 30, against 76-90% for the micro-kernel). RNNEXT_CPU_GEMM=own|blas overrides.
   bool own_gemm = false;
   // Backward only: the bias gradient (a sum over all rows) in a plain loop on the calling thread
   // (small problems: no dispatcher), else ATen's threaded sum.

@@ -6,9 +6,15 @@
 #include <c10/core/ScalarType.h>
 #include <torch/csrc/Dtype.h>
 #include <torch/csrc/Exceptions.h>
+#include <torch/csrc/autograd/python_variable.h>
 
+#include <ATen/Dispatch.h>
+
+#include <algorithm>
 #include <string>
 
+#include "blas.h"
+#include "gemm.h"
 #include "kernels.h"
 #include "plan.h"
 #include "plan_py.h"
@@ -48,11 +54,49 @@ PyObject* cpu_plan(PyObject*, PyObject* args) {
   END_HANDLE_TH_ERRORS
 }
 
+// _cpu_gemm_tn(a, b, c, accumulate, own): c = a^T b (+ c) through own_gemm_tn (own) or the BLAS,
+// in place; the weight gradients' GEMM, for its tests and measurements.
+PyObject* cpu_gemm_tn(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  PyObject *pa = nullptr, *pb = nullptr, *pc = nullptr;
+  int accumulate = 0, own = 1;
+  if (!PyArg_ParseTuple(args, "OOOpp", &pa, &pb, &pc, &accumulate, &own)) return nullptr;
+  TORCH_CHECK_TYPE(THPVariable_Check(pa) && THPVariable_Check(pb) && THPVariable_Check(pc),
+                   "_cpu_gemm_tn: a, b and c must be tensors");
+  const at::Tensor& a = THPVariable_Unpack(pa);
+  const at::Tensor& b = THPVariable_Unpack(pb);
+  const at::Tensor& c = THPVariable_Unpack(pc);
+  for (const at::Tensor* t : {&a, &b, &c}) {
+    TORCH_CHECK(t->device().is_cpu() && t->dim() == 2 && t->scalar_type() == a.scalar_type() &&
+                    (t->scalar_type() == at::kFloat || t->scalar_type() == at::kDouble) &&
+                    t->stride(1) == 1 && t->stride(0) >= std::max<int64_t>(1, t->size(1)),
+                "_cpu_gemm_tn: a, b, c must be 2-D CPU float32 or float64 tensors of one dtype "
+                "with unit column stride");
+  }
+  TORCH_CHECK(a.size(0) == b.size(0) && c.size(0) == a.size(1) && c.size(1) == b.size(1),
+              "_cpu_gemm_tn: sizes do not match: a ", a.sizes(), ", b ", b.sizes(), ", c ", c.sizes());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "_cpu_gemm_tn", [&] {
+    const int64_t m = a.size(1), n = b.size(1), k = a.size(0);
+    if (own) {
+      own_gemm_tn<scalar_t>(m, n, k, a.data_ptr<scalar_t>(), a.stride(0), b.data_ptr<scalar_t>(),
+                            b.stride(0), accumulate != 0, c.data_ptr<scalar_t>(), c.stride(0));
+    } else {
+      gemm_tn(m, n, k, a.data_ptr<scalar_t>(), a.stride(0), b.data_ptr<scalar_t>(), b.stride(0),
+              scalar_t(accumulate ? 1 : 0), c.data_ptr<scalar_t>(), c.stride(0));
+    }
+  });
+  Py_RETURN_NONE;
+  END_HANDLE_TH_ERRORS
+}
+
 PyMethodDef methods[] = {
     {"_cpu_plan", cpu_plan, METH_VARARGS,
      "_cpu_plan(T, B, I, H, dtype, packed, backward) -> 'path: reason': the CPU path that "
      "rnn_forward (backward=False) or rnn_backward (backward=True) takes for that shape at the "
      "current torch.get_num_threads() (RNNEXT_CPU_PATH included; N = T * B rows)."},
+    {"_cpu_gemm_tn", cpu_gemm_tn, METH_VARARGS,
+     "_cpu_gemm_tn(a, b, c, accumulate, own) -> None: c = a^T b (+ c when accumulate) in place, "
+     "through the micro-kernel (own) or the BLAS: the CPU weight gradients' GEMM."},
     {nullptr, nullptr, 0, nullptr}};
 
 }  // namespace

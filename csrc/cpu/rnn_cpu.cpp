@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "../rnn_common.h"
+#include "gemm.h"
 #include "plan.h"
 #include "rnn_core.h"
 
@@ -27,17 +28,6 @@ namespace {
 
 using at::Tensor;
 using c10::optional;
-
-template <typename T>
-cpu::StepKernel<T> step_kernel();
-template <>
-cpu::StepKernel<float> step_kernel<float>() {
-  return cpu::step_kernel_f32();
-}
-template <>
-cpu::StepKernel<double> step_kernel<double>() {
-  return cpu::step_kernel_f64();
-}
 
 // Uninitialised CPU memory without a dispatcher round trip (~0.3 us each at the tutorial shape).
 Tensor empty(at::IntArrayRef sizes, at::ScalarType dtype) {
@@ -155,25 +145,20 @@ cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor& w_packed, co
                             hx != nullptr ? hx->data_ptr<T>() : nullptr,
                             relu,
                             reverse,
-                            step_kernel<T>(),
+                            cpu::step_kernel<T>(),
                             w_blas.defined() ? w_blas.data_ptr<T>() : nullptr};
 }
 
-// C[rows, n] = epilogue(C + A P) over all rows in the micro-kernel, blocks of rows split between
-// threads: the GEMMs over all rows (input projection, grad_input) where the planner does not
-// trust the BLAS (plan.h, own_gemm). P: packed (n columns, k rows).
+// The weight gradients' C[m, n] = A^T B (+ C): the micro-kernel where the planner says so
+// (Plan::own_gemm), else the BLAS.
 template <typename T>
-void gemm_rows_kernel(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* p, T* c,
-                      int64_t ldc, cpu::Epilogue ep) {
-  constexpr int64_t kRowBlock = 128;  // rows of C per task (512 was slower: W re-read from L3)
-  const auto kernel = step_kernel<T>();
-  const int64_t ldp = cpu::packed_width<T>(n);
-  at::parallel_for(0, (rows + kRowBlock - 1) / kRowBlock, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t r0 = b * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
-      kernel(r1 - r0, n, k, a + r0 * lda, lda, p, ldp, k, c + r0 * ldc, ldc, nullptr, ep);
-    }
-  });
+void weight_gemm(bool own, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
+                 int64_t ldb, bool accumulate, T* c, int64_t ldc) {
+  if (own) {
+    cpu::own_gemm_tn<T>(m, n, k, a, lda, b, ldb, accumulate, c, ldc);
+  } else {
+    cpu::gemm_tn(m, n, k, a, lda, b, ldb, T(accumulate ? 1 : 0), c, ldc);
+  }
 }
 
 // Runs fn(row_begin, row_end) over the batch rows, in parallel when the plan says so. Rows
@@ -278,7 +263,7 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
       Tensor wp = empty({packed_entries(g.H, g.I, dtype)}, dtype);
       cpu::pack_weight<T>(wc.data_ptr<T>(), wc.stride(0), g.H, g.I, /*transpose=*/true,
                           wp.data_ptr<T>());
-      gemm_rows_kernel<T>(g.N, g.H, g.I, xc.data_ptr<T>(), ldx, wp.data_ptr<T>(), o, g.H,
+      cpu::own_gemm_rows<T>(g.N, g.H, g.I, xc.data_ptr<T>(), ldx, wp.data_ptr<T>(), o, g.H,
                           cpu::Epilogue::kNone);
       return;
     }
@@ -372,8 +357,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   } else if (want_hx && grad_h_n.has_value()) {
     grad_hx.copy_(*grad_h_n);  // no step ran: h_n is hx itself
   }
-  // The weight and bias gradients from raw pointers through the BLAS (no dispatcher; MKL
-  // threads the large ones), with no h_prev copy when every step has all B rows.
+  // grad_input as one GEMM (micro-kernel or BLAS) when the recurrence did not take it per step;
+  // then the weight gradients from raw pointers (weight_gemm: micro-kernel or BLAS, no
+  // dispatcher), with no h_prev copy when every step has all B rows.
   if (!fused_grad_input) {
     if (want_input && plan.own_gemm && g.N > 0) {
       grad_input = empty(input.sizes(), dtype);
@@ -382,7 +368,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
       AT_DISPATCH_FLOATING_TYPES(dtype, "rnnext_grad_input_cpu", [&] {
         cpu::pack_weight<scalar_t>(wi.data_ptr<scalar_t>(), wi.stride(0), g.I, g.H,
                                    /*transpose=*/false, wp.data_ptr<scalar_t>());
-        gemm_rows_kernel<scalar_t>(g.N, g.I, g.H, dpre.data_ptr<scalar_t>(), g.H,
+        cpu::own_gemm_rows<scalar_t>(g.N, g.I, g.H, dpre.data_ptr<scalar_t>(), g.H,
                                    wp.data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>(), g.I,
                                    cpu::Epilogue::kZero);
       });
@@ -397,9 +383,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
     using T = scalar_t;
     const T* dp = dpre.data_ptr<T>();
     const int64_t N = g.N, H = g.H, B = g.B;
+    const bool own = plan.own_gemm;
     if (want_w_ih) {
       const auto [xc, ldx] = input_rows(input, g);
-      cpu::gemm_tn(H, g.I, N, dp, H, xc.data_ptr<T>(), ldx, T(0), grad_w_ih.data_ptr<T>(), g.I);
+      weight_gemm<T>(own, H, g.I, N, dp, H, xc.data_ptr<T>(), ldx, false, grad_w_ih.data_ptr<T>(),
+                     g.I);
     }
     if (want_w_hh) {
       T* gw = grad_w_hh.data_ptr<T>();
@@ -414,17 +402,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
         const T* d_cont = reverse ? dp : dp + B * H;
         const T* h_cont = reverse ? o + B * H : o;
         if (carried > 0 || h0p == nullptr) {  // (k = 0 writes zeros)
-          cpu::gemm_tn(H, H, carried, d_cont, H, h_cont, H, T(0), gw, H);
+          weight_gemm<T>(own, H, H, carried, d_cont, H, h_cont, H, false, gw, H);
         }
         if (h0p != nullptr) {
           const T* d_first = reverse ? dp + carried * H : dp;
-          cpu::gemm_tn(H, H, B, d_first, H, h0p, H, T(carried > 0 ? 1 : 0), gw, H);
+          weight_gemm<T>(own, H, H, B, d_first, H, h0p, H, carried > 0, gw, H);
         }
       } else {
         Tensor h_prev = empty({N, H}, dtype);
         make_recurrence<T>(g, Tensor(), hx.has_value() ? &h0 : nullptr, relu, reverse)
             .gather_prev(o, h_prev.data_ptr<T>());
-        cpu::gemm_tn(H, H, N, dp, H, h_prev.data_ptr<T>(), H, T(0), gw, H);
+        weight_gemm<T>(own, H, H, N, dp, H, h_prev.data_ptr<T>(), H, false, gw, H);
       }
     }
     if (want_bias && !plan.small_tail) {

@@ -1,0 +1,29 @@
+// The GEMMs over all rows of a call in the micro-kernel (kernels.h), threaded with at::parallel_for:
+// the input projection and grad_input (own_gemm_rows), and the weight gradients (own_gemm_tn).
+// The planner chooses them over the BLAS where the BLAS is not known to be good on this CPU
+// (plan.h, Plan::own_gemm).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels.h"
+
+namespace rnnext {
+namespace cpu {
+
+// C[rows, n] = epilogue(C + A P): A row-major [rows, k] (row stride lda), P packed (pack_weight:
+// n columns, k rows), C row stride ldc. Blocks of rows split between threads.
+template <typename T>
+void own_gemm_rows(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* p, T* c,
+                   int64_t ldc, Epilogue ep);
+
+// C[m, n] = A^T B (+ C when accumulate): A [k, m] and B [k, n] row-major (row strides lda, ldb),
+// C [m, n] row stride ldc; the weight gradients dpre^T x and dpre^T h_prev. A is read in place
+// (column-major A^T, step_cm); each task (a panel of C's columns and a share of its rows) packs
+// B's panel kChunkRows rows at a time. k = 0 gives C = 0 (or leaves C when accumulating).
+template <typename T>
+void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+                 bool accumulate, T* c, int64_t ldc);
+
+}  // namespace cpu
+}  // namespace rnnext
