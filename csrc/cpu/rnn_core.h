@@ -112,78 +112,96 @@ struct Recurrence {
 
   // out holds x_t W_ih^T + biases on entry (unless x is set); on return it holds h_t for every
   // step. h_n: [B, H].
-  void forward(T* out, T* h_n) const {
+  //
+  // With the rows split (no barrier), a thread builds each step's rows in a private two-step ring
+  // (`ring`: 2 (row_end - row_begin) H entries, its rows only) and writes them to `out` once,
+  // when final: out's rows of neighbouring threads share cache lines' neighbourhoods, and the
+  // several read-modify-write passes of a step (bias, projection, recurrent product, activation)
+  // on shared memory cost cross-core traffic where the cores share no cache (NOTES.md section 31).
+  void forward(T* out, T* h_n, T* ring = nullptr) const {
     const int64_t H = hidden, a = c0(), w = c1() - c0();
     const Epilogue ep = relu ? Epilogue::kRelu : Epilogue::kTanh;
+    const int64_t r0 = row_begin;
     for (int64_t i = 0; i < steps; ++i) {
       const int64_t t = reverse ? steps - 1 - i : i;
-      const int64_t n = clip(bs(t)), carried = clip(carried_rows(t)), r0 = row_begin;
+      const int64_t n = clip(bs(t)), carried = clip(carried_rows(t));
       if (n > r0 && w > 0) {
-        T* cur = rows(out, t);
+        // cur / prev: row r0 of this step / of the step before (ring or out), rows H apart.
+        T* shared = rows(out, t) + r0 * H;
+        T* cur = ring != nullptr ? ring + (i % 2) * (row_end - r0) * H : shared;
+        const T* prev = ring != nullptr ? ring + ((i + 1) % 2) * (row_end - r0) * H
+                                        : rows(static_cast<const T*>(out), prev_step(t)) + r0 * H;
         if (x != nullptr) {  // this slice's rows of x_t W_ih^T + b_ih + b_hh
-          for (int64_t r = r0; r < n; ++r) std::memcpy(cur + r * H + a, bias + a, w * sizeof(T));
+          for (int64_t r = 0; r < n - r0; ++r) std::memcpy(cur + r * H + a, bias + a, w * sizeof(T));
           kernel(n - r0, w, inputs, x + (offsets[t] + r0) * ldx, ldx,
-                 w_ih_packed + panel_offset(a, H, inputs), packed_width<T>(H), inputs,
-                 cur + r0 * H + a, H, nullptr, Epilogue::kNone);
+                 w_ih_packed + panel_offset(a, H, inputs), packed_width<T>(H), inputs, cur + a, H,
+                 nullptr, Epilogue::kNone);
+        } else if (cur != shared) {
+          std::memcpy(cur, shared, (n - r0) * H * sizeof(T));
         }
-        if (carried > r0) {
-          product(true, carried - r0, H, rows(static_cast<const T*>(out), prev_step(t)) + r0 * H,
-                  cur + r0 * H, nullptr, ep);
-        }
+        if (carried > r0) product(true, carried - r0, H, prev, cur, nullptr, ep);
         const int64_t fresh = carried > r0 ? carried : r0;
         if (n > fresh) {  // rows starting here: from hx, or from zeros (activation only)
           product(true, n - fresh, hx != nullptr ? H : 0, hx != nullptr ? hx + fresh * H : nullptr,
-                  cur + fresh * H, nullptr, ep);
+                  cur + (fresh - r0) * H, nullptr, ep);
         }
+        if (cur != shared) std::memcpy(shared, cur, (n - r0) * H * sizeof(T));
         // Rows whose sequence ends here: forward, those absent at t+1; reverse, all rows at t = 0.
         const int64_t done_from = reverse ? (t == 0 ? r0 : n) : clip(bs(t + 1));
-        if (n > done_from) copy_cols(h_n, cur, done_from, n);
+        if (n > done_from) copy_cols(h_n, shared - r0 * H, done_from, n);
       }
       if (barrier != nullptr) barrier->wait();
     }
   }
 
   // dpre[N, H] receives dL/d(pre-activation) of every row. grad_out: [N, H]; grad_h_n: [B, H] or
-  // nullptr; out: the forward's output. grad_hx: [B, H] or nullptr (not wanted).
-  void backward(const T* grad_out, const T* grad_h_n, const T* out, T* dpre, T* grad_hx) const {
+  // nullptr; out: the forward's output. grad_hx: [B, H] or nullptr (not wanted). ring: as in
+  // forward(), the rows of dpre built privately and written to dpre once per step.
+  void backward(const T* grad_out, const T* grad_h_n, const T* out, T* dpre, T* grad_hx,
+                T* ring = nullptr) const {
     const int64_t H = hidden, a = c0(), w = c1() - c0();
     const Epilogue ep = relu ? Epilogue::kReluBwd : Epilogue::kTanhBwd;
+    const int64_t r0 = row_begin;
     for (int64_t i = 0; i < steps; ++i) {
       // Undo the forward order: forward ran 0..T-1, so the backward runs T-1..0, and vice versa.
       const int64_t t = reverse ? i : steps - 1 - i;
-      const int64_t n = clip(bs(t)), r0 = row_begin;
-      T* cur = rows(dpre, t);
+      const int64_t n = clip(bs(t));
+      // cur / next: row r0 of dpre at this step / at the step processed before (the one that
+      // consumed h_t: t+1 forward, t-1 reverse), in the ring or in dpre.
+      T* shared = rows(dpre, t) + r0 * H;
+      T* cur = ring != nullptr ? ring + (i % 2) * (row_end - r0) * H : shared;
       if (n > r0 && w > 0) {
-        const T* h = rows(out, t);
-        copy_cols(cur, rows(grad_out, t), r0, n);
-        // The step that consumed h_t: t+1 (forward) or t-1 (reverse). Its rows feed back via w_hh.
+        const T* h = rows(out, t) + r0 * H;
+        copy_cols(cur, rows(grad_out, t) + r0 * H, 0, n - r0);
         const int64_t next = reverse ? t - 1 : t + 1;
+        const T* fed_rows = ring != nullptr ? ring + ((i + 1) % 2) * (row_end - r0) * H
+                                            : rows(static_cast<const T*>(dpre), next) + r0 * H;
         const int64_t fed = clip(reverse ? (t > 0 ? bs(t) : 0) : bs(t + 1));
-        if (fed > r0) {
-          product(false, fed - r0, H, rows(static_cast<const T*>(dpre), next) + r0 * H,
-                  cur + r0 * H, h + r0 * H, ep);
-        }
+        if (fed > r0) product(false, fed - r0, H, fed_rows, cur, h, ep);
         // The other rows hold their final state here and receive grad_h_n (fed is r0 or n in
         // reverse).
         const int64_t final_from = fed > r0 ? fed : r0;
         if (n > final_from) {
+          T* fin = cur + (final_from - r0) * H;
           if (grad_h_n != nullptr) {
-            for (int64_t r = final_from; r < n; ++r) {
-              for (int64_t j = r * H + a; j < r * H + a + w; ++j) cur[j] += grad_h_n[j];
+            const T* g = grad_h_n + final_from * H;
+            for (int64_t r = 0; r < n - final_from; ++r) {
+              for (int64_t j = r * H + a; j < r * H + a + w; ++j) fin[j] += g[j];
             }
           }
-          product(false, n - final_from, 0, nullptr, cur + final_from * H, h + final_from * H, ep);
+          product(false, n - final_from, 0, nullptr, fin, h + (final_from - r0) * H, ep);
         }
+        if (cur != shared) std::memcpy(shared, cur, (n - r0) * H * sizeof(T));
       }
       // grad_x reads whole rows of dpre_t (it is never set when the columns are split: the planner
       // then takes grad_input as one GEMM after the recurrence).
       if (grad_x != nullptr && n > r0) {
         T* gx = grad_x + (offsets[t] + r0) * inputs;
         if (w_ih_blas != nullptr) {
-          gemm_rows(false, n - r0, inputs, H, cur + r0 * H, H, w_ih_blas, ldw_ih, T(0), gx, inputs);
+          gemm_rows(false, n - r0, inputs, H, cur, H, w_ih_blas, ldw_ih, T(0), gx, inputs);
         } else {
-          kernel(n - r0, inputs, H, cur + r0 * H, H, w_ih_plain, packed_width<T>(inputs), H, gx,
-                 inputs, nullptr, Epilogue::kZero);
+          kernel(n - r0, inputs, H, cur, H, w_ih_plain, packed_width<T>(inputs), H, gx, inputs,
+                 nullptr, Epilogue::kZero);
         }
       }
       // grad_hx reads whole rows of dpre_t too: with the columns split, only once every thread has
@@ -195,7 +213,8 @@ struct Recurrence {
         const int64_t carried = clip(carried_rows(t));
         const int64_t from = carried > r0 ? carried : r0;
         if (n > from) {
-          product(false, n - from, H, cur + from * H, grad_hx + from * H, nullptr, Epilogue::kZero);
+          product(false, n - from, H, cur + (from - r0) * H, grad_hx + from * H, nullptr,
+                  Epilogue::kZero);
         }
       }
     }

@@ -55,21 +55,6 @@ int64_t packed_entries(int64_t n, int64_t k, at::ScalarType dtype) {
   return dtype == at::kDouble ? cpu::packed_size<double>(n, k) : cpu::packed_size<float>(n, k);
 }
 
-// W_hh packed for the micro-kernel (kernels.h): transposed for the forward (h W^T), as is for the
-// backward (dpre W); or not at all when `blas` (then only the extra entries). extra entries are
-// allocated after it, unset.
-Tensor pack_w_hh(const Tensor& w_hh, bool transpose, bool blas, int64_t extra = 0) {
-  const int64_t H = w_hh.size(0);
-  Tensor w = w_hh.contiguous();
-  const int64_t size = blas ? 0 : packed_entries(H, H, w.scalar_type());
-  Tensor p = empty({size + extra}, w.scalar_type());
-  if (blas) return p;
-  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), "rnnext_pack_w_hh", [&] {
-    cpu::pack_weight<scalar_t>(w.data_ptr<scalar_t>(), H, H, H, transpose, p.data_ptr<scalar_t>());
-  });
-  return p;
-}
-
 // b_ih + b_hh (either may be absent) into bias[0:H].
 template <typename T>
 void pack_bias(const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, int64_t H, T* bias) {
@@ -135,13 +120,14 @@ cpu::Plan plan_for(const Geometry& g, bool backward, bool want_input, at::Scalar
 }
 
 template <typename T>
-cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor& w_packed, const Tensor* hx,
-                                   bool relu, bool reverse, const Tensor& w_blas = Tensor()) {
+// The recurrence over g; its packed weights are set by the caller (split_work's prepare).
+cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor* hx, bool relu, bool reverse,
+                                   const Tensor& w_blas = Tensor()) {
   return cpu::Recurrence<T>{g.T,
                             g.H,
                             g.batch_sizes.data(),
                             g.offsets.data(),
-                            w_packed.defined() ? w_packed.data_ptr<T>() : nullptr,
+                            nullptr,
                             hx != nullptr ? hx->data_ptr<T>() : nullptr,
                             relu,
                             reverse,
@@ -161,17 +147,23 @@ void weight_gemm(bool own, int64_t m, int64_t n, int64_t k, const T* a, int64_t 
   }
 }
 
-// Runs fn(row_begin, row_end) over the batch rows, in parallel when the plan says so. Rows
+// Runs worker(take) once per thread over the batch rows, in parallel when the plan says so;
+// take(r0, r1) gives the thread its next slice [r0, r1) of rows, or false when none is left. Rows
 // are independent through the recurrence, so each slice runs the whole time loop on its own. The
 // rows are cut into plan.row_slices slices per thread (whole register blocks of 4 rows) and the
 // threads take slices from a shared counter: a thread that the OS deschedules (the machine may be
 // shared) holds up only its current slice, and packed batches, whose first rows are the longest,
 // balance.
-template <typename F>
-void over_rows(const Geometry& g, const cpu::Plan& plan, const F& fn) {
+template <typename W>
+void over_rows(const Geometry& g, const cpu::Plan& plan, const W& worker) {
   const int64_t threads = at::get_num_threads();
   if (plan.split != cpu::Split::kRows || threads < 2) {
-    fn(int64_t{0}, g.B);
+    bool given = false;
+    worker([&](int64_t& r0, int64_t& r1) {
+      r0 = 0;
+      r1 = g.B;
+      return !std::exchange(given, true);
+    });
     return;
   }
   const int64_t want = plan.row_slices * threads;
@@ -180,9 +172,12 @@ void over_rows(const Geometry& g, const cpu::Plan& plan, const F& fn) {
   std::atomic<int64_t> next{0};
   at::parallel_for(0, std::min(threads, slices), 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {  // one worker per index; each drains the counter
-      for (int64_t s = next++; s < slices; s = next++) {
-        fn(s * per, std::min(g.B, (s + 1) * per));
-      }
+      worker([&](int64_t& r0, int64_t& r1) {
+        const int64_t s = next++;
+        r0 = s * per;
+        r1 = std::min(g.B, (s + 1) * per);
+        return s < slices;
+      });
     }
   });
 }
@@ -192,9 +187,15 @@ void over_rows(const Geometry& g, const cpu::Plan& plan, const F& fn) {
 // that synchronises after each step (SpinBarrier). Not at::parallel_for: it may run two indices
 // on one thread, one after the other, and a barrier between them would never open. The team is
 // as large as torch.set_num_threads allows (one thread inside another parallel region).
-template <typename T, typename F>
+//
+// Rows: before its first slice each thread calls prepare(mine) on its copy of rec, which packs the
+// weights the recurrence reads into memory of that thread's own (returned, kept until its last
+// slice) and points `mine` at it: weights packed by one core and read by another at every step
+// cost cross-core traffic where the cores share no cache (NOTES.md section 31). Columns: every
+// thread reads rec's weights, packed by the caller.
+template <typename T, typename Prepare, typename F>
 void split_work(const Geometry& g, const cpu::Plan& plan, const cpu::Recurrence<T>& rec,
-                const F& fn) {
+                const Prepare& prepare, const F& fn) {
   if (plan.split == cpu::Split::kColumns) {
 #ifdef _OPENMP
     std::optional<cpu::SpinBarrier> barrier;
@@ -213,11 +214,17 @@ void split_work(const Geometry& g, const cpu::Plan& plan, const cpu::Recurrence<
     return;
 #endif
   }
-  over_rows(g, plan, [&](int64_t r0, int64_t r1) {
-    auto part = rec;
-    part.row_begin = r0;
-    part.row_end = r1;
-    fn(part);
+  over_rows(g, plan, [&](const auto& take) {
+    int64_t r0 = 0, r1 = 0;
+    if (!take(r0, r1)) return;
+    auto mine = rec;
+    const auto keep = prepare(mine);
+    do {
+      auto part = mine;
+      part.row_begin = r0;
+      part.row_end = r1;
+      fn(part);
+    } while (take(r0, r1));
   });
 }
 
@@ -241,19 +248,17 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
   }
   const cpu::Plan plan = plan_for(g, /*backward=*/false, /*want_input=*/true, dtype);
   const bool blas = plan.blas_recurrence(), fused = plan.input_per_step();
-  // Packed W_hh^T (none for BLAS), then, when fused, packed W_ih^T and the summed bias.
+  // The weights the recurrence reads, packed: W_hh^T (none for BLAS steps), then, when fused,
+  // W_ih^T and the summed bias; by each thread for itself (split_work), or here for a column split.
   const int64_t w_hh_entries = blas ? 0 : packed_entries(g.H, g.H, dtype);
-  Tensor w = pack_w_hh(w_hh, /*transpose=*/true, blas,
-                       fused ? packed_entries(g.H, g.I, dtype) + g.H : 0);
-  Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
+  const int64_t w_entries = w_hh_entries + (fused ? packed_entries(g.H, g.I, dtype) + g.H : 0);
+  Tensor whc = w_hh.contiguous();
+  Tensor w_blas = blas ? whc : Tensor();
   const auto [xc, ldx] = input_rows(input, g);
   Tensor wc = blas_ready(w_ih);
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_projection", [&] {
     using T = scalar_t;
-    if (fused) {
-      pack_projection<T>(wc, b_ih, b_hh, w.data_ptr<T>() + w_hh_entries);
-      return;
-    }
+    if (fused) return;  // per step, inside the recurrence
     // Input projection for every step in one GEMM, written straight into the output buffer.
     T* o = out.data_ptr<T>();
     std::vector<T> bias(static_cast<size_t>(g.H));
@@ -273,18 +278,42 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
   });
   Tensor h0 = hx.has_value() ? hx->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_forward_cpu", [&] {
-    auto rec =
-        make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse, w_blas);
+    using T = scalar_t;
+    auto rec = make_recurrence<T>(g, hx.has_value() ? &h0 : nullptr, relu, reverse, w_blas);
     if (fused) {
-      rec.x = xc.data_ptr<scalar_t>();
+      rec.x = xc.data_ptr<T>();
       rec.ldx = ldx;
       rec.inputs = g.I;
-      rec.w_ih_packed = w.data_ptr<scalar_t>() + w_hh_entries;
-      rec.bias = rec.w_ih_packed + cpu::packed_size<scalar_t>(g.H, g.I);
     }
-    scalar_t* o = out.data_ptr<scalar_t>();
-    scalar_t* hn = h_n.data_ptr<scalar_t>();
-    split_work(g, plan, rec, [&](const cpu::Recurrence<scalar_t>& part) { part.forward(o, hn); });
+    // Packs the weights into p (w_entries) and points r at them.
+    const auto pack = [&](cpu::Recurrence<T>& r, T* p) {
+      if (!blas) cpu::pack_weight<T>(whc.data_ptr<T>(), g.H, g.H, g.H, /*transpose=*/true, p);
+      r.w_packed = blas ? nullptr : p;
+      if (fused) {
+        pack_projection<T>(wc, b_ih, b_hh, p + w_hh_entries);
+        r.w_ih_packed = p + w_hh_entries;
+        r.bias = r.w_ih_packed + cpu::packed_size<T>(g.H, g.I);
+      }
+    };
+    Tensor w;
+    if (plan.split == cpu::Split::kColumns) {
+      w = empty({w_entries}, dtype);
+      pack(rec, w.data_ptr<T>());
+    }
+    T* o = out.data_ptr<T>();
+    T* hn = h_n.data_ptr<T>();
+    split_work(
+        g, plan, rec,
+        [&](cpu::Recurrence<T>& mine) {
+          std::vector<T> own(static_cast<size_t>(w_entries));
+          pack(mine, own.data());
+          return own;
+        },
+        [&](const cpu::Recurrence<T>& part) {
+          if (part.barrier != nullptr) return part.forward(o, hn);
+          std::vector<T> ring(static_cast<size_t>(2 * (part.row_end - part.row_begin) * g.H));
+          part.forward(o, hn, ring.data());
+        });
   });
   return {out, h_n};
 }
@@ -316,43 +345,62 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
     // BLAS steps take grad_input per step in BLAS as well (W_ih unpacked), micro-kernel steps in
     // the micro-kernel (W_ih packed).
     const bool blas = plan.blas_recurrence();
-    Tensor w = pack_w_hh(w_hh, /*transpose=*/false, blas);
-    Tensor w_blas = blas ? w_hh.contiguous() : Tensor();
+    Tensor whc = w_hh.contiguous();
+    Tensor w_blas = blas ? whc : Tensor();
     fused_grad_input = want_input && plan.input_per_step();
-    Tensor w_ih_plain;  // W_ih as is: itself for BLAS, else packed for the micro-kernel
-    if (fused_grad_input) {
-      grad_input = empty(input.sizes(), dtype);
-      w_ih_plain = blas_ready(w_ih);
-      if (!blas) {
-        Tensor packed = empty({packed_entries(g.I, g.H, dtype)}, dtype);
-        AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_pack_w_ih", [&] {
-          cpu::pack_weight<scalar_t>(w_ih_plain.data_ptr<scalar_t>(), w_ih_plain.stride(0), g.I,
-                                     g.H, /*transpose=*/false, packed.data_ptr<scalar_t>());
-        });
-        w_ih_plain = packed;
-      }
-    }
+    if (fused_grad_input) grad_input = empty(input.sizes(), dtype);
+    Tensor wi = blas_ready(w_ih);
+    // The weights the recurrence reads, packed as they are: W_hh (none for BLAS steps), then W_ih
+    // when grad_input is taken per step in the micro-kernel; by each thread for itself
+    // (split_work), or here for a column split.
+    const int64_t w_hh_entries = blas ? 0 : packed_entries(g.H, g.H, dtype);
+    const bool pack_ih = fused_grad_input && !blas;
+    const int64_t w_entries = w_hh_entries + (pack_ih ? packed_entries(g.I, g.H, dtype) : 0);
     AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_backward_cpu", [&] {
+      using T = scalar_t;
       auto rec =
-          make_recurrence<scalar_t>(g, w, hx.has_value() ? &h0 : nullptr, relu, reverse, w_blas);
+          make_recurrence<T>(g, hx.has_value() ? &h0 : nullptr, relu, reverse, w_blas);
       if (fused_grad_input) {
-        rec.grad_x = grad_input.data_ptr<scalar_t>();
+        rec.grad_x = grad_input.data_ptr<T>();
         rec.inputs = g.I;
         if (blas) {
-          rec.w_ih_blas = w_ih_plain.data_ptr<scalar_t>();
-          rec.ldw_ih = w_ih_plain.stride(0);
-        } else {
-          rec.w_ih_plain = w_ih_plain.data_ptr<scalar_t>();
+          rec.w_ih_blas = wi.data_ptr<T>();
+          rec.ldw_ih = wi.stride(0);
         }
       }
-      const scalar_t* gop = go.data_ptr<scalar_t>();
-      const scalar_t* ghnp = grad_h_n.has_value() ? ghn.data_ptr<scalar_t>() : nullptr;
-      const scalar_t* op = out.data_ptr<scalar_t>();
-      scalar_t* dp = dpre.data_ptr<scalar_t>();
-      scalar_t* ghx = want_hx ? grad_hx.data_ptr<scalar_t>() : nullptr;
-      split_work(g, plan, rec, [&](const cpu::Recurrence<scalar_t>& part) {
-        part.backward(gop, ghnp, op, dp, ghx);
-      });
+      const auto pack = [&](cpu::Recurrence<T>& r, T* p) {
+        if (!blas) cpu::pack_weight<T>(whc.data_ptr<T>(), g.H, g.H, g.H, /*transpose=*/false, p);
+        r.w_packed = blas ? nullptr : p;
+        if (pack_ih) {
+          cpu::pack_weight<T>(wi.data_ptr<T>(), wi.stride(0), g.I, g.H, /*transpose=*/false,
+                              p + w_hh_entries);
+          r.w_ih_plain = p + w_hh_entries;
+        }
+      };
+      Tensor w;
+      if (plan.split == cpu::Split::kColumns) {
+        w = empty({w_entries}, dtype);
+        pack(rec, w.data_ptr<T>());
+      }
+      const T* gop = go.data_ptr<T>();
+      const T* ghnp = grad_h_n.has_value() ? ghn.data_ptr<T>() : nullptr;
+      const T* op = out.data_ptr<T>();
+      T* dp = dpre.data_ptr<T>();
+      T* ghx = want_hx ? grad_hx.data_ptr<T>() : nullptr;
+      split_work(
+          g, plan, rec,
+          [&](cpu::Recurrence<T>& mine) {
+            std::vector<T> own(static_cast<size_t>(w_entries));
+            pack(mine, own.data());
+            return own;
+          },
+          [&](const cpu::Recurrence<T>& part) {
+            if (part.barrier != nullptr) {
+              return part.backward(gop, ghnp, op, dp, ghx);
+            }
+            std::vector<T> ring(static_cast<size_t>(2 * (part.row_end - part.row_begin) * g.H));
+            part.backward(gop, ghnp, op, dp, ghx, ring.data());
+          });
     });
   } else if (want_hx && grad_h_n.has_value()) {
     grad_hx.copy_(*grad_h_n);  // no step ran: h_n is hx itself
@@ -410,7 +458,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
         }
       } else {
         Tensor h_prev = empty({N, H}, dtype);
-        make_recurrence<T>(g, Tensor(), hx.has_value() ? &h0 : nullptr, relu, reverse)
+        make_recurrence<T>(g, hx.has_value() ? &h0 : nullptr, relu, reverse)
             .gather_prev(o, h_prev.data_ptr<T>());
         weight_gemm<T>(own, H, H, N, dp, H, h_prev.data_ptr<T>(), H, false, gw, H);
       }
