@@ -90,11 +90,13 @@ RNNEXT_DECLARE_ISA(avx512)
 
 // Packs W for the kernel into p (packed_size<T>(n, k) entries): P[q, j] = W[j, q] (transpose; W is
 // [n, k]) or W[q, j] (W is [k, n]) for j < n, zero for the padding columns of the last panel.
-// ldw is W's row stride.
+// ldw is W's row stride. Only the panels holding columns [col_begin, col_end) when given (col_begin
+// a panel boundary): each thread of a column split packs its own.
 template <typename T>
-void pack_weight(const T* w, int64_t ldw, int64_t n, int64_t k, bool transpose, T* p) {
+void pack_weight(const T* w, int64_t ldw, int64_t n, int64_t k, bool transpose, T* p,
+                 int64_t col_begin = 0, int64_t col_end = INT64_MAX) {
   const int64_t PC = packed_width<T>(n);
-  for (int64_t j0 = 0; j0 < n; j0 += PC) {
+  for (int64_t j0 = col_begin; j0 < n && j0 < col_end; j0 += PC) {
     const int64_t cols = n - j0 < PC ? n - j0 : PC;
     T* panel = p + (j0 / PC) * k * PC;
     if (transpose) {  // 16-entry runs of q: 16 source rows' runs and 16 panel rows stay in L1

@@ -188,11 +188,11 @@ void over_rows(const Geometry& g, const cpu::Plan& plan, const W& worker) {
 // on one thread, one after the other, and a barrier between them would never open. The team is
 // as large as torch.set_num_threads allows (one thread inside another parallel region).
 //
-// Rows: before its first slice each thread calls prepare(mine) on its copy of rec, which packs the
-// weights the recurrence reads into memory of that thread's own (returned, kept until its last
-// slice) and points `mine` at it: weights packed by one core and read by another at every step
-// cost cross-core traffic where the cores share no cache (NOTES.md section 31). Columns: every
-// thread reads rec's weights, packed by the caller.
+// Before its first step each thread calls prepare(mine) on its copy of rec, which packs the
+// weights that thread reads and points `mine` at them: rows, all of them into memory of the
+// thread's own (returned, kept until its last slice); columns, its panels (the ones it reads)
+// into a buffer the caller shares. Weights packed by one core and read by another at every step
+// cost cross-core traffic where the cores share no cache (NOTES.md section 31).
 template <typename T, typename Prepare, typename F>
 void split_work(const Geometry& g, const cpu::Plan& plan, const cpu::Recurrence<T>& rec,
                 const Prepare& prepare, const F& fn) {
@@ -209,6 +209,7 @@ void split_work(const Geometry& g, const cpu::Plan& plan, const cpu::Recurrence<
       part.col_begin = tid * panels / team * cpu::panel_cols<T>();
       part.col_end = (tid + 1) * panels / team * cpu::panel_cols<T>();
       part.barrier = &*barrier;
+      const auto keep = prepare(part);
       fn(part);
     }
     return;
@@ -285,9 +286,12 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
       rec.ldx = ldx;
       rec.inputs = g.I;
     }
-    // Packs the weights into p (w_entries) and points r at them.
+    // Packs the weights into p (w_entries) and points r at them (a column split: r's panels).
     const auto pack = [&](cpu::Recurrence<T>& r, T* p) {
-      if (!blas) cpu::pack_weight<T>(whc.data_ptr<T>(), g.H, g.H, g.H, /*transpose=*/true, p);
+      if (!blas) {
+        cpu::pack_weight<T>(whc.data_ptr<T>(), g.H, g.H, g.H, /*transpose=*/true, p, r.col_begin,
+                            r.col_end);
+      }
       r.w_packed = blas ? nullptr : p;
       if (fused) {
         pack_projection<T>(wc, b_ih, b_hh, p + w_hh_entries);
@@ -295,18 +299,14 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
         r.bias = r.w_ih_packed + cpu::packed_size<T>(g.H, g.I);
       }
     };
-    Tensor w;
-    if (plan.split == cpu::Split::kColumns) {
-      w = empty({w_entries}, dtype);
-      pack(rec, w.data_ptr<T>());
-    }
+    Tensor shared = plan.split == cpu::Split::kColumns ? empty({w_entries}, dtype) : Tensor();
     T* o = out.data_ptr<T>();
     T* hn = h_n.data_ptr<T>();
     split_work(
         g, plan, rec,
         [&](cpu::Recurrence<T>& mine) {
-          std::vector<T> own(static_cast<size_t>(w_entries));
-          pack(mine, own.data());
+          std::vector<T> own(shared.defined() ? 0 : static_cast<size_t>(w_entries));
+          pack(mine, shared.defined() ? shared.data_ptr<T>() : own.data());
           return own;
         },
         [&](const cpu::Recurrence<T>& part) {
@@ -368,8 +368,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
           rec.ldw_ih = wi.stride(0);
         }
       }
-      const auto pack = [&](cpu::Recurrence<T>& r, T* p) {
-        if (!blas) cpu::pack_weight<T>(whc.data_ptr<T>(), g.H, g.H, g.H, /*transpose=*/false, p);
+      const auto pack = [&](cpu::Recurrence<T>& r, T* p) {  // (a column split: r's panels)
+        if (!blas) {
+          cpu::pack_weight<T>(whc.data_ptr<T>(), g.H, g.H, g.H, /*transpose=*/false, p,
+                              r.col_begin, r.col_end);
+        }
         r.w_packed = blas ? nullptr : p;
         if (pack_ih) {
           cpu::pack_weight<T>(wi.data_ptr<T>(), wi.stride(0), g.I, g.H, /*transpose=*/false,
@@ -377,11 +380,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
           r.w_ih_plain = p + w_hh_entries;
         }
       };
-      Tensor w;
-      if (plan.split == cpu::Split::kColumns) {
-        w = empty({w_entries}, dtype);
-        pack(rec, w.data_ptr<T>());
-      }
+      Tensor shared = plan.split == cpu::Split::kColumns ? empty({w_entries}, dtype) : Tensor();
       const T* gop = go.data_ptr<T>();
       const T* ghnp = grad_h_n.has_value() ? ghn.data_ptr<T>() : nullptr;
       const T* op = out.data_ptr<T>();
@@ -390,8 +389,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
       split_work(
           g, plan, rec,
           [&](cpu::Recurrence<T>& mine) {
-            std::vector<T> own(static_cast<size_t>(w_entries));
-            pack(mine, own.data());
+            std::vector<T> own(shared.defined() ? 0 : static_cast<size_t>(w_entries));
+            pack(mine, shared.defined() ? shared.data_ptr<T>() : own.data());
             return own;
           },
           [&](const cpu::Recurrence<T>& part) {
