@@ -392,7 +392,10 @@ def _grads(fn, args):
     return [out.detach(), h_n.detach(), *grads]
 
 
-@pytest.mark.parametrize("path", CPU_PATHS + [p + "+own-gemm" for p in ("fused", "kernel", "columns", "blas")])
+OWN_GEMM_PATHS = [p + "+own-gemm" for p in ("fused", "kernel", "columns", "blas")]
+
+
+@pytest.mark.parametrize("path", CPU_PATHS + OWN_GEMM_PATHS)
 @pytest.mark.parametrize("size", ["small", "chunked"])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
@@ -447,7 +450,8 @@ def test_weight_gradient_gemm(dtype, threads):
             b = torch.randn(k, n + 5, generator=g, dtype=torch.float64)[:, :n].to(dtype)
             c0 = torch.randn(m, n + 2, generator=g, dtype=torch.float64)[:, :n].to(dtype)
             want = a.double().t() @ b.double()
-            tol = TOL[torch.float64] if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5 * max(k, 1) ** 0.5)
+            tol = (TOL[torch.float64] if dtype == torch.float64
+                   else dict(rtol=1e-5, atol=1e-5 * max(k, 1) ** 0.5))
             for own in (True, False):
                 for accumulate in (False, True):
                     c = c0.clone()

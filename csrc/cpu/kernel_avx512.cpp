@@ -57,6 +57,29 @@ struct F32 {
   static reg select_lt(reg a, reg b, reg x, reg y) {  // a < b ? x : y
     return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), y, x);
   }
+  static void transpose(reg* r) {  // 16 x 16: r[i] lane j <- r[j] lane i
+    reg t[16];
+    for (int i = 0; i < 16; i += 2) {
+      t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+      r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+      r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+      r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+      r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; ++i) {
+      t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+      t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+      t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+      t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+    }
+    for (int i = 0; i < 8; ++i) {
+      r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+      r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+    }
+  }
   static reg tanh(reg v);
   static reg relu(reg v) { return _mm512_max_ps(zero(), v); }  // NaN passes (second operand)
   static reg tanh_bwd(reg g, reg h) { return _mm512_mul_ps(g, _mm512_fnmadd_ps(h, h, set1(1.0f))); }
@@ -94,6 +117,23 @@ struct F64 {
   }
   static reg select_lt(reg a, reg b, reg x, reg y) {  // a < b ? x : y
     return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(a, b, _CMP_LT_OQ), y, x);
+  }
+  static void transpose(reg* r) {  // 8 x 8
+    reg t[8], u[8];
+    for (int i = 0; i < 8; i += 2) {
+      t[i] = _mm512_unpacklo_pd(r[i], r[i + 1]);
+      t[i + 1] = _mm512_unpackhi_pd(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+      u[i] = _mm512_shuffle_f64x2(t[i], t[i + 2], 0x88);
+      u[i + 1] = _mm512_shuffle_f64x2(t[i + 1], t[i + 3], 0x88);
+      u[i + 2] = _mm512_shuffle_f64x2(t[i], t[i + 2], 0xDD);
+      u[i + 3] = _mm512_shuffle_f64x2(t[i + 1], t[i + 3], 0xDD);
+    }
+    for (int i = 0; i < 4; ++i) {
+      r[i] = _mm512_shuffle_f64x2(u[i], u[i + 4], 0x88);
+      r[i + 4] = _mm512_shuffle_f64x2(u[i], u[i + 4], 0xDD);
+    }
   }
   static reg tanh(reg v);
   static reg relu(reg v) { return _mm512_max_pd(zero(), v); }

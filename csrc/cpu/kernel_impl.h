@@ -160,6 +160,35 @@ static void step_impl(int64_t rows, int64_t n, int64_t k, const typename V::T* a
   }
 }
 
+// pack_weight's transposing case (kernels.h): P[q, j] = W[j, q], W [n, k] with row stride ldw,
+// panels holding columns [col_begin, col_end). Tiles of V::W x V::W: W rows of W loaded as vectors,
+// transposed in registers (V::transpose), stored as W rows of P; rows past n give zero columns.
+template <class V>
+static void pack_t_impl(const typename V::T* w, int64_t ldw, int64_t n, int64_t k,
+                        typename V::T* p, int64_t col_begin, int64_t col_end) {
+  using T = typename V::T;
+  using reg = typename V::reg;
+  constexpr int W = V::W;
+  const int64_t PC = packed_width<T>(n);
+  for (int64_t j0 = col_begin; j0 < n && j0 < col_end; j0 += PC) {
+    T* panel = p + (j0 / PC) * k * PC;
+    for (int64_t q0 = 0; q0 < k; q0 += W) {
+      const int qn = static_cast<int>(k - q0 < W ? k - q0 : W);
+      for (int64_t jj = 0; jj < PC; jj += W) {
+        const int64_t j = j0 + jj;
+        const int64_t rows = n - j < 0 ? 0 : (n - j < W ? n - j : W);
+        reg r[W];
+        for (int i = 0; i < W; ++i) {
+          const T* src = w + (j + i) * ldw + q0;
+          r[i] = i >= rows ? V::zero() : (qn == W ? V::load(src) : V::loadn(src, qn));
+        }
+        V::transpose(r);
+        for (int i = 0; i < qn; ++i) V::store(panel + (q0 + i) * PC + jj, r[i]);
+      }
+    }
+  }
+}
+
 // tanh for float32 lanes (Cephes tanhf): an odd polynomial below |x| = 0.625, else
 // sign(x) (1 - 2 / (exp(2|x|) + 1)) with a Cephes expf; |x| is capped at 20 (tanh rounds to
 // exactly 1 from 9.01 on, so +-inf and huge inputs give exactly +-1, as torch's tanh does).

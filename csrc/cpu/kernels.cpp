@@ -28,6 +28,7 @@ struct Scalar {
   static reg relu(reg v) { return v < T(0) ? T(0) : v; }  // NaN passes
   static reg tanh_bwd(reg g, reg h) { return g * (T(1) - h * h); }
   static reg relu_bwd(reg g, reg h) { return h <= T(0) ? T(0) : g; }  // a NaN h passes g
+  static void transpose(reg*) {}  // 1 x 1
 };
 
 #include "kernel_impl.h"
@@ -84,6 +85,23 @@ StepKernel<T> step_kernel(bool a_col_major) {
 }
 template StepKernel<float> step_kernel<float>(bool);
 template StepKernel<double> step_kernel<double>(bool);
+
+template <typename T>
+void pack_transposed(const T* w, int64_t ldw, int64_t n, int64_t k, T* p, int64_t col_begin,
+                     int64_t col_end) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  switch (isa()) {
+    case Isa::kAvx512: return avx512::pack_t(w, ldw, n, k, p, col_begin, col_end);
+    case Isa::kAvx2: return avx2::pack_t(w, ldw, n, k, p, col_begin, col_end);
+    default: break;
+  }
+#endif
+  base::pack_t(w, ldw, n, k, p, col_begin, col_end);
+}
+template void pack_transposed<float>(const float*, int64_t, int64_t, int64_t, float*, int64_t,
+                                     int64_t);
+template void pack_transposed<double>(const double*, int64_t, int64_t, int64_t, double*, int64_t,
+                                      int64_t);
 
 const char* step_kernel_isa() {
   switch (isa()) {

@@ -69,6 +69,8 @@ const char* step_kernel_isa();
                int64_t, float*, int64_t, const float*, Epilogue);                            \
   void step_cm(int64_t, int64_t, int64_t, const double*, int64_t, const double*, int64_t,    \
                int64_t, double*, int64_t, const double*, Epilogue);                          \
+  void pack_t(const float*, int64_t, int64_t, int64_t, float*, int64_t, int64_t);             \
+  void pack_t(const double*, int64_t, int64_t, int64_t, double*, int64_t, int64_t);           \
   }
 RNNEXT_DECLARE_ISA(base)
 RNNEXT_DECLARE_ISA(avx2)
@@ -82,11 +84,24 @@ RNNEXT_DECLARE_ISA(avx512)
             int64_t ldp, int64_t kp, V::T* c, int64_t ldc, const V::T* aux, Epilogue ep) {       \
     step_impl<V, ACM>(rows, n, k, a, lda, p, ldp, kp, c, ldc, aux, ep);                          \
   }
+#define RNNEXT_DEFINE_PACK_T(V)                                                             \
+  void pack_t(const V::T* w, int64_t ldw, int64_t n, int64_t k, V::T* p, int64_t col_begin,   \
+              int64_t col_end) {                                                              \
+    pack_t_impl<V>(w, ldw, n, k, p, col_begin, col_end);                                      \
+  }
 #define RNNEXT_DEFINE_ISA(F32, F64)         \
   RNNEXT_DEFINE_ISA_ONE(step, F32, false)    \
   RNNEXT_DEFINE_ISA_ONE(step, F64, false)    \
   RNNEXT_DEFINE_ISA_ONE(step_cm, F32, true)  \
-  RNNEXT_DEFINE_ISA_ONE(step_cm, F64, true)
+  RNNEXT_DEFINE_ISA_ONE(step_cm, F64, true)  \
+  RNNEXT_DEFINE_PACK_T(F32)                  \
+  RNNEXT_DEFINE_PACK_T(F64)
+
+// The transposing case of pack_weight, in the chosen instruction set (a tile transposed in
+// registers at a time).
+template <typename T>
+void pack_transposed(const T* w, int64_t ldw, int64_t n, int64_t k, T* p, int64_t col_begin,
+                     int64_t col_end);
 
 // Packs W for the kernel into p (packed_size<T>(n, k) entries): P[q, j] = W[j, q] (transpose; W is
 // [n, k]) or W[q, j] (W is [k, n]) for j < n, zero for the padding columns of the last panel.
@@ -95,25 +110,13 @@ RNNEXT_DECLARE_ISA(avx512)
 template <typename T>
 void pack_weight(const T* w, int64_t ldw, int64_t n, int64_t k, bool transpose, T* p,
                  int64_t col_begin = 0, int64_t col_end = INT64_MAX) {
+  if (transpose) return pack_transposed<T>(w, ldw, n, k, p, col_begin, col_end);
   const int64_t PC = packed_width<T>(n);
   for (int64_t j0 = col_begin; j0 < n && j0 < col_end; j0 += PC) {
     const int64_t cols = n - j0 < PC ? n - j0 : PC;
     T* panel = p + (j0 / PC) * k * PC;
-    if (transpose) {  // 16-entry runs of q: 16 source rows' runs and 16 panel rows stay in L1
-      constexpr int64_t kTile = 16;
-      for (int64_t q0 = 0; q0 < k; q0 += kTile) {
-        const int64_t q1 = q0 + kTile < k ? q0 + kTile : k;
-        for (int64_t j = 0; j < cols; ++j) {
-          const T* src = w + (j0 + j) * ldw;
-          for (int64_t q = q0; q < q1; ++q) panel[q * PC + j] = src[q];
-        }
-      }
-    } else {
-      for (int64_t q = 0; q < k; ++q) {
-        for (int64_t j = 0; j < cols; ++j) panel[q * PC + j] = w[q * ldw + j0 + j];
-      }
-    }
     for (int64_t q = 0; q < k; ++q) {
+      for (int64_t j = 0; j < cols; ++j) panel[q * PC + j] = w[q * ldw + j0 + j];
       for (int64_t j = cols; j < PC; ++j) panel[q * PC + j] = T(0);
     }
   }
