@@ -182,23 +182,26 @@ void over_rows(const Geometry& g, const cpu::Plan& plan, const W& worker) {
   });
 }
 
-// Runs fn(part) on each thread's share of the recurrence: rows (over_rows), or, for a column
-// split, every row and whole panels of the hidden columns, one share per thread of an OpenMP team
-// that synchronises after each step (SpinBarrier). Not at::parallel_for: it may run two indices
-// on one thread, one after the other, and a barrier between them would never open. The team is
-// as large as torch.set_num_threads allows (one thread inside another parallel region).
+// Runs run(part, ring) on each thread's share of the recurrence: rows (over_rows), or, for a
+// column split, every row and whole panels of the hidden columns, one share per thread of an OpenMP
+// team that synchronises after each step (SpinBarrier). Not at::parallel_for: it may run two
+// indices on one thread, one after the other, and a barrier between them would never open. The
+// team is as large as torch.set_num_threads allows (one thread inside another parallel region).
 //
-// Before its first step each thread calls prepare(mine) on its copy of rec, which packs the
-// weights that thread reads and points `mine` at them: rows, all of them into memory of the
-// thread's own (returned, kept until its last slice); columns, its panels (the ones it reads)
-// into a buffer the caller shares. Weights packed by one core and read by another at every step
-// cost cross-core traffic where the cores share no cache (NOTES.md section 31).
-template <typename T, typename Prepare, typename F>
+// Before its first step each thread calls pack(mine, p) on its copy of rec, which packs the
+// weights that thread reads into p (`entries` of T) and points `mine` at them: rows, all of them,
+// into memory of the thread's own; columns, its panels, into a buffer the team shares. A row slice
+// also gets a ring (2 x its rows x H, for Recurrence::forward / backward); a column share nullptr.
+// Weights packed by one core and read by another at every step, and rows of the output that
+// neighbouring threads pass over several times a step, cost cross-core traffic where the cores
+// share no cache (NOTES.md section 31).
+template <typename T, typename Pack, typename Run>
 void split_work(const Geometry& g, const cpu::Plan& plan, const cpu::Recurrence<T>& rec,
-                const Prepare& prepare, const F& fn) {
+                int64_t entries, const Pack& pack, const Run& run) {
   if (plan.split == cpu::Split::kColumns) {
 #ifdef _OPENMP
     std::optional<cpu::SpinBarrier> barrier;
+    std::vector<T> shared(static_cast<size_t>(entries));
     const int64_t panels = (g.H + cpu::panel_cols<T>() - 1) / cpu::panel_cols<T>();
 #pragma omp parallel num_threads(static_cast<int>(at::get_num_threads()))
     {
@@ -209,8 +212,8 @@ void split_work(const Geometry& g, const cpu::Plan& plan, const cpu::Recurrence<
       part.col_begin = tid * panels / team * cpu::panel_cols<T>();
       part.col_end = (tid + 1) * panels / team * cpu::panel_cols<T>();
       part.barrier = &*barrier;
-      const auto keep = prepare(part);
-      fn(part);
+      pack(part, shared.data());
+      run(part, static_cast<T*>(nullptr));
     }
     return;
 #endif
@@ -219,12 +222,14 @@ void split_work(const Geometry& g, const cpu::Plan& plan, const cpu::Recurrence<
     int64_t r0 = 0, r1 = 0;
     if (!take(r0, r1)) return;
     auto mine = rec;
-    const auto keep = prepare(mine);
+    std::vector<T> own(static_cast<size_t>(entries));
+    pack(mine, own.data());
     do {
       auto part = mine;
       part.row_begin = r0;
       part.row_end = r1;
-      fn(part);
+      std::vector<T> ring(static_cast<size_t>(2 * (r1 - r0) * g.H));
+      run(part, ring.data());
     } while (take(r0, r1));
   });
 }
@@ -299,21 +304,10 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
         r.bias = r.w_ih_packed + cpu::packed_size<T>(g.H, g.I);
       }
     };
-    Tensor shared = plan.split == cpu::Split::kColumns ? empty({w_entries}, dtype) : Tensor();
     T* o = out.data_ptr<T>();
     T* hn = h_n.data_ptr<T>();
-    split_work(
-        g, plan, rec,
-        [&](cpu::Recurrence<T>& mine) {
-          std::vector<T> own(shared.defined() ? 0 : static_cast<size_t>(w_entries));
-          pack(mine, shared.defined() ? shared.data_ptr<T>() : own.data());
-          return own;
-        },
-        [&](const cpu::Recurrence<T>& part) {
-          if (part.barrier != nullptr) return part.forward(o, hn);
-          std::vector<T> ring(static_cast<size_t>(2 * (part.row_end - part.row_begin) * g.H));
-          part.forward(o, hn, ring.data());
-        });
+    split_work(g, plan, rec, w_entries, pack,
+               [&](const cpu::Recurrence<T>& part, T* ring) { part.forward(o, hn, ring); });
   });
   return {out, h_n};
 }
@@ -380,26 +374,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
           r.w_ih_plain = p + w_hh_entries;
         }
       };
-      Tensor shared = plan.split == cpu::Split::kColumns ? empty({w_entries}, dtype) : Tensor();
       const T* gop = go.data_ptr<T>();
       const T* ghnp = grad_h_n.has_value() ? ghn.data_ptr<T>() : nullptr;
       const T* op = out.data_ptr<T>();
       T* dp = dpre.data_ptr<T>();
       T* ghx = want_hx ? grad_hx.data_ptr<T>() : nullptr;
-      split_work(
-          g, plan, rec,
-          [&](cpu::Recurrence<T>& mine) {
-            std::vector<T> own(shared.defined() ? 0 : static_cast<size_t>(w_entries));
-            pack(mine, shared.defined() ? shared.data_ptr<T>() : own.data());
-            return own;
-          },
-          [&](const cpu::Recurrence<T>& part) {
-            if (part.barrier != nullptr) {
-              return part.backward(gop, ghnp, op, dp, ghx);
-            }
-            std::vector<T> ring(static_cast<size_t>(2 * (part.row_end - part.row_begin) * g.H));
-            part.backward(gop, ghnp, op, dp, ghx, ring.data());
-          });
+      split_work(g, plan, rec, w_entries, pack, [&](const cpu::Recurrence<T>& part, T* ring) {
+        part.backward(gop, ghnp, op, dp, ghx, ring);
+      });
     });
   } else if (want_hx && grad_h_n.has_value()) {
     grad_hx.copy_(*grad_h_n);  // no step ran: h_n is hx itself
