@@ -11,8 +11,12 @@
 //
 // rnnext::rnn_cell, one step (RNNCell): rnn_forward over a one-step sequence, batched or not.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
+#include "cpu/plan.h"
 #include "op_handles.h"
 
 #include <c10/util/SmallVector.h>
@@ -24,6 +28,34 @@ namespace {
 
 using at::Tensor;
 using std::optional;
+
+// Whether a bidirectional layer may run its two directions at once, one thread each
+// (cpu::concurrent_directions says when it pays): only on a call that records no autograd graph
+// and runs under no mode or transform -- every tensor a plain dense CPU tensor, and nothing beyond
+// the defaults (BackendSelect, ADInplaceOrView) in the thread-local include set (not Python
+// dispatch, functionalization, functorch or tracing) -- so that each direction is the plain CPU
+// kernel, safe to run off the calling thread.
+bool plain_cpu_call(const Tensor& x, const optional<Tensor>& hx, at::TensorList weights) {
+  if (at::in_parallel_region()) return false;
+  static const c10::DispatchKeySet defaults{c10::DispatchKey::BackendSelect,
+                                           c10::DispatchKey::ADInplaceOrView};
+  if ((c10::impl::tls_local_dispatch_key_set().included_ | defaults) != defaults) return false;
+  // A dense CPU tensor, inference tensors included; no Python, functorch, conjugate, ... key.
+  static const c10::DispatchKeySet allowed{c10::DispatchKey::CPU, c10::DispatchKey::ADInplaceOrView,
+                                          c10::DispatchKey::AutogradCPU,
+                                          c10::DispatchKey::AutocastCPU};
+  const bool grad = at::GradMode::is_enabled();
+  const auto ok = [&](const Tensor& t) {
+    const c10::DispatchKeySet keys = t.key_set();
+    return keys.has(c10::DispatchKey::CPU) && (keys | allowed) == allowed &&  // a subset
+           t.layout() == at::kStrided && !(grad && t.requires_grad());
+  };
+  if (!ok(x) || (hx.has_value() && !ok(*hx))) return false;
+  for (const Tensor& w : weights) {
+    if (!ok(w)) return false;
+  }
+  return true;
+}
 
 std::tuple<Tensor, Tensor> rnn_stack(const Tensor& input, const optional<Tensor>& batch_sizes,
                                      const optional<Tensor>& hx, at::TensorList weights,
@@ -66,19 +98,35 @@ std::tuple<Tensor, Tensor> rnn_stack(const Tensor& input, const optional<Tensor>
     }
   }
   const auto& layer_op = forward_op();
+  const bool plain = dirs == 2 && plain_cpu_call(x, hx, weights);
   c10::SmallVector<Tensor, 8> finals;
   for (int64_t layer = 0; layer < num_layers; ++layer) {
-    Tensor outs[2];
-    for (int64_t d = 0; d < dirs; ++d) {
+    Tensor outs[2], h_ns[2];
+    const auto direction = [&](int64_t d) {
       const int64_t k = layer * dirs + d;
       const Tensor* w = weights.data() + k * per;
-      auto [out, h_n] = layer_op.call(
+      std::tie(outs[d], h_ns[d]) = layer_op.call(
           x, batch_sizes, hx ? optional<Tensor>(h0s[k]) : std::nullopt, w[0], w[1],
           has_biases ? optional<Tensor>(w[2]) : std::nullopt,
           has_biases ? optional<Tensor>(w[3]) : std::nullopt, relu, d == 1);
-      outs[d] = std::move(out);
-      finals.push_back(std::move(h_n));
+    };
+    bool concurrent = false;
+    if (plain) {  // multiply-adds of one direction: rows x H x (I + H)
+      const int64_t rows = x.dim() == 3 ? x.size(0) * x.size(1) : x.size(0);
+      const int64_t hidden = weights[layer * dirs * per + 1].size(0);
+      concurrent = cpu::concurrent_directions(at::get_num_threads(),
+                                              rows * hidden * (x.size(-1) + hidden));
     }
+    if (concurrent) {
+      const at::ThreadLocalState state;  // grad mode, dispatch state, ... for the other thread
+      at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
+        const at::ThreadLocalStateGuard guard(state);
+        for (int64_t d = begin; d < end; ++d) direction(d);
+      });
+    } else {
+      for (int64_t d = 0; d < dirs; ++d) direction(d);
+    }
+    for (int64_t d = 0; d < dirs; ++d) finals.push_back(std::move(h_ns[d]));
     x = dirs == 1 ? outs[0] : at::cat({outs[0], outs[1]}, -1);
     if (dropout != 0 && train && layer < num_layers - 1) x = at::dropout(x, dropout, true);
   }

@@ -492,3 +492,32 @@ def test_cpu_plan_names_a_path_and_a_reason(monkeypatch):
                 assert name in CPU_PATHS and reason
     with pytest.raises(TypeError):
         rnnext._C._cpu_plan(3, 2, 4, 5, "float32", False, False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
+def test_bidirectional_directions_at_once(dtype, packed, context):
+    # On 2 threads, a call that records no graph runs a bidirectional layer's two directions at
+    # once, one thread each (csrc/stack.cpp; cpu::concurrent_directions): this shape is above the
+    # size rule in both layers. The answer must not depend on it.
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ref, new = _pair(24, 96, 2, "tanh", True, True, dtype, seed=7)
+        torch.manual_seed(1)
+        x = torch.randn(40, 16, 24, dtype=dtype)
+        h0 = torch.randn(4, 16, 96, dtype=dtype)
+        lengths = torch.randint(1, 41, (16,))
+        lengths[5] = 40
+        mode = torch.no_grad() if context == "no_grad" else torch.inference_mode()
+        with mode:
+            inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+            y0, h0r = ref(inp, h0)
+            y1, h1r = new(inp, h0)
+            if packed:
+                y0, y1 = y0.data, y1.data
+        torch.testing.assert_close(y1, y0, **TOL[dtype])
+        torch.testing.assert_close(h1r, h0r, **TOL[dtype])
+    finally:
+        torch.set_num_threads(prev)

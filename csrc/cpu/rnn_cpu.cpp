@@ -115,7 +115,7 @@ cpu::Plan plan_for(const Geometry& g, bool backward, bool want_input, at::Scalar
   s.backward = backward;
   s.want_input = want_input;
   s.elem_size = static_cast<int>(c10::elementSize(dtype));
-  s.threads = at::get_num_threads();
+  s.threads = at::in_parallel_region() ? 1 : at::get_num_threads();  // (nested: one thread)
   return cpu::make_plan(s, vector_kernel());
 }
 
