@@ -55,7 +55,7 @@ void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
   const int64_t tasks = panels * parts;
   const int64_t grain = m * n * k < kSerialWork ? tasks : 1;
   at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
-    std::vector<T> buf(static_cast<size_t>(kChunkRows * pc));
+    AlignedBuffer<T> buf(kChunkRows * pc);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t panel = t / parts, part = t % parts;
       const int64_t j0 = panel * pc, cols = std::min(pc, n - j0);

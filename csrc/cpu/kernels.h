@@ -12,7 +12,10 @@
 // the epilogue (P unused). Row-major A and C, row strides given.
 #pragma once
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
+#include <new>
 
 namespace rnnext {
 namespace cpu {
@@ -35,6 +38,26 @@ constexpr int64_t packed_size(int64_t n, int64_t k) {
   const int64_t pw = packed_width<T>(n);
   return pw == 0 ? 0 : (n + pw - 1) / pw * pw * k;
 }
+
+// A zero-filled array on a 64-byte boundary, for packed weights and scratch rows the kernels
+// load whole vectors from: malloc aligns to 16 bytes (large blocks sit 16 bytes past a page), and
+// a 64-byte load that straddles two cache lines costs two (NOTES.md section 38).
+template <typename T>
+class AlignedBuffer {
+ public:
+  explicit AlignedBuffer(int64_t n)
+      : data_(static_cast<T*>(::operator new(static_cast<size_t>(n) * sizeof(T), kAlign))) {
+    std::fill(data_, data_ + n, T(0));
+  }
+  ~AlignedBuffer() { ::operator delete(data_, kAlign); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  T* data() const { return data_; }
+
+ private:
+  static constexpr std::align_val_t kAlign{64};
+  T* data_;
+};
 
 enum class Epilogue : int {
   kNone = 0,     // C = C + A P

@@ -201,7 +201,7 @@ void split_work(const Geometry& g, const cpu::Plan& plan, const cpu::Recurrence<
   if (plan.split == cpu::Split::kColumns) {
 #ifdef _OPENMP
     std::optional<cpu::SpinBarrier> barrier;
-    std::vector<T> shared(static_cast<size_t>(entries));
+    cpu::AlignedBuffer<T> shared(entries);
     const int64_t panels = (g.H + cpu::panel_cols<T>() - 1) / cpu::panel_cols<T>();
 #pragma omp parallel num_threads(static_cast<int>(at::get_num_threads()))
     {
@@ -222,13 +222,13 @@ void split_work(const Geometry& g, const cpu::Plan& plan, const cpu::Recurrence<
     int64_t r0 = 0, r1 = 0;
     if (!take(r0, r1)) return;
     auto mine = rec;
-    std::vector<T> own(static_cast<size_t>(entries));
+    cpu::AlignedBuffer<T> own(entries);
     pack(mine, own.data());
     do {
       auto part = mine;
       part.row_begin = r0;
       part.row_end = r1;
-      std::vector<T> ring(static_cast<size_t>(2 * (r1 - r0) * g.H));
+      cpu::AlignedBuffer<T> ring(2 * (r1 - r0) * g.H);
       run(part, ring.data());
     } while (take(r0, r1));
   });
