@@ -224,9 +224,12 @@ static inline __attribute__((always_inline)) typename V::reg tanh_f32(typename V
 }
 
 // tanh for float64 lanes (Cephes tanh): x + x^3 P(x^2) / Q(x^2) below |x| = 0.625, else
-// sign(x) (1 - 2 / (exp(2|x|) + 1)) with Cephes' exp (a Pade form on the reduced argument);
-// |x| is capped at 20 (tanh rounds to 1 from ~19.1 on, so +-inf gives exactly +-1). About 2e-16
-// relative error; NaN propagates.
+// sign(x) (e^y - 1) / (e^y + 1), y = 2 |x|, with Cephes' exp (a Pade form on the reduced
+// argument, e^f = (q + p) / (q - p)); |x| is capped at 20 (tanh rounds to 1 from ~19.1 on, so
+// +-inf gives exactly +-1). One division for both branches (the lanes' numerators and
+// denominators selected first): float64 divisions are slow (~16 cycles of the divider a vector on
+// Intel cores) and Cephes' form took three (benchmarks/NOTES.md section 40). About 2e-16 relative
+// error; NaN propagates.
 template <class V>
 static inline __attribute__((always_inline)) typename V::reg tanh_f64(typename V::reg x) {
   using reg = typename V::reg;
@@ -238,7 +241,6 @@ static inline __attribute__((always_inline)) typename V::reg tanh_f64(typename V
   reg q = V::add(z, V::set1(1.12811678491632931402e2));
   q = V::fma(q, z, V::set1(2.23548839060100448583e3));
   q = V::fma(q, z, V::set1(4.84406305325125486048e3));
-  const reg s = V::fma(V::mul(V::div(p, q), z), x, x);
   // exp(y), y = 2 min(|x|, 20) in [0, 40]: y = n ln2 + f, |f| <= ln2 / 2, n <= 58.
   const reg capped = V::min_keep_nan(V::set1(20.0), ax);
   const reg y = V::add(capped, capped);
@@ -254,10 +256,14 @@ static inline __attribute__((always_inline)) typename V::reg tanh_f64(typename V
   eq = V::fma(eq, ff, V::set1(2.52448340349684104192e-3));
   eq = V::fma(eq, ff, V::set1(2.27265548208155028766e-1));
   eq = V::fma(eq, ff, V::set1(2.00000000000000000009e0));
-  reg e = V::div(ep, V::sub(eq, ep));
-  e = V::fma(e, V::set1(2.0), V::set1(1.0));
-  e = V::scale_pow2(e, n);
-  reg l = V::sub(V::set1(1.0), V::div(V::set1(2.0), V::add(e, V::set1(1.0))));
-  l = V::copysign(l, x);
+  // e^y = a / b with a = (eq + ep) 2^n, b = eq - ep: tanh(|x|) = 1 - 2 b / (a + b), the
+  // correction (at most 0.45) carrying the division's rounding, as 1 - 2 / (e^y + 1) does.
+  const reg a = V::scale_pow2(V::add(eq, ep), n);
+  const reg b = V::sub(eq, ep);
+  const reg small = V::set1(0.625);
+  const reg r = V::div(V::select_lt(ax, small, p, V::add(b, b)),
+                       V::select_lt(ax, small, q, V::add(a, b)));
+  const reg s = V::fma(V::mul(r, z), x, x);
+  const reg l = V::copysign(V::sub(V::set1(1.0), r), x);
   return V::select_lt(ax, V::set1(0.625), s, l);
 }
