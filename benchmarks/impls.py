@@ -399,7 +399,9 @@ def path_of(impl: str, case: Case, dtype: torch.dtype, device: torch.device, mod
     ``rnnext._C._cpu_plan``, at the run's thread count) for the first layer's shape. CUDA: the
     planner's choice for the case's batch and hidden size (every layer and direction of a case has
     the same). Both: forward, and in training ``fwd/bwd`` where the backward's differs;
-    ``rnnext.RNN fallback`` under its forced setting; ``RNNCell loop`` rows plan one step."""
+    ``rnnext.RNN fallback`` under its forced setting; ``RNNCell loop`` rows plan one step. CPU
+    inference of a bidirectional case whose first layer runs its two directions at once, one
+    thread each (``rnnext._C._cpu_directions_at_once``), ends in `` 2dir``."""
     if not impl.startswith("rnnext."):
         return None
     if device.type == "cpu":
@@ -407,7 +409,13 @@ def path_of(impl: str, case: Case, dtype: torch.dtype, device: torch.device, mod
         shape = (dtype, T, case.B, case.I, case.H, case.packed)
         fwd = cpu_planned_path(*shape, False)
         bwd = cpu_planned_path(*shape, True) if mode == "training" else fwd
-        return f"{cpu_isa()} {fwd if bwd == fwd else f'{fwd}/{bwd}'}"
+        path = f"{cpu_isa()} {fwd if bwd == fwd else f'{fwd}/{bwd}'}"
+        # A bidirectional layer without a recorded graph may run its directions at once (stack.cpp).
+        work = T * case.B * case.H * (case.I + case.H)
+        if (case.bidirectional and mode == "inference" and impl not in CELL_IMPLS
+                and rnnext._C._cpu_directions_at_once(work)):
+            path += " 2dir"
+        return path
     # Packed: the first batch size, which is B (every sequence has at least one step).
     with cuda_path("fallback" if impl == FALLBACK_IMPL else os.environ.get(CUDA_PATH_ENV)):
         fwd = cuda_planned_path(dtype, case.B, case.H, False, device)

@@ -521,3 +521,17 @@ def test_bidirectional_directions_at_once(dtype, packed, context):
         torch.testing.assert_close(h1r, h0r, **TOL[dtype])
     finally:
         torch.set_num_threads(prev)
+
+
+def test_directions_at_once_rule():
+    # The rule the stack follows, as the benchmark reports it: only on exactly two threads, and only
+    # for a direction of at least the row split's threshold (2^19 multiply-adds).
+    prev = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert rnnext._C._cpu_directions_at_once(40 * 16 * 96 * (24 + 96))
+        assert not rnnext._C._cpu_directions_at_once(10 * 3 * 20 * (100 + 20))  # tutorial stack
+        torch.set_num_threads(1)
+        assert not rnnext._C._cpu_directions_at_once(40 * 16 * 96 * (24 + 96))
+    finally:
+        torch.set_num_threads(prev)

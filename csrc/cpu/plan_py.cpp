@@ -1,5 +1,6 @@
 // rnnext._C._cpu_plan: the CPU planner's choice for one call, reported to Python (the benchmark
-// prints it per row; the tests check that RNNEXT_CPU_PATH is obeyed).
+// prints it per row; the tests check that RNNEXT_CPU_PATH is obeyed); _cpu_directions_at_once: the
+// stack's rule for a bidirectional layer.
 #include <Python.h>
 
 #include <ATen/Parallel.h>
@@ -89,11 +90,24 @@ PyObject* cpu_gemm_tn(PyObject*, PyObject* args) {
   END_HANDLE_TH_ERRORS
 }
 
+// _cpu_directions_at_once(work) -> bool: cpu::concurrent_directions at the current thread count.
+PyObject* cpu_directions_at_once(PyObject*, PyObject* args) {
+  HANDLE_TH_ERRORS
+  long long work = 0;
+  if (!PyArg_ParseTuple(args, "L", &work)) return nullptr;
+  return PyBool_FromLong(concurrent_directions(at::get_num_threads(), work) ? 1 : 0);
+  END_HANDLE_TH_ERRORS
+}
+
 PyMethodDef methods[] = {
     {"_cpu_plan", cpu_plan, METH_VARARGS,
      "_cpu_plan(T, B, I, H, dtype, packed, backward) -> 'path: reason': the CPU path that "
      "rnn_forward (backward=False) or rnn_backward (backward=True) takes for that shape at the "
      "current torch.get_num_threads() (RNNEXT_CPU_PATH included; N = T * B rows)."},
+    {"_cpu_directions_at_once", cpu_directions_at_once, METH_VARARGS,
+     "_cpu_directions_at_once(work) -> bool: whether a bidirectional layer whose directions have "
+     "`work` multiply-adds each (rows x H x (I + H)) runs them at once, one thread each, at the "
+     "current torch.get_num_threads(), on a call that records no graph (csrc/stack.cpp)."},
     {"_cpu_gemm_tn", cpu_gemm_tn, METH_VARARGS,
      "_cpu_gemm_tn(a, b, c, accumulate, own) -> None: c = a^T b (+ c when accumulate) in place, "
      "through the micro-kernel (own) or the BLAS: the CPU weight gradients' GEMM."},
