@@ -411,9 +411,8 @@ def path_of(impl: str, case: Case, dtype: torch.dtype, device: torch.device, mod
         bwd = cpu_planned_path(*shape, True) if mode == "training" else fwd
         path = f"{cpu_isa()} {fwd if bwd == fwd else f'{fwd}/{bwd}'}"
         # A bidirectional layer without a recorded graph may run its directions at once (stack.cpp).
-        work = T * case.B * case.H * (case.I + case.H)
         if (case.bidirectional and mode == "inference" and impl not in CELL_IMPLS
-                and rnnext._C._cpu_directions_at_once(work)):
+                and rnnext._C._cpu_directions_at_once(T * case.B, case.I, case.H)):
             path += " 2dir"
         return path
     # Packed: the first batch size, which is B (every sequence has at least one step).

@@ -110,13 +110,10 @@ std::tuple<Tensor, Tensor> rnn_stack(const Tensor& input, const optional<Tensor>
           has_biases ? optional<Tensor>(w[2]) : std::nullopt,
           has_biases ? optional<Tensor>(w[3]) : std::nullopt, relu, d == 1);
     };
-    bool concurrent = false;
-    if (plain) {  // multiply-adds of one direction: rows x H x (I + H)
-      const int64_t rows = x.dim() == 3 ? x.size(0) * x.size(1) : x.size(0);
-      const int64_t hidden = weights[layer * dirs * per + 1].size(0);
-      concurrent = cpu::concurrent_directions(at::get_num_threads(),
-                                              rows * hidden * (x.size(-1) + hidden));
-    }
+    const bool concurrent =
+        plain && cpu::concurrent_directions(at::get_num_threads(),
+                                            x.dim() == 3 ? x.size(0) * x.size(1) : x.size(0),
+                                            x.size(-1), weights[layer * dirs * per + 1].size(0));
     if (concurrent) {
       const at::ThreadLocalState state;  // grad mode, dispatch state, ... for the other thread
       at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {

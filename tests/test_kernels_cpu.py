@@ -529,9 +529,9 @@ def test_directions_at_once_rule():
     prev = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        assert rnnext._C._cpu_directions_at_once(40 * 16 * 96 * (24 + 96))
-        assert not rnnext._C._cpu_directions_at_once(10 * 3 * 20 * (100 + 20))  # tutorial stack
+        assert rnnext._C._cpu_directions_at_once(40 * 16, 24, 96)
+        assert not rnnext._C._cpu_directions_at_once(10 * 3, 100, 20)  # the tutorial stack
         torch.set_num_threads(1)
-        assert not rnnext._C._cpu_directions_at_once(40 * 16 * 96 * (24 + 96))
+        assert not rnnext._C._cpu_directions_at_once(40 * 16, 24, 96)
     finally:
         torch.set_num_threads(prev)

@@ -265,5 +265,5 @@ static inline __attribute__((always_inline)) typename V::reg tanh_f64(typename V
                        V::select_lt(ax, small, q, V::add(a, b)));
   const reg s = V::fma(V::mul(r, z), x, x);
   const reg l = V::copysign(V::sub(V::set1(1.0), r), x);
-  return V::select_lt(ax, V::set1(0.625), s, l);
+  return V::select_lt(ax, small, s, l);
 }

@@ -136,8 +136,8 @@ const char* path_name(Path p) { return kNames[static_cast<int>(p)]; }
 // other (NOTES.md section 37): T=100 B=32 I=128 H=256 2 layers 20.6 -> 16.0 ms, T=50 B=8 I=H=256
 // 2.62 -> 2.32 ms; T=10 B=3 I=100 H=20 (tutorial-2l-bidir, under the threshold) 24 -> 31 us.
 // With more threads the directions would each get half the team: not measured (2-core machines).
-bool concurrent_directions(int64_t threads, int64_t work) {
-  return threads == 2 && work >= kMinParallelWork;
+bool concurrent_directions(int64_t threads, int64_t rows, int64_t I, int64_t H) {
+  return threads == 2 && rows * H * (I + H) >= kMinParallelWork;  // one direction's multiply-adds
 }
 
 Plan make_plan(const Shape& s, bool vector_kernel) {

@@ -76,10 +76,11 @@ struct Plan {
 // automatic choice. vector_kernel: the CPU has a vector micro-kernel (AVX2 or AVX-512).
 Plan make_plan(const Shape& s, bool vector_kernel);
 
-// Whether a bidirectional layer (on a call that may run off the calling thread: stack.cpp) runs its
-// two directions at once, one thread each, each direction single-threaded; else one after the
-// other, each on every thread. work: one direction's multiply-adds, rows x H x (I + H).
-bool concurrent_directions(int64_t threads, int64_t work);
+// Whether a bidirectional layer (on a call that may run off the calling thread: stack.cpp) of `rows`
+// rows in all (T x B, or the packed rows), I inputs and H hidden features runs its two directions
+// at once, one thread each, each direction single-threaded; else one after the other, each on
+// every thread.
+bool concurrent_directions(int64_t threads, int64_t rows, int64_t I, int64_t H);
 
 }  // namespace cpu
 }  // namespace rnnext

@@ -90,12 +90,13 @@ PyObject* cpu_gemm_tn(PyObject*, PyObject* args) {
   END_HANDLE_TH_ERRORS
 }
 
-// _cpu_directions_at_once(work) -> bool: cpu::concurrent_directions at the current thread count.
+// _cpu_directions_at_once(rows, I, H) -> bool: cpu::concurrent_directions at the current thread
+// count.
 PyObject* cpu_directions_at_once(PyObject*, PyObject* args) {
   HANDLE_TH_ERRORS
-  long long work = 0;
-  if (!PyArg_ParseTuple(args, "L", &work)) return nullptr;
-  return PyBool_FromLong(concurrent_directions(at::get_num_threads(), work) ? 1 : 0);
+  long long rows = 0, I = 0, H = 0;
+  if (!PyArg_ParseTuple(args, "LLL", &rows, &I, &H)) return nullptr;
+  return PyBool_FromLong(concurrent_directions(at::get_num_threads(), rows, I, H) ? 1 : 0);
   END_HANDLE_TH_ERRORS
 }
 
@@ -105,9 +106,10 @@ PyMethodDef methods[] = {
      "rnn_forward (backward=False) or rnn_backward (backward=True) takes for that shape at the "
      "current torch.get_num_threads() (RNNEXT_CPU_PATH included; N = T * B rows)."},
     {"_cpu_directions_at_once", cpu_directions_at_once, METH_VARARGS,
-     "_cpu_directions_at_once(work) -> bool: whether a bidirectional layer whose directions have "
-     "`work` multiply-adds each (rows x H x (I + H)) runs them at once, one thread each, at the "
-     "current torch.get_num_threads(), on a call that records no graph (csrc/stack.cpp)."},
+     "_cpu_directions_at_once(rows, I, H) -> bool: whether a bidirectional layer of `rows` rows "
+     "(T * B, or the packed rows), I inputs and H hidden features runs its two directions at once, "
+     "one thread each, at the current torch.get_num_threads(), on a call that records no graph "
+     "(csrc/stack.cpp)."},
     {"_cpu_gemm_tn", cpu_gemm_tn, METH_VARARGS,
      "_cpu_gemm_tn(a, b, c, accumulate, own) -> None: c = a^T b (+ c when accumulate) in place, "
      "through the micro-kernel (own) or the BLAS: the CPU weight gradients' GEMM."},
