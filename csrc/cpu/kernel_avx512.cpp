@@ -1,4 +1,5 @@
-// The micro-kernel for AVX-512 (F + DQ): 16 float / 8 double lanes, 4 x 4 register blocks.
+// The micro-kernel for AVX-512 (F + DQ): 16 float / 8 double lanes, register blocks of up
+// to 6 rows x 4 vectors (24 accumulators of the 32 registers).
 // Compiled for that target by pragma; called only when the CPU reports AVX-512 (kernels.cpp).
 #include <immintrin.h>
 
@@ -29,7 +30,7 @@ inline __mmask8 mask8(int m) { return static_cast<__mmask8>((1u << m) - 1u); }
 struct F32 {
   using T = float;
   using reg = __m512;
-  static constexpr int W = 16, MR = 4, NR = 4;
+  static constexpr int W = 16, MR = 6, NR = 4;
   static reg zero() { return _mm512_setzero_ps(); }
   static reg set1(float x) { return _mm512_set1_ps(x); }
   static reg load(const float* p) { return _mm512_loadu_ps(p); }
@@ -91,7 +92,7 @@ struct F32 {
 struct F64 {
   using T = double;
   using reg = __m512d;
-  static constexpr int W = 8, MR = 4, NR = 4;
+  static constexpr int W = 8, MR = 6, NR = 4;
   static reg zero() { return _mm512_setzero_pd(); }
   static reg set1(double x) { return _mm512_set1_pd(x); }
   static reg load(const double* p) { return _mm512_loadu_pd(p); }

@@ -75,41 +75,31 @@ static inline __attribute__((always_inline)) void block(int64_t k, const typenam
   }
 }
 
-// Rows in blocks of MR (the remainder with fewer), columns in blocks of NR vectors.
+// One block of m rows (1 <= m <= V::MR), m chosen at run time.
+template <class V, int NR, bool ACM, int M = V::MR>
+static inline __attribute__((always_inline)) void block_m(int m, int64_t k, const typename V::T* a,
+                                                         int64_t lda, const typename V::T* p,
+                                                         int64_t ldp, typename V::T* c, int64_t ldc,
+                                                         const typename V::T* aux, int last,
+                                                         Epilogue ep) {
+  if (m == M) return block<V, M, NR, ACM>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+  if constexpr (M > 1) block_m<V, NR, ACM, M - 1>(m, k, a, lda, p, ldp, c, ldc, aux, last, ep);
+}
+
+// Rows in blocks of at most MR, as equal as they come (16 rows: 6, 5, 5; 8 rows: 4, 4), columns in
+// blocks of NR vectors: a remainder block of one or two rows reloads P for a few FMAs.
 template <class V, int NR, bool ACM>
 static inline __attribute__((always_inline)) void column_block(
     int64_t rows, int64_t k, const typename V::T* a, int64_t lda, const typename V::T* p,
     int64_t ldp, typename V::T* c, int64_t ldc, const typename V::T* aux, int last, Epilogue ep) {
-  constexpr int MR = V::MR;
-  int64_t r = 0;
-  for (; r + MR <= rows; r += MR) {
-    block<V, MR, NR, ACM>(k, a + a_at<ACM>(r, 0, lda), lda, p, ldp, c + r * ldc, ldc,
-                          aux ? aux + r * ldc : aux, last, ep);
-  }
-  const int64_t rest = rows - r;
-  a += a_at<ACM>(r, 0, lda);
-  c += r * ldc;
-  if (aux) aux += r * ldc;
-  if constexpr (MR > 7) {
-    if (rest == 7) return block<V, 7, NR, ACM>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
-  }
-  if constexpr (MR > 6) {
-    if (rest == 6) return block<V, 6, NR, ACM>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
-  }
-  if constexpr (MR > 5) {
-    if (rest == 5) return block<V, 5, NR, ACM>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
-  }
-  if constexpr (MR > 4) {
-    if (rest == 4) return block<V, 4, NR, ACM>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
-  }
-  if constexpr (MR > 3) {
-    if (rest == 3) return block<V, 3, NR, ACM>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
-  }
-  if constexpr (MR > 2) {
-    if (rest == 2) return block<V, 2, NR, ACM>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
-  }
-  if constexpr (MR > 1) {
-    if (rest == 1) return block<V, 1, NR, ACM>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
+  const int64_t blocks = (rows + V::MR - 1) / V::MR;
+  if (blocks == 0) return;
+  const int64_t base = rows / blocks, extra = rows % blocks;
+  for (int64_t i = 0, r = 0; i < blocks; ++i) {
+    const int m = static_cast<int>(base + (i < extra ? 1 : 0));
+    block_m<V, NR, ACM>(m, k, a + a_at<ACM>(r, 0, lda), lda, p, ldp, c + r * ldc, ldc,
+                        aux ? aux + r * ldc : aux, last, ep);
+    r += m;
   }
 }
 

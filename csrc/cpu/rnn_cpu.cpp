@@ -150,8 +150,8 @@ void weight_gemm(bool own, int64_t m, int64_t n, int64_t k, const T* a, int64_t 
 // Runs worker(take) once per thread over the batch rows, in parallel when the plan says so;
 // take(r0, r1) gives the thread its next slice [r0, r1) of rows, or false when none is left. Rows
 // are independent through the recurrence, so each slice runs the whole time loop on its own. The
-// rows are cut into plan.row_slices slices per thread (whole register blocks of 4 rows) and the
-// threads take slices from a shared counter: a thread that the OS deschedules (the machine may be
+// rows are cut into plan.row_slices equal slices per thread (at least 4 rows; the kernel cuts any
+// count into register blocks of nearly equal rows) and the threads take slices from a shared counter: a thread that the OS deschedules (the machine may be
 // shared) holds up only its current slice, and packed batches, whose first rows are the longest,
 // balance.
 template <typename W>
@@ -167,7 +167,7 @@ void over_rows(const Geometry& g, const cpu::Plan& plan, const W& worker) {
     return;
   }
   const int64_t want = plan.row_slices * threads;
-  const int64_t per = std::max<int64_t>(4, ((g.B + want - 1) / want + 3) / 4 * 4);
+  const int64_t per = std::max<int64_t>(4, (g.B + want - 1) / want);
   const int64_t slices = (g.B + per - 1) / per;
   std::atomic<int64_t> next{0};
   at::parallel_for(0, std::min(threads, slices), 1, [&](int64_t begin, int64_t end) {
