@@ -151,9 +151,9 @@ void weight_gemm(bool own, int64_t m, int64_t n, int64_t k, const T* a, int64_t 
 // take(r0, r1) gives the thread its next slice [r0, r1) of rows, or false when none is left. Rows
 // are independent through the recurrence, so each slice runs the whole time loop on its own. The
 // rows are cut into plan.row_slices equal slices per thread (at least 4 rows; the kernel cuts any
-// count into register blocks of nearly equal rows) and the threads take slices from a shared counter: a thread that the OS deschedules (the machine may be
-// shared) holds up only its current slice, and packed batches, whose first rows are the longest,
-// balance.
+// count into register blocks of nearly equal rows) and the threads take slices from a shared
+// counter: a thread that the OS deschedules (the machine may be shared) holds up only its current
+// slice, and packed batches, whose first rows are the longest, balance.
 template <typename W>
 void over_rows(const Geometry& g, const cpu::Plan& plan, const W& worker) {
   const int64_t threads = at::get_num_threads();
