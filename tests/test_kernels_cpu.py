@@ -64,6 +64,26 @@ def test_hidden_and_batch_sizes(dtype, H, B):
     _check(ref, new, x, h0, dtype)
 
 
+@pytest.mark.parametrize("gemm", ["own", "blas"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("B", [*range(1, 15), 16, 17, 20, 23, 25, 31, 37])
+def test_register_blocks_of_every_row_count(monkeypatch, B, threads, gemm):
+    # The kernel cuts a step's rows (a thread's slice) into register blocks of at most 6 rows (AVX-512;
+    # 4 on AVX2), as equal as they come: every count up to 2 x 6 + 2, and a few beyond, on 1 and 2
+    # threads (slices of B / 2 rows), with the weight gradients in the own GEMM (whose A^T rows are
+    # H = 70, cut the same way) and in the BLAS. T and H large enough for the fused path and a split.
+    monkeypatch.setenv("RNNEXT_CPU_GEMM", gemm)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ref, new = _pair(24, 70, 1, "tanh", True, False, torch.float64, seed=B)
+        x = torch.randn(40, B, 24, dtype=torch.float64)
+        h0 = torch.randn(1, B, 70, dtype=torch.float64)
+        _check(ref, new, x, h0, torch.float64)
+    finally:
+        torch.set_num_threads(prev)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("bias", [True, False])
