@@ -87,7 +87,8 @@ static inline __attribute__((always_inline)) void block_m(int m, int64_t k, cons
 }
 
 // Rows in blocks of at most MR, as equal as they come (16 rows: 6, 5, 5; 8 rows: 4, 4), columns in
-// blocks of NR vectors: a remainder block of one or two rows reloads P for a few FMAs.
+// blocks of NR vectors: no remainder block of one or two rows (unless the step has only those),
+// which would reload P for a few FMAs.
 template <class V, int NR, bool ACM>
 static inline __attribute__((always_inline)) void column_block(
     int64_t rows, int64_t k, const typename V::T* a, int64_t lda, const typename V::T* p,
