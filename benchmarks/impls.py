@@ -45,7 +45,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import rnnext
 
-from .cases import Case, lengths_for
+from .cases import Case, lengths_for, tokens
 
 __all__ = [
     "Impl",
@@ -412,7 +412,7 @@ def path_of(impl: str, case: Case, dtype: torch.dtype, device: torch.device, mod
         path = f"{cpu_isa()} {fwd if bwd == fwd else f'{fwd}/{bwd}'}"
         # A bidirectional layer without a recorded graph may run its directions at once (stack.cpp).
         if (case.bidirectional and mode == "inference" and impl not in CELL_IMPLS
-                and rnnext._C._cpu_directions_at_once(T * case.B, case.I, case.H)):
+                and rnnext._C._cpu_directions_at_once(tokens(case), case.I, case.H)):
             path += " 2dir"
         return path
     # Packed: the first batch size, which is B (every sequence has at least one step).

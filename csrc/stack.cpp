@@ -112,33 +112,34 @@ std::tuple<Tensor, Tensor> rnn_stack(const Tensor& input, const optional<Tensor>
           has_biases ? optional<Tensor>(w[2]) : std::nullopt,
           has_biases ? optional<Tensor>(w[3]) : std::nullopt, relu, d == 1);
     };
+    const int64_t h = weights[layer * dirs * per + 1].size(0);
     const bool concurrent =
         plain && cpu::concurrent_directions(at::get_num_threads(),
                                             x.dim() == 3 ? x.size(0) * x.size(1) : x.size(0),
-                                            x.size(-1), weights[layer * dirs * per + 1].size(0));
-    Tensor joined;
+                                            x.size(-1), h);
+    Tensor y;
     if (concurrent) {
       // Each thread also copies its direction into its half of the layer's output, while that
       // direction's rows are still in its core's cache: the copy and the fresh output's page
       // faults split between the two, where an at::cat after both ran them on one thread
       // (benchmarks/NOTES.md section 46).
-      const int64_t h = weights[layer * dirs * per + 1].size(0);
-      std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+      std::vector<int64_t> shape = x.sizes().vec();
       shape.back() = 2 * h;
-      joined = at::empty(shape, x.options());
+      y = at::empty(shape, x.options());
       const at::ThreadLocalState state;  // grad mode, dispatch state, ... for the other thread
       at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
         const at::ThreadLocalStateGuard guard(state);
         for (int64_t d = begin; d < end; ++d) {
           direction(d);
-          if (joined.defined()) joined.narrow(-1, d * h, h).copy_(outs[d]);
+          y.narrow(-1, d * h, h).copy_(outs[d]);
         }
       });
     } else {
       for (int64_t d = 0; d < dirs; ++d) direction(d);
+      y = dirs == 1 ? outs[0] : at::cat({outs[0], outs[1]}, -1);
     }
     for (int64_t d = 0; d < dirs; ++d) finals.push_back(std::move(h_ns[d]));
-    x = joined.defined() ? joined : dirs == 1 ? outs[0] : at::cat({outs[0], outs[1]}, -1);
+    x = std::move(y);
     if (dropout != 0 && train && layer < num_layers - 1) x = at::dropout(x, dropout, true);
   }
   Tensor h_n =

@@ -58,9 +58,10 @@ constexpr int64_t kColumnsMinWeightBytes = int64_t{1} << 20;
 constexpr int64_t kColumnsMinStepWork = int64_t{1} << 18;
 // Matrix-vector steps: with under this many rows a step and packed W_hh over kFusedMaxWeightBytes,
 // the micro-kernel's register block (1-3 rows) gets few FMAs from each load of W_hh, which every
-// step streams from L2 / L3; MKL's per-step product streams it faster. Forward, B = 1-3, H = 512 and 1024, float32
-// and float64, 1 and 2 threads: BLAS steps 0.62-0.91x the micro-kernel's time (NOTES.md section
-// 28). Measured with MKL on an Intel CPU only (trust_blas): elsewhere the micro-kernel stays.
+// step streams from L2 / L3; MKL's per-step product streams it faster. Forward, B = 1-3, H = 512
+// and 1024, float32 and float64, 1 and 2 threads: BLAS steps 0.62-0.91x the micro-kernel's time
+// (NOTES.md section 28). Measured with MKL on an Intel CPU only (trust_blas): elsewhere the
+// micro-kernel stays.
 constexpr int64_t kGemvMaxRows = 4;
 // The backward's weight and bias gradients from raw pointers below this many multiply-adds.
 constexpr int64_t kSmallTail = int64_t{1} << 18;
