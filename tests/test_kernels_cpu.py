@@ -7,6 +7,10 @@ float64 is compared tightly (the kernels must not lose precision), float32 at fl
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -555,3 +559,26 @@ def test_directions_at_once_rule():
         assert not rnnext._C._cpu_directions_at_once(40 * 16, 24, 96)
     finally:
         torch.set_num_threads(prev)
+
+
+@pytest.mark.parametrize("isa", ["avx2", "base"])
+def test_every_instruction_set(isa):
+    # The kernels are chosen once a process, the widest the CPU runs (RNNEXT_CPU_ISA may only lower
+    # the choice): on an AVX-512 machine the AVX2 and the portable kernels would never run in the
+    # tests, so they run here, in a process of their own each, through this file's equivalence
+    # tests of the register blocks, every path and the weight-gradient GEMM.
+    if isa not in rnnext._C._cpu_isas():
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    if isa == rnnext._C._cpu_isa():
+        pytest.skip(f"{isa} is this CPU's widest: the rest of this file runs it")
+    env = {**os.environ, "RNNEXT_CPU_ISA": isa}
+    chosen = subprocess.run([sys.executable, "-c", "import rnnext; print(rnnext._C._cpu_isa())"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert chosen.stdout.strip() == isa, chosen.stderr
+    selection = ("test_hidden_and_batch_sizes or test_register_blocks_of_every_row_count or "
+                 "test_each_cpu_path_matches_reference or test_weight_gradient_gemm")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          __file__, "-k", selection], env=env, capture_output=True, text=True,
+                         timeout=900, cwd=os.path.dirname(__file__))
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]

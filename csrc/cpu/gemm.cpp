@@ -29,7 +29,15 @@ void own_gemm_rows(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, 
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
-      kernel(r1 - r0, n, k, a + r0 * lda, lda, p, ldp, k, c + r0 * ldc, ldc, nullptr, ep);
+      StepArgs<T> s;
+      s.rows = r1 - r0;
+      s.n = n;
+      s.ldp = ldp;
+      s.first = {a + r0 * lda, lda, p, k, k};
+      s.c = c + r0 * ldc;
+      s.ldc = ldc;
+      s.ep = ep;
+      kernel(s);
     }
   });
 }
@@ -70,9 +78,15 @@ void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
           std::memcpy(dst, b + (q0 + q) * ldb + j0, static_cast<size_t>(cols) * sizeof(T));
           std::fill(dst + cols, dst + pc, T(0));
         }
-        const Epilogue ep = q0 == 0 && !accumulate ? Epilogue::kZero : Epilogue::kNone;
-        kernel(r1 - r0, cols, kc, a + q0 * lda + r0, lda, buf.data(), pc, kc, c + r0 * ldc + j0, ldc,
-               nullptr, ep);
+        StepArgs<T> s;
+        s.rows = r1 - r0;
+        s.n = cols;
+        s.ldp = pc;
+        s.first = {a + q0 * lda + r0, lda, buf.data(), kc, kc};
+        s.c = c + r0 * ldc + j0;
+        s.ldc = ldc;
+        s.ep = q0 == 0 && !accumulate ? Epilogue::kZero : Epilogue::kNone;
+        kernel(s);
       }
     }
   });

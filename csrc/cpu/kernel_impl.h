@@ -14,30 +14,26 @@ static inline __attribute__((always_inline)) int64_t a_at(int64_t r, int64_t q, 
   return ACM ? q * lda + r : r * lda + q;
 }
 
-// One MR x NR block: rows r < mr, vectors c < nr, lanes up to `cols` in the last vector.
+// One chunk of one product, for a block: A's rows from a (row or column stride lda, per ACM) and
+// P's rows from p (row stride ldp, already at the block's first column), k of them.
+template <class T>
+struct Part {
+  const T* a;
+  int64_t lda;
+  const T* p;
+  int64_t k;
+};
+
+// acc[r][j] += sum_q A[r, q] P[q, j-th vector] over one part.
 template <class V, int MR, int NR, bool ACM>
-static inline __attribute__((always_inline)) void block(int64_t k, const typename V::T* a,
-                                                       int64_t lda, const typename V::T* p,
-                                                       int64_t ldp, typename V::T* c, int64_t ldc,
-                                                       const typename V::T* aux, int last,
-                                                       Epilogue ep) {
+static inline __attribute__((always_inline)) void fmas(typename V::reg (&acc)[MR][NR],
+                                                      const Part<typename V::T>& part, int64_t ldp) {
   using reg = typename V::reg;
   constexpr int W = V::W;
-  reg acc[MR][NR];
-  if (ep == Epilogue::kZero) {
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 8
-      for (int j = 0; j < NR; ++j) acc[r][j] = V::zero();
-  } else {
-#pragma GCC unroll 8
-    for (int r = 0; r < MR; ++r)
-#pragma GCC unroll 8
-      for (int j = 0; j < NR; ++j)
-        acc[r][j] = (j == NR - 1 && last < W) ? V::loadn(c + r * ldc + j * W, last)
-                                              : V::load(c + r * ldc + j * W);
-  }
-  for (int64_t q = 0; q < k; ++q) {
+  const typename V::T* a = part.a;
+  const typename V::T* p = part.p;
+  const int64_t lda = part.lda;
+  for (int64_t q = 0; q < part.k; ++q) {
     reg w[NR];
 #pragma GCC unroll 8
     for (int j = 0; j < NR; ++j) w[j] = V::load(p + q * ldp + j * W);
@@ -48,12 +44,68 @@ static inline __attribute__((always_inline)) void block(int64_t k, const typenam
       for (int j = 0; j < NR; ++j) acc[r][j] = V::fma(x, w[j], acc[r][j]);
     }
   }
+}
+
+// Where a block's accumulators start: C's rows, zero, or init's rows (row stride ld_init, 0 for
+// one row).
+enum class Start : int { kC, kZero, kInit };
+
+// One MR x NR block: rows r < MR, vectors c < NR, lanes up to `last` in the last vector. part[2]:
+// the chunk's parts of the two products (k = 0 for none), summed in the same accumulators; the
+// sums stored to C as they are (finish() applies the epilogue: kept out of this function, whose
+// 24 accumulators must stay in registers through the loops, and GCC spills them to the stack
+// once the epilogue's constants and pointers compete for registers here).
+template <class V, int MR, int NR, bool ACM>
+static inline __attribute__((always_inline)) void block(const Part<typename V::T>* part, int64_t ldp,
+                                                       typename V::T* c, int64_t ldc, Start start,
+                                                       const typename V::T* init, int64_t ld_init,
+                                                       int last) {
+  using reg = typename V::reg;
+  constexpr int W = V::W;
+  reg acc[MR][NR];
+  if (start == Start::kZero) {
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+      for (int j = 0; j < NR; ++j) acc[r][j] = V::zero();
+  } else {
+    const typename V::T* s = start == Start::kInit ? init : c;
+    const int64_t lds = start == Start::kInit ? ld_init : ldc;
+#pragma GCC unroll 8
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 8
+      for (int j = 0; j < NR; ++j)
+        acc[r][j] = (j == NR - 1 && last < W) ? V::loadn(s + r * lds + j * W, last)
+                                              : V::load(s + r * lds + j * W);
+  }
+  fmas<V, MR, NR, ACM>(acc, part[0], ldp);
+  fmas<V, MR, NR, ACM>(acc, part[1], ldp);
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 8
     for (int j = 0; j < NR; ++j) {
-      reg v = acc[r][j];
-      const bool partial = (j == NR - 1 && last < W);
+      if (j == NR - 1 && last < W) {
+        V::storen(c + r * ldc + j * W, acc[r][j], last);
+      } else {
+        V::store(c + r * ldc + j * W, acc[r][j]);
+      }
+    }
+  }
+}
+
+// The epilogue of m rows x nv vectors of C (lanes up to `last` in the last vector), just stored by
+// block() and still in L1: C = op(C), and copy = C when set.
+template <class V>
+static __attribute__((noinline)) void finish(int m, int nv, int last, typename V::T* c, int64_t ldc,
+                                             typename V::T* copy, const typename V::T* aux,
+                                             Epilogue ep) {
+  using reg = typename V::reg;
+  constexpr int W = V::W;
+  for (int r = 0; r < m; ++r) {
+    for (int j = 0; j < nv; ++j) {
+      const bool partial = j == nv - 1 && last < W;
+      typename V::T* cj = c + r * ldc + j * W;
+      reg v = partial ? V::loadn(cj, last) : V::load(cj);
       switch (ep) {
         case Epilogue::kTanh: v = V::tanh(v); break;
         case Epilogue::kRelu: v = V::relu(v); break;
@@ -67,9 +119,11 @@ static inline __attribute__((always_inline)) void block(int64_t k, const typenam
         default: break;
       }
       if (partial) {
-        V::storen(c + r * ldc + j * W, v, last);
+        V::storen(cj, v, last);
+        if (copy != nullptr) V::storen(copy + r * ldc + j * W, v, last);
       } else {
-        V::store(c + r * ldc + j * W, v);
+        V::store(cj, v);
+        if (copy != nullptr) V::store(copy + r * ldc + j * W, v);
       }
     }
   }
@@ -77,13 +131,12 @@ static inline __attribute__((always_inline)) void block(int64_t k, const typenam
 
 // One block of m rows (1 <= m <= V::MR), m chosen at run time.
 template <class V, int NR, bool ACM, int M = V::MR>
-static inline __attribute__((always_inline)) void block_m(int m, int64_t k, const typename V::T* a,
-                                                         int64_t lda, const typename V::T* p,
+static inline __attribute__((always_inline)) void block_m(int m, const Part<typename V::T>* part,
                                                          int64_t ldp, typename V::T* c, int64_t ldc,
-                                                         const typename V::T* aux, int last,
-                                                         Epilogue ep) {
-  if (m == M) return block<V, M, NR, ACM>(k, a, lda, p, ldp, c, ldc, aux, last, ep);
-  if constexpr (M > 1) block_m<V, NR, ACM, M - 1>(m, k, a, lda, p, ldp, c, ldc, aux, last, ep);
+                                                         Start start, const typename V::T* init,
+                                                         int64_t ld_init, int last) {
+  if (m == M) return block<V, M, NR, ACM>(part, ldp, c, ldc, start, init, ld_init, last);
+  if constexpr (M > 1) block_m<V, NR, ACM, M - 1>(m, part, ldp, c, ldc, start, init, ld_init, last);
 }
 
 // Rows in blocks of at most MR, as equal as they come (16 rows: 6, 5, 5; 8 rows: 4, 4), columns in
@@ -91,58 +144,80 @@ static inline __attribute__((always_inline)) void block_m(int m, int64_t k, cons
 // which would reload P for a few FMAs.
 template <class V, int NR, bool ACM>
 static inline __attribute__((always_inline)) void column_block(
-    int64_t rows, int64_t k, const typename V::T* a, int64_t lda, const typename V::T* p,
-    int64_t ldp, typename V::T* c, int64_t ldc, const typename V::T* aux, int last, Epilogue ep) {
+    int64_t rows, const Part<typename V::T>* part, int64_t ldp, typename V::T* c, int64_t ldc,
+    Start start, const typename V::T* init, int64_t ld_init, typename V::T* copy,
+    const typename V::T* aux, int last, Epilogue ep) {
+  using T = typename V::T;
   const int64_t blocks = (rows + V::MR - 1) / V::MR;
   if (blocks == 0) return;
   const int64_t base = rows / blocks, extra = rows % blocks;
   for (int64_t i = 0, r = 0; i < blocks; ++i) {
     const int m = static_cast<int>(base + (i < extra ? 1 : 0));
-    block_m<V, NR, ACM>(m, k, a + a_at<ACM>(r, 0, lda), lda, p, ldp, c + r * ldc, ldc,
-                        aux ? aux + r * ldc : aux, last, ep);
+    Part<T> at[2] = {part[0], part[1]};
+    for (Part<T>& pt : at) {
+      if (pt.k > 0) pt.a += a_at<ACM>(r, 0, pt.lda);
+    }
+    block_m<V, NR, ACM>(m, at, ldp, c + r * ldc, ldc, start, init ? init + r * ld_init : init,
+                        ld_init, last);
+    if (ep != Epilogue::kNone || copy != nullptr) {
+      finish<V>(m, NR, last, c + r * ldc, ldc, copy ? copy + r * ldc : copy,
+                aux ? aux + r * ldc : aux, ep);
+    }
     r += m;
   }
 }
 
 template <class V, bool ACM>
-static void step_impl(int64_t rows, int64_t n, int64_t k, const typename V::T* a, int64_t lda,
-                      const typename V::T* p, int64_t ldp, int64_t kp, typename V::T* c,
-                      int64_t ldc, const typename V::T* aux, Epilogue ep) {
+static void step_impl(const StepArgs<typename V::T>& s) {
   using T = typename V::T;
   constexpr int W = V::W, NR = V::NR;
-  const int64_t PC = ldp;
+  const int64_t PC = s.ldp, rows = s.rows, n = s.n;
   if (rows <= 0 || n <= 0) return;
+  const Product<T>* prod[2] = {&s.first, &s.second};
+  const int64_t k = s.first.k + s.second.k;
   for (int64_t p0 = 0; p0 < n; p0 += PC) {  // one panel of columns
     const int64_t pn = n - p0 < PC ? n - p0 : PC;
-    const T* panel = p ? p + (p0 / PC) * kp * PC : p;
     int64_t q0 = 0;
     do {  // k in chunks; C holds the partial sums between chunks, the epilogue after the last
       const int64_t kc = k - q0 < kChunkRows ? k - q0 : kChunkRows;
       const bool first = q0 == 0, final = q0 + kc >= k;
-      Epilogue e = ep;
-      if (!final) {
-        e = first && ep == Epilogue::kZero ? Epilogue::kZero : Epilogue::kNone;
-      } else if (!first && ep == Epilogue::kZero) {
-        e = Epilogue::kNone;
+      const Start start = !first ? Start::kC
+                          : s.init != nullptr ? Start::kInit
+                          : s.ep == Epilogue::kZero ? Start::kZero : Start::kC;
+      const Epilogue e = final && s.ep != Epilogue::kZero ? s.ep : Epilogue::kNone;
+      T* copy = final ? s.copy : nullptr;
+      // The chunk [q0, q0 + kc) of the two products' k laid end to end.
+      Part<T> part[2];
+      for (int i = 0, base = 0; i < 2; base += prod[i]->k, ++i) {
+        const Product<T>& pr = *prod[i];
+        const int64_t lo = q0 - base < 0 ? 0 : (q0 - base > pr.k ? pr.k : q0 - base);
+        const int64_t hi = q0 + kc - base < 0 ? 0 : (q0 + kc - base > pr.k ? pr.k : q0 + kc - base);
+        part[i] = {hi > lo ? pr.a + a_at<ACM>(0, lo, pr.lda) : pr.a, pr.lda,
+                   hi > lo ? pr.p + (p0 / PC) * pr.kp * PC + lo * PC : pr.p, hi - lo};
       }
-      const T* pq = panel ? panel + q0 * PC : panel;
-      const T* aq = a + a_at<ACM>(0, q0, lda);
       for (int64_t j0 = 0; j0 < pn; j0 += NR * W) {
         const int64_t cols = pn - j0 < NR * W ? pn - j0 : NR * W;
         const int nv = static_cast<int>((cols + W - 1) / W);
         const int last = static_cast<int>(cols - (nv - 1) * W);
-        const T* pj = pq ? pq + j0 : pq;
-        T* cj = c + p0 + j0;
-        const T* auxj = aux ? aux + p0 + j0 : aux;
+        Part<T> pj[2] = {part[0], part[1]};
+        for (Part<T>& pt : pj) {
+          if (pt.k > 0) pt.p += j0;
+        }
+        T* cj = s.c + p0 + j0;
+        const T* ij = s.init ? s.init + p0 + j0 : s.init;
+        T* copyj = copy ? copy + p0 + j0 : copy;
+        const T* auxj = s.aux ? s.aux + p0 + j0 : s.aux;
         if (nv == NR) {
-          column_block<V, NR, ACM>(rows, kc, aq, lda, pj, PC, cj, ldc, auxj, last, e);
+          column_block<V, NR, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj, auxj, last, e);
         } else if (nv == 1) {
-          column_block<V, 1, ACM>(rows, kc, aq, lda, pj, PC, cj, ldc, auxj, last, e);
+          column_block<V, 1, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj, auxj, last, e);
         } else if constexpr (NR > 2) {
           if (nv == 2) {
-            column_block<V, 2, ACM>(rows, kc, aq, lda, pj, PC, cj, ldc, auxj, last, e);
+            column_block<V, 2, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj, auxj, last, e);
           } else if constexpr (NR > 3) {
-            if (nv == 3) column_block<V, 3, ACM>(rows, kc, aq, lda, pj, PC, cj, ldc, auxj, last, e);
+            if (nv == 3) {
+              column_block<V, 3, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj, auxj, last, e);
+            }
           }
         }
       }

@@ -1,15 +1,21 @@
 // The per-step micro-kernel of the CPU recurrence, one implementation per instruction set
-// (AVX-512, AVX2+FMA, portable), chosen once at run time from the CPU's features.
+// (AVX-512, AVX2+FMA, portable), chosen once at run time from the CPU's features. One call:
 //
-//   C[r, 0:n] = epilogue(C[r, 0:n] + sum_{q<k} A[r, q] * P[q, 0:n])   for r < rows
+//   C[r, 0:n] = epilogue(S[r, 0:n] + A1[r, :] P1 + A2[r, :] P2)   for r < rows
 //
-// P is a packed weight (pack_weight): column panels of ldp = packed_width<T>(n) columns (256
+// (StepArgs below): up to two products summed in the same register blocks (a step's input
+// product x_t W_ih^T and its recurrent product h_{t-1} W_hh^T), S the start (a bias row, the rows
+// of another matrix, C itself, or zero), and the result stored to C and, when asked, to a second
+// matrix as well (a thread's private rows and the shared output), so a step makes one pass over
+// its rows and no copies (benchmarks/NOTES.md section 47).
+//
+// Each P is a packed weight (pack_weight): column panels of ldp = packed_width<T>(n) columns (256
 // bytes of a row, or the whole width rounded up to kPackAlign when narrower), each panel its kp
 // rows one after the other (kp * ldp entries), zero past column n, so every vector load of P is
-// whole and one panel's rows stream contiguously. The kernel
-// walks k in chunks of kChunkRows rows (a chunk of a panel, 32 KB, stays in L1 while every row
-// block of C passes over it) and applies the epilogue after the last chunk. k = 0 applies only
-// the epilogue (P unused). Row-major A and C, row strides given.
+// whole and one panel's rows stream contiguously. The kernel walks the two products' k as one,
+// in chunks of kChunkRows rows (a chunk of a panel, 32 KB, stays in L1 while every row block of C
+// passes over it), keeps the partial sums in C between chunks, and applies the epilogue after the
+// last chunk. k1 + k2 = 0 applies only the start and the epilogue. Row-major A and C.
 #pragma once
 
 #include <algorithm>
@@ -59,20 +65,46 @@ class AlignedBuffer {
   T* data_;
 };
 
+// What a call ends with (A P: the products' sum, S: the start; StepArgs).
 enum class Epilogue : int {
-  kNone = 0,     // C = C + A P
-  kTanh = 1,     // C = tanh(C + A P)
-  kRelu = 2,     // C = relu(C + A P)
-  kTanhBwd = 3,  // C = (C + A P) * (1 - aux^2)     aux: [rows, ldc], the forward's h
-  kReluBwd = 4,  // C = aux <= 0 ? 0 : C + A P   (a NaN aux passes, as torch's threshold_backward)
-  kZero = 5,     // C = A P (C is not read)
+  kNone = 0,     // C = S + A P
+  kTanh = 1,     // C = tanh(S + A P)
+  kRelu = 2,     // C = relu(S + A P)
+  kTanhBwd = 3,  // C = (S + A P) * (1 - aux^2)     aux: [rows, ldc], the forward's h
+  kReluBwd = 4,  // C = aux <= 0 ? 0 : S + A P   (a NaN aux passes, as torch's threshold_backward)
+  kZero = 5,     // C = S + A P with S = zero unless init is set (C is not read)
 };
 
-// ldp: P's panel width (packed_width of the whole weight's columns); kp: the rows each panel of
-// P holds (its k when packed; the kernel reads the first k).
+// One product of a step: A [rows, k] (row stride lda; column-major, A[r, q] = a[q * lda + r], for
+// step_cm) times P, packed as above with kp rows a panel (its k when packed; the first k are read).
 template <typename T>
-using StepKernel = void (*)(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* p,
-                            int64_t ldp, int64_t kp, T* c, int64_t ldc, const T* aux, Epilogue ep);
+struct Product {
+  const T* a = nullptr;
+  int64_t lda = 0;
+  const T* p = nullptr;
+  int64_t kp = 0;
+  int64_t k = 0;  // 0: no product
+};
+
+// One kernel call: rows r < rows, columns 0..n of C (row stride ldc).
+template <typename T>
+struct StepArgs {
+  int64_t rows = 0, n = 0;
+  int64_t ldp = 0;  // both products' panel width (packed_width of n)
+  Product<T> first, second;
+  // The start S: init's rows (row stride ld_init; 0: init is one row, every row's start, a bias)
+  // when init is set; else zero with Epilogue::kZero; else C itself.
+  const T* init = nullptr;
+  int64_t ld_init = 0;
+  T* c = nullptr;
+  int64_t ldc = 0;
+  T* copy = nullptr;       // when set, the result is stored here too (row stride ldc)
+  const T* aux = nullptr;  // kTanhBwd / kReluBwd: the forward's h (row stride ldc)
+  Epilogue ep = Epilogue::kNone;
+};
+
+template <typename T>
+using StepKernel = void (*)(const StepArgs<T>&);
 
 // The best kernel this CPU runs (RNNEXT_CPU_ISA=avx512|avx2|base in the environment overrides
 // it), for A row-major or, with a_col_major, column-major (step_cm below). float and double.
@@ -84,14 +116,10 @@ const char* step_kernel_isa();
 // A row-major, step_cm column-major (A[r, q] = a[q * lda + r]; the weight gradients' dpre^T).
 #define RNNEXT_DECLARE_ISA(isa)                                                              \
   namespace isa {                                                                            \
-  void step(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, int64_t, \
-            float*, int64_t, const float*, Epilogue);                                        \
-  void step(int64_t, int64_t, int64_t, const double*, int64_t, const double*, int64_t,       \
-            int64_t, double*, int64_t, const double*, Epilogue);                             \
-  void step_cm(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t,      \
-               int64_t, float*, int64_t, const float*, Epilogue);                            \
-  void step_cm(int64_t, int64_t, int64_t, const double*, int64_t, const double*, int64_t,    \
-               int64_t, double*, int64_t, const double*, Epilogue);                          \
+  void step(const StepArgs<float>&);                                                         \
+  void step(const StepArgs<double>&);                                                        \
+  void step_cm(const StepArgs<float>&);                                                      \
+  void step_cm(const StepArgs<double>&);                                                     \
   void pack_t(const float*, int64_t, int64_t, int64_t, float*, int64_t, int64_t);             \
   void pack_t(const double*, int64_t, int64_t, int64_t, double*, int64_t, int64_t);           \
   }
@@ -102,11 +130,8 @@ RNNEXT_DECLARE_ISA(avx512)
 
 // Defines those entry points in an instruction set's translation unit, from its traits (after
 // kernel_impl.h): RNNEXT_DEFINE_ISA(F32, F64).
-#define RNNEXT_DEFINE_ISA_ONE(name, V, ACM)                                                      \
-  void name(int64_t rows, int64_t n, int64_t k, const V::T* a, int64_t lda, const V::T* p,       \
-            int64_t ldp, int64_t kp, V::T* c, int64_t ldc, const V::T* aux, Epilogue ep) {       \
-    step_impl<V, ACM>(rows, n, k, a, lda, p, ldp, kp, c, ldc, aux, ep);                          \
-  }
+#define RNNEXT_DEFINE_ISA_ONE(name, V, ACM) \
+  void name(const StepArgs<V::T>& s) { step_impl<V, ACM>(s); }
 #define RNNEXT_DEFINE_PACK_T(V)                                                             \
   void pack_t(const V::T* w, int64_t ldw, int64_t n, int64_t k, V::T* p, int64_t col_begin,   \
               int64_t col_end) {                                                              \

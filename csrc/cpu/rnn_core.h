@@ -131,21 +131,28 @@ struct Recurrence {
         T* cur = ring != nullptr ? ring + (i % 2) * (row_end - r0) * H : shared;
         const T* prev = ring != nullptr ? ring + ((i + 1) % 2) * (row_end - r0) * H
                                         : rows(static_cast<const T*>(out), prev_step(t)) + r0 * H;
-        if (x != nullptr) {  // this slice's rows of x_t W_ih^T + b_ih + b_hh
-          for (int64_t r = 0; r < n - r0; ++r) std::memcpy(cur + r * H + a, bias + a, w * sizeof(T));
-          kernel(n - r0, w, inputs, x + (offsets[t] + r0) * ldx, ldx,
-                 w_ih_packed + panel_offset(a, H, inputs), packed_width<T>(H), inputs, cur + a, H,
-                 nullptr, Epilogue::kNone);
-        } else if (cur != shared) {
-          std::memcpy(cur, shared, (n - r0) * H * sizeof(T));
-        }
-        if (carried > r0) product(true, carried - r0, H, prev, cur, nullptr, ep);
+        // A row's start: b_ih + b_hh when the input product runs here, else out's row (it holds the
+        // projection on entry). Built in cur in one pass; out's rows get the result too when cur
+        // is the ring.
+        const T* init = x != nullptr ? bias : (cur != shared ? shared : nullptr);
+        const int64_t ld_init = x != nullptr ? 0 : H;
+        T* copy = cur != shared ? shared : nullptr;
+        const auto input = [&](int64_t from) {  // x_t W_ih^T of the rows r0 + from..
+          Product<T> pr;
+          if (x != nullptr) {
+            pr = {x + (offsets[t] + r0 + from) * ldx, ldx, w_ih_packed + panel_offset(a, H, inputs),
+                  inputs, inputs};
+          }
+          return pr;
+        };
+        if (carried > r0) run(true, carried - r0, input(0), H, prev, init, ld_init, cur, copy, nullptr, ep);
         const int64_t fresh = carried > r0 ? carried : r0;
-        if (n > fresh) {  // rows starting here: from hx, or from zeros (activation only)
-          product(true, n - fresh, hx != nullptr ? H : 0, hx != nullptr ? hx + fresh * H : nullptr,
-                  cur + (fresh - r0) * H, nullptr, ep);
+        if (n > fresh) {  // rows starting here: from hx, or from zeros (no recurrent product)
+          const int64_t off = fresh - r0;
+          run(true, n - fresh, input(off), hx != nullptr ? H : 0,
+              hx != nullptr ? hx + fresh * H : nullptr, init ? init + off * ld_init : init, ld_init,
+              cur + off * H, copy ? copy + off * H : copy, nullptr, ep);
         }
-        if (cur != shared) std::memcpy(shared, cur, (n - r0) * H * sizeof(T));
         // Rows whose sequence ends here: forward, those absent at t+1; reverse, all rows at t = 0.
         const int64_t done_from = reverse ? (t == 0 ? r0 : n) : clip(bs(t + 1));
         if (n > done_from) copy_cols(h_n, shared - r0 * H, done_from, n);
@@ -172,26 +179,30 @@ struct Recurrence {
       T* cur = ring != nullptr ? ring + (i % 2) * (row_end - r0) * H : shared;
       if (n > r0 && w > 0) {
         const T* h = rows(out, t) + r0 * H;
-        copy_cols(cur, rows(grad_out, t) + r0 * H, 0, n - r0);
+        const T* g = rows(grad_out, t) + r0 * H;
+        T* copy = cur != shared ? shared : nullptr;  // dpre's rows get the result too (ring)
         const int64_t next = reverse ? t - 1 : t + 1;
         const T* fed_rows = ring != nullptr ? ring + ((i + 1) % 2) * (row_end - r0) * H
                                             : rows(static_cast<const T*>(dpre), next) + r0 * H;
         const int64_t fed = clip(reverse ? (t > 0 ? bs(t) : 0) : bs(t + 1));
-        if (fed > r0) product(false, fed - r0, H, fed_rows, cur, h, ep);
+        // dpre_t = (grad_out_t + dpre_next W_hh) * act'(h_t), started from grad_out's rows.
+        if (fed > r0) run(false, fed - r0, {}, H, fed_rows, g, H, cur, copy, h, ep);
         // The other rows hold their final state here and receive grad_h_n (fed is r0 or n in
         // reverse).
         const int64_t final_from = fed > r0 ? fed : r0;
         if (n > final_from) {
-          T* fin = cur + (final_from - r0) * H;
+          const int64_t off = final_from - r0;
+          T* fin = cur + off * H;
+          copy_cols(cur, g, off, n - r0);
           if (grad_h_n != nullptr) {
-            const T* g = grad_h_n + final_from * H;
+            const T* gh = grad_h_n + final_from * H;
             for (int64_t r = 0; r < n - final_from; ++r) {
-              for (int64_t j = r * H + a; j < r * H + a + w; ++j) fin[j] += g[j];
+              for (int64_t j = r * H + a; j < r * H + a + w; ++j) fin[j] += gh[j];
             }
           }
-          product(false, n - final_from, 0, nullptr, fin, h + (final_from - r0) * H, ep);
+          run(false, n - final_from, {}, 0, nullptr, nullptr, 0, fin, copy ? copy + off * H : copy,
+              h + off * H, ep);
         }
-        if (cur != shared) std::memcpy(shared, cur, (n - r0) * H * sizeof(T));
       }
       // grad_x reads whole rows of dpre_t (it is never set when the columns are split: the planner
       // then takes grad_input as one GEMM after the recurrence).
@@ -200,8 +211,15 @@ struct Recurrence {
         if (w_ih_blas != nullptr) {
           gemm_rows(false, n - r0, inputs, H, cur, H, w_ih_blas, ldw_ih, T(0), gx, inputs);
         } else {
-          kernel(n - r0, inputs, H, cur, H, w_ih_plain, packed_width<T>(inputs), H, gx, inputs,
-                 nullptr, Epilogue::kZero);
+          StepArgs<T> sa;
+          sa.rows = n - r0;
+          sa.n = inputs;
+          sa.ldp = packed_width<T>(inputs);
+          sa.first = {cur, H, w_ih_plain, H, H};
+          sa.c = gx;
+          sa.ldc = inputs;
+          sa.ep = Epilogue::kZero;
+          kernel(sa);
         }
       }
       // grad_hx reads whole rows of dpre_t too: with the columns split, only once every thread has
@@ -213,28 +231,54 @@ struct Recurrence {
         const int64_t carried = clip(carried_rows(t));
         const int64_t from = carried > r0 ? carried : r0;
         if (n > from) {
-          product(false, n - from, H, cur + (from - r0) * H, grad_hx + from * H, nullptr,
-                  Epilogue::kZero);
+          run(false, n - from, {}, H, cur + (from - r0) * H, nullptr, 0, grad_hx + from * H,
+              nullptr, nullptr, Epilogue::kZero);
         }
       }
     }
   }
 
-  // C[rows, H] = epilogue(C + A op(W_hh)), op = transpose (forward) or identity (backward); all
-  // row strides H. k = 0: the epilogue alone. In the micro-kernel, or BLAS then the epilogue.
-  void product(bool transpose, int64_t nrows, int64_t k, const T* a, T* c, const T* aux,
-               Epilogue ep) const {
+  // Rows of c (row stride H), this thread's columns: c = ep(S + first + a op(W_hh)), the
+  // recurrent product with k = H (0: none); S = init's rows (row stride ld_init; 0: one row) when
+  // set, zero with kZero, else c itself; the result stored to copy too when set. op = transpose
+  // (forward: W_hh^T) or identity (backward). One micro-kernel call; with w_blas, the recurrent
+  // product in BLAS between a kernel call for the start and first product and one for the
+  // epilogue.
+  void run(bool transpose, int64_t nrows, const Product<T>& first, int64_t k, const T* a,
+           const T* init, int64_t ld_init, T* c, T* copy, const T* aux, Epilogue ep) const {
     const int64_t H = hidden, c_0 = c0(), w = c1() - c0();
+    StepArgs<T> s;
+    s.rows = nrows;
+    s.n = w;
+    s.ldp = packed_width<T>(H);
+    s.first = first;
+    s.init = init != nullptr ? init + c_0 : init;
+    s.ld_init = ld_init;
+    s.c = c + c_0;
+    s.ldc = H;
+    s.copy = copy != nullptr ? copy + c_0 : copy;
+    s.aux = aux != nullptr ? aux + c_0 : aux;
+    s.ep = ep;
     if (w_blas != nullptr && k > 0) {
-      const bool zero = ep == Epilogue::kZero;
+      const bool zero = ep == Epilogue::kZero && first.k == 0 && init == nullptr;
+      if (first.k > 0 || init != nullptr) {  // c = S + first
+        StepArgs<T> pre = s;
+        pre.copy = nullptr;
+        pre.ep = ep == Epilogue::kZero ? Epilogue::kZero : Epilogue::kNone;
+        kernel(pre);
+      }
       // op(W)'s columns c_0.. are W's rows c_0.. (forward, W^T) or its columns (backward).
       gemm_rows(transpose, nrows, w, H, a, H, w_blas + (transpose ? c_0 * H : c_0), H,
                 zero ? T(0) : T(1), c + c_0, H);
-      if (zero || ep == Epilogue::kNone) return;
-      k = 0;
+      if ((ep == Epilogue::kZero || ep == Epilogue::kNone) && copy == nullptr) return;
+      s.first = {};
+      s.init = nullptr;
+      if (ep == Epilogue::kZero) s.ep = Epilogue::kNone;
+      kernel(s);
+      return;
     }
-    kernel(nrows, w, k, a, H, w_packed ? w_packed + panel_offset(c_0, H, H) : w_packed,
-           packed_width<T>(H), H, c + c_0, H, aux ? aux + c_0 : aux, ep);
+    s.second = {a, H, w_packed ? w_packed + panel_offset(c_0, H, H) : w_packed, H, k};
+    kernel(s);
   }
 
   // h_prev[N, H]: for every row, the state it started from (hx or zeros at a sequence's start).
