@@ -129,8 +129,10 @@ struct Recurrence {
         // cur / prev: row r0 of this step / of the step before (ring or out), rows H apart.
         T* shared = rows(out, t) + r0 * H;
         T* cur = ring != nullptr ? ring + (i % 2) * (row_end - r0) * H : shared;
+        // (prev is read only when rows carry over: at the first step there is no step before.)
         const T* prev = ring != nullptr ? ring + ((i + 1) % 2) * (row_end - r0) * H
-                                        : rows(static_cast<const T*>(out), prev_step(t)) + r0 * H;
+                        : carried > r0  ? rows(static_cast<const T*>(out), prev_step(t)) + r0 * H
+                                        : nullptr;
         // A row's start: b_ih + b_hh when the input product runs here, else out's row (it holds the
         // projection on entry). Built in cur in one pass; out's rows get the result too when cur
         // is the ring.
@@ -182,9 +184,10 @@ struct Recurrence {
         const T* g = rows(grad_out, t) + r0 * H;
         T* copy = cur != shared ? shared : nullptr;  // dpre's rows get the result too (ring)
         const int64_t next = reverse ? t - 1 : t + 1;
-        const T* fed_rows = ring != nullptr ? ring + ((i + 1) % 2) * (row_end - r0) * H
-                                            : rows(static_cast<const T*>(dpre), next) + r0 * H;
         const int64_t fed = clip(reverse ? (t > 0 ? bs(t) : 0) : bs(t + 1));
+        const T* fed_rows = ring != nullptr ? ring + ((i + 1) % 2) * (row_end - r0) * H
+                            : fed > r0      ? rows(static_cast<const T*>(dpre), next) + r0 * H
+                                            : nullptr;
         // dpre_t = (grad_out_t + dpre_next W_hh) * act'(h_t), started from grad_out's rows.
         if (fed > r0) run(false, fed - r0, {}, H, fed_rows, g, H, cur, copy, h, ep);
         // The other rows hold their final state here and receive grad_h_n (fed is r0 or n in
