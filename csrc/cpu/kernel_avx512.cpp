@@ -45,11 +45,10 @@ struct F32 {
   static reg abs(reg a) { return _mm512_abs_ps(a); }
   // min(c, a), returning a when a is NaN (the second operand wins on NaN).
   static reg min_keep_nan(reg c, reg a) { return _mm512_min_ps(c, a); }
-  static reg round(reg a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static reg scale_pow2(reg e, reg n) {  // e * 2^n for integral n in [0, 58]
-    const __m512i bits = _mm512_slli_epi32(_mm512_cvtps_epi32(n), 23);
-    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(e), bits));
-  }
+  static reg fms(reg a, reg b, reg c) { return _mm512_fmsub_ps(a, b, c); }
+  // t - round(t), exact (AVX-512 DQ's vreduceps: one instruction)
+  static reg reduce_round(reg t) { return _mm512_reduce_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static reg scale_pow2(reg e, reg n) { return _mm512_scalef_ps(e, n); }  // e * 2^n, n integral
   static reg copysign(reg mag, reg sgn) {
     const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
     return _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(sgn), sign),

@@ -5,7 +5,9 @@
 //
 // V provides: T, reg, W (lanes), MR (row block), NR (column block, in vectors), and
 //   zero, set1, load (whole), loadn/storen (first m lanes), store, fma(a,b,c)=a*b+c, add, mul,
-//   tanh, relu, tanh_bwd(g, h) = g*(1-h*h), relu_bwd(g, h) = h <= 0 ? 0 : g.
+//   tanh, relu, tanh_bwd(g, h) = g*(1-h*h), relu_bwd(g, h) = h <= 0 ? 0 : g; for the vector tanh
+//   also fms(a,b,c)=a*b-c, sub, div, abs, min_keep_nan, copysign, select_lt, scale_pow2, and
+//   round (float64) or reduce_round(t) = t - round(t) (float32).
 
 // A is row-major (A[r, q] = a[r * lda + q]) or, with ACM, column-major (A[r, q] = a[q * lda + r]:
 // the weight gradients' dpre^T, read in place from dpre [N, H]).
@@ -255,38 +257,41 @@ static void pack_t_impl(const typename V::T* w, int64_t ldw, int64_t n, int64_t 
   }
 }
 
-// tanh for float32 lanes (Cephes tanhf): an odd polynomial below |x| = 0.625, else
-// sign(x) (1 - 2 / (exp(2|x|) + 1)) with a Cephes expf; |x| is capped at 20 (tanh rounds to
-// exactly 1 from 9.01 on, so +-inf and huge inputs give exactly +-1, as torch's tanh does).
-// A few ulp from the correctly rounded value; NaN propagates.
+// tanh for float32 lanes: an odd polynomial below |x| = 0.625 (Cephes tanhf's), else
+// 1 - 2 / (e^{2|x|} + 1); the sign of x on both (so tanh(-0) = -0). e^{2|x|} = 2^t with
+// t = 2 log2(e) min(|x|, 9.5) = n + f, n = round(t), |f| <= 1/2, the product's rounding error
+// carried into f (two FMAs), 2^f by a degree-6 polynomial (minimax for relative error on
+// [-1/2, 1/2]: 1.9e-9), then scaled by 2^n. Both polynomials in Estrin's scheme: a tanh's
+// dependency chain, not its operation count, bounds the epilogue, where a block's tanhs cannot
+// all be in flight at once (benchmarks/NOTES.md section 48). 1.33 ulp at most, as Cephes' tanhf;
+// tanh rounds to exactly 1 from 9.01 on (+-inf and huge inputs give exactly +-1, as torch's tanh
+// does); NaN propagates.
 template <class V>
 static inline __attribute__((always_inline)) typename V::reg tanh_f32(typename V::reg x) {
   using reg = typename V::reg;
   const reg ax = V::abs(x);
+  // |x| < 0.625: x + x z (c0 + c1 z + z^2 (c2 + c3 z + c4 z^2)), z = x^2
   const reg z = V::mul(x, x);
-  reg s = V::set1(-5.70498872745e-3f);
-  s = V::fma(s, z, V::set1(2.06390887954e-2f));
-  s = V::fma(s, z, V::set1(-5.37397155531e-2f));
-  s = V::fma(s, z, V::set1(1.33314422036e-1f));
-  s = V::fma(s, z, V::set1(-3.33332819422e-1f));
-  s = V::fma(V::mul(s, z), x, x);
-  // exp(y), y = 2 min(|x|, 20) in [0, 40]: y = n ln2 + f, |f| <= ln2 / 2, n <= 58.
-  const reg capped = V::min_keep_nan(V::set1(20.0f), ax);
-  const reg y = V::add(capped, capped);
-  const reg n = V::round(V::mul(y, V::set1(1.44269504088896341f)));
-  reg f = V::fma(n, V::set1(-0.693359375f), y);
-  f = V::fma(n, V::set1(2.12194440e-4f), f);
-  reg e = V::set1(1.9875691500e-4f);
-  e = V::fma(e, f, V::set1(1.3981999507e-3f));
-  e = V::fma(e, f, V::set1(8.3334519073e-3f));
-  e = V::fma(e, f, V::set1(4.1665795894e-2f));
-  e = V::fma(e, f, V::set1(1.6666665459e-1f));
-  e = V::fma(e, f, V::set1(5.0000001201e-1f));
-  e = V::fma(e, V::mul(f, f), V::add(f, V::set1(1.0f)));
-  e = V::scale_pow2(e, n);
-  reg l = V::sub(V::set1(1.0f), V::div(V::set1(2.0f), V::add(e, V::set1(1.0f))));
-  l = V::copysign(l, x);
-  return V::select_lt(ax, V::set1(0.625f), s, l);
+  const reg z2 = V::mul(z, z);
+  const reg s0 = V::fma(V::set1(1.33314422036e-1f), z, V::set1(-3.33332819422e-1f));
+  const reg s1 = V::fma(V::set1(2.06390887954e-2f), z, V::set1(-5.37397155531e-2f));
+  const reg s2 = V::fma(V::fma(V::set1(-5.70498872745e-3f), z2, s1), z2, s0);
+  const reg small = V::fma(V::mul(s2, z), ax, ax);
+  // e^{2|x|} = 2^(n + f)
+  const reg m = V::min_keep_nan(V::set1(9.5f), ax);
+  const reg t = V::mul(m, V::set1(2.88539008177792681f));  // 2 log2(e), float32
+  const reg f0 = V::reduce_round(t);                        // t - n, exact
+  const reg n = V::sub(t, f0);
+  const reg f = V::add(f0, V::fma(m, V::set1(3.85192597818218e-8f),  // 2 log2(e) - the above
+                                  V::fms(m, V::set1(2.88539008177792681f), t)));
+  const reg f2 = V::mul(f, f);
+  const reg p0 = V::fma(V::set1(0.6931471824645996f), f, V::set1(1.0f));
+  const reg p1 = V::fma(V::set1(0.05550328642129898f), f, V::set1(0.24022646248340607f));
+  const reg p2 = V::fma(V::set1(0.0013399932067841291f), f, V::set1(0.009618489071726799f));
+  const reg p = V::fma(V::fma(V::fma(V::set1(0.0001534576585981995f), f2, p2), f2, p1), f2, p0);
+  const reg e = V::scale_pow2(p, n);
+  const reg large = V::sub(V::set1(1.0f), V::div(V::set1(2.0f), V::add(e, V::set1(1.0f))));
+  return V::copysign(V::select_lt(ax, V::set1(0.625f), small, large), x);
 }
 
 // tanh for float64 lanes (Cephes tanh): x + x^3 P(x^2) / Q(x^2) below |x| = 0.625, else
