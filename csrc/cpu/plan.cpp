@@ -40,15 +40,6 @@ constexpr int64_t kFewBackwardStepWork = int64_t{1} << 20;
 // Below this many multiply-adds in the recurrence (~10 us on one core), one thread: a parallel
 // region costs a few us, and splitting saves at most half the work (section 5).
 constexpr int64_t kMinParallelWork = int64_t{1} << 19;
-// Rows of a ragged (packed) batch in 2 slices per thread taken from a shared counter (the slices
-// balance sequences of different lengths); equal rows (padded) in one slice per thread, as BLAS
-// steps, whose every call re-reads W_hh: a slice's rows share each packed chunk of the weights
-// loaded into L1, so fewer, larger slices re-read them from L2 less. 2 threads, GFLOP/s, 1 / 2
-// slices a thread, medians of 3 interleaved runs: Xeon (NOTES.md section 38) B=32 H=128 forward
-// 243 / 235, fwd+bwd 202 / 183; B=64 H=256 forward 271 / 265; B=8 H=128 206 / 206 (one block of
-// 4 rows a slice either way); packed B=32 H=128, lengths in [25, 100], forward 177 / 214. Zen 4
-// (section 24): B=32 H=128 fwd+bwd 159 / 157, B=64 H=256 forward 267 / 260; 4 slices worse.
-constexpr int64_t kRaggedSlicesPerThread = 2;
 // Hidden columns are split between threads (a barrier per step) when the batch gives fewer than
 // this many rows per thread, or when packed W_hh is larger than this (then each thread keeps only
 // its half hot); and only with at least one 256-byte panel per thread and this many multiply-adds
@@ -179,8 +170,6 @@ Plan make_plan(const Shape& s, bool vector_kernel) {
   } else {
     p.split = parallel && s.B >= 2 ? Split::kRows : Split::kNone;
   }
-  const bool ragged = s.N < s.T * s.B;  // packed, sequences of different lengths
-  p.row_slices = p.blas_recurrence() || !ragged ? 1 : kRaggedSlicesPerThread;
   p.own_gemm = vector_kernel && !trust_blas();
   if (const char* gemm = std::getenv("RNNEXT_CPU_GEMM"); gemm != nullptr && *gemm != '\0') {
     TORCH_CHECK(std::strcmp(gemm, "own") == 0 || std::strcmp(gemm, "blas") == 0,

@@ -55,10 +55,8 @@ struct Plan {
   Path path = Path::kFused;
   const char* reason = "";
   bool forced = false;  // chosen by RNNEXT_CPU_PATH
-  // Recurrence split between threads. row_slices (kRows): slices per thread taken from a shared
-  // counter.
+  // Recurrence split between threads (kRows: one slice of rows per thread, of equal work).
   Split split = Split::kNone;
-  int64_t row_slices = 1;
   // The GEMMs over all rows (the input product when not per step, and the weight gradients) in
   // the micro-kernel instead of the BLAS: where the BLAS is not known to be good on this CPU (MKL
   // on a non-Intel CPU runs its AVX2 path: 35-42% of the FMA peak on the Zen 5 of NOTES.md section
