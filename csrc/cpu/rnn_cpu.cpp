@@ -19,6 +19,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <memory>
+#include <new>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -33,6 +35,61 @@ using c10::optional;
 Tensor empty(at::IntArrayRef sizes, at::ScalarType dtype) {
   return Tensor(at::detail::empty_cpu(sizes, dtype));
 }
+
+// The backward's internal rows (dpre, and h_prev for a ragged batch's W_hh gradient) in memory this
+// thread keeps between calls, up to kKeepBytes: a fresh buffer of this size comes from mmap at
+// every call (glibc's threshold) and its first touch faults in every page, ~1 ms a call for the
+// 1.6 MB dpre of T=100 B=32 H=128 on these VMs, more than the backward recurrence itself
+// (benchmarks/NOTES.md section 50). What is kept is the largest call's need, per thread that ran a
+// backward; larger calls, and a call nested in another on the same thread, get fresh memory.
+class Scratch {
+ public:
+  static constexpr int64_t kKeepBytes = int64_t{64} << 20;
+  explicit Scratch(int64_t bytes) {
+    Kept& k = kept();
+    if (k.busy || bytes > kKeepBytes) return;
+    if (k.bytes < bytes) {
+      k.data.reset();
+      k.data.reset(static_cast<char*>(::operator new(static_cast<size_t>(bytes), kAlign)));
+      k.bytes = bytes;
+    }
+    k.busy = true;
+    base_ = k.data.get();
+  }
+  ~Scratch() {
+    if (base_ != nullptr) kept().busy = false;
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  // Bytes of every request: each tensor starts on a 64-byte boundary.
+  static int64_t bytes_for(int64_t numel, at::ScalarType dtype) {
+    return (numel * static_cast<int64_t>(c10::elementSize(dtype)) + 63) / 64 * 64;
+  }
+  // Uninitialised [rows, cols]: the kept memory's next part, or a fresh tensor.
+  Tensor take(int64_t rows, int64_t cols, at::ScalarType dtype) {
+    if (base_ == nullptr) return empty({rows, cols}, dtype);
+    char* at = base_ + used_;
+    used_ += bytes_for(rows * cols, dtype);
+    return at::from_blob(at, {rows, cols}, at::TensorOptions().dtype(dtype));
+  }
+
+ private:
+  static constexpr std::align_val_t kAlign{64};
+  struct Free {
+    void operator()(char* p) const { ::operator delete(p, kAlign); }
+  };
+  struct Kept {
+    std::unique_ptr<char, Free> data;
+    int64_t bytes = 0;
+    bool busy = false;
+  };
+  static Kept& kept() {
+    thread_local Kept k;
+    return k;
+  }
+  char* base_ = nullptr;
+  int64_t used_ = 0;
+};
 
 // A 2-D tensor as a contiguous one: itself, or a strided copy made without the dispatcher (the
 // grad_h_n of `cell(x, h).sum()` is a [B, H] expand of one element, strides 0).
@@ -349,7 +406,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   Tensor grad_hx = !want_hx ? empty({0}, dtype)
                    : g.N > 0 ? empty({g.B, g.H}, dtype)
                              : at::zeros({g.B, g.H}, opts);
-  Tensor dpre = empty({g.N, g.H}, dtype);
+  // dpre, and h_prev when the W_hh gradient needs one gathered (a ragged batch)
+  const bool gather = want_w_hh && g.packed && g.N > 0 && g.batch_sizes.front() != g.batch_sizes.back();
+  Scratch scratch(Scratch::bytes_for(g.N * g.H, dtype) * (gather ? 2 : 1));
+  Tensor dpre = scratch.take(g.N, g.H, dtype);
   const cpu::Plan plan = plan_for(g, /*backward=*/true, want_input, dtype);
   Tensor grad_input;
   bool fused_grad_input = false;
@@ -460,7 +520,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
           weight_gemm<T>(own, H, H, B, d_first, H, h0p, H, carried > 0, gw, H);
         }
       } else {
-        Tensor h_prev = empty({N, H}, dtype);
+        Tensor h_prev = scratch.take(N, H, dtype);
         make_recurrence<T>(g, hx.has_value() ? &h0 : nullptr, relu, reverse)
             .gather_prev(o, h_prev.data_ptr<T>());
         weight_gemm<T>(own, H, H, N, dp, H, h_prev.data_ptr<T>(), H, false, gw, H);
