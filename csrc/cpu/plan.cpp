@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 
 #include <dlfcn.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
@@ -23,11 +24,19 @@ constexpr int64_t kSmallProjection = int64_t{1} << 18;
 // fewer, each step reuses every packed W_ih^T row for too few rows, and one GEMM over all steps
 // was faster at every shape measured (B = 1 to 4, H = 20 to 256; NOTES.md section 16).
 constexpr int64_t kFusedMinRows = 8;
-// ...and packed W_ih^T and W_hh^T together at most this large: both are read at every step, and
-// must stay in a core's L2 (2 MB on Sapphire Rapids, 1 MB on Zen 4) with the step's rows. At
+// ...and packed W_ih^T and W_hh^T together within half of a core's L2 (sysconf; 1 MB when the
+// system does not say): both are read at every step, and must stay in L2 with the step's rows. At
 // I = H = 512 (2 MB) the fused projection ran at 141 GFLOP/s against 161 for one GEMM before the
-// recurrence (1 thread, CPU time; NOTES.md section 21); at I = H = 256 (512 KB) both ran at 150.
-constexpr int64_t kFusedMaxWeightBytes = int64_t{512} << 10;
+// recurrence (Sapphire Rapids, 2 MB of L2, 1 thread, CPU time; NOTES.md section 21); at I = H =
+// 256 (512 KB) both ran at 150. At I = 512, H = 256 (768 KB; an Intel VM with 2 MB of L2, section
+// 52) fused 310 against 282 forward, 262 against 248 training (2 threads), 155 against 148 (1).
+int64_t fused_max_weight_bytes() {
+  static const int64_t bytes = [] {
+    const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return (l2 > 0 ? static_cast<int64_t>(l2) : int64_t{1} << 20) / 2;
+  }();
+  return bytes;
+}
 // Few steps (an RNNCell call): packing the weights (a transposing copy, ~0.5 ns an entry, every
 // call) costs more than the micro-kernel saves over BLAS in so few steps. Forward: T <= 4 won at
 // H 64 to 256; backward (its packing is a plain copy, and its fused grad_input beats BLAS on small
@@ -47,13 +56,14 @@ constexpr int64_t kMinParallelWork = int64_t{1} << 19;
 constexpr int64_t kColumnsMaxRowsPerThread = 4;
 constexpr int64_t kColumnsMinWeightBytes = int64_t{1} << 20;
 constexpr int64_t kColumnsMinStepWork = int64_t{1} << 18;
-// Matrix-vector steps: with under this many rows a step and packed W_hh over kFusedMaxWeightBytes,
+// Matrix-vector steps: with under this many rows a step and packed W_hh over kGemvMinWeightBytes,
 // the micro-kernel's register block (1-3 rows) gets few FMAs from each load of W_hh, which every
 // step streams from L2 / L3; MKL's per-step product streams it faster. Forward, B = 1-3, H = 512
 // and 1024, float32 and float64, 1 and 2 threads: BLAS steps 0.62-0.91x the micro-kernel's time
 // (NOTES.md section 28). Measured with MKL on an Intel CPU only (trust_blas): elsewhere the
 // micro-kernel stays.
 constexpr int64_t kGemvMaxRows = 4;
+constexpr int64_t kGemvMinWeightBytes = int64_t{512} << 10;
 // The backward's weight and bias gradients from raw pointers below this many multiply-adds.
 constexpr int64_t kSmallTail = int64_t{1} << 18;
 
@@ -62,7 +72,7 @@ Plan automatic(const Shape& s, bool vector_kernel) {
   const int64_t projection = s.N * s.I * s.H;
   const bool tiny_projection = projection <= kSmallProjection;
   const bool many_rows = s.N >= kFusedMinRows * s.T;
-  const bool fits = (s.I + s.H) * s.H * s.elem_size <= kFusedMaxWeightBytes;
+  const bool fits = (s.I + s.H) * s.H * s.elem_size <= fused_max_weight_bytes();
   if (!s.backward) {
     if (s.H >= kFewMinHidden && s.T <= kFewStepsForward) {
       p.path = Path::kBlas;
@@ -75,10 +85,10 @@ Plan automatic(const Shape& s, bool vector_kernel) {
     } else if (many_rows && (tiny_projection || fits)) {
       p.path = Path::kFused;
       p.reason = "micro-kernel steps with each step's projection fused (>= 8 rows a step, "
-                 "W_ih and W_hh within 512 KB)";
+                 "W_ih and W_hh within half a core's L2)";
     } else {
       p.path = Path::kKernel;
-      p.reason = many_rows ? "micro-kernel steps; W_ih and W_hh over 512 KB: one projection GEMM"
+      p.reason = many_rows ? "micro-kernel steps; W_ih and W_hh over half a core's L2: one projection GEMM"
                            : "micro-kernel steps; < 8 rows a step: one projection GEMM";
     }
   } else {
@@ -93,10 +103,10 @@ Plan automatic(const Shape& s, bool vector_kernel) {
       p.reason = "no vector micro-kernel: BLAS steps";
     } else if (tiny_projection || fits) {
       p.path = Path::kFused;
-      p.reason = "micro-kernel steps with grad_input fused per step (W_ih and W_hh within 512 KB)";
+      p.reason = "micro-kernel steps with grad_input fused per step (W_ih and W_hh within half a core's L2)";
     } else {
       p.path = Path::kKernel;
-      p.reason = "micro-kernel steps; W_ih and W_hh over 512 KB: grad_input as one GEMM";
+      p.reason = "micro-kernel steps; W_ih and W_hh over half a core's L2: grad_input as one GEMM";
     }
   }
   return p;
@@ -160,7 +170,7 @@ Plan make_plan(const Shape& s, bool vector_kernel) {
     }
   }
   if (!p.forced && !s.backward && vector_kernel && s.B < kGemvMaxRows && s.T > kFewStepsForward &&
-      s.H * s.H * s.elem_size > kFusedMaxWeightBytes && trust_blas()) {
+      s.H * s.H * s.elem_size > kGemvMinWeightBytes && trust_blas()) {
     p.path = Path::kBlas;
     p.reason = "matrix-vector steps (under 4 rows, W_hh over 512 KB): BLAS steps stream W_hh faster";
   }
