@@ -29,7 +29,8 @@ struct Part {
 // acc[r][j] += sum_q A[r, q] P[q, j-th vector] over one part.
 template <class V, int MR, int NR, bool ACM>
 static inline __attribute__((always_inline)) void fmas(typename V::reg (&acc)[MR][NR],
-                                                      const Part<typename V::T>& part, int64_t ldp) {
+                                                      const Part<typename V::T>& part,
+                                                      int64_t ldp) {
   using reg = typename V::reg;
   constexpr int W = V::W;
   const typename V::T* a = part.a;
@@ -58,10 +59,10 @@ enum class Start : int { kC, kZero, kInit };
 // 24 accumulators must stay in registers through the loops, and GCC spills them to the stack
 // once the epilogue's constants and pointers compete for registers here).
 template <class V, int MR, int NR, bool ACM>
-static inline __attribute__((always_inline)) void block(const Part<typename V::T>* part, int64_t ldp,
-                                                       typename V::T* c, int64_t ldc, Start start,
-                                                       const typename V::T* init, int64_t ld_init,
-                                                       int last) {
+static inline __attribute__((always_inline)) void block(const Part<typename V::T>* part,
+                                                       int64_t ldp, typename V::T* c, int64_t ldc,
+                                                       Start start, const typename V::T* init,
+                                                       int64_t ld_init, int last) {
   using reg = typename V::reg;
   constexpr int W = V::W;
   reg acc[MR][NR];
@@ -210,15 +211,19 @@ static void step_impl(const StepArgs<typename V::T>& s) {
         T* copyj = copy ? copy + p0 + j0 : copy;
         const T* auxj = s.aux ? s.aux + p0 + j0 : s.aux;
         if (nv == NR) {
-          column_block<V, NR, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj, auxj, last, e);
+          column_block<V, NR, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj, auxj,
+                                   last, e);
         } else if (nv == 1) {
-          column_block<V, 1, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj, auxj, last, e);
+          column_block<V, 1, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj, auxj,
+                                  last, e);
         } else if constexpr (NR > 2) {
           if (nv == 2) {
-            column_block<V, 2, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj, auxj, last, e);
+            column_block<V, 2, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj, auxj,
+                                    last, e);
           } else if constexpr (NR > 3) {
             if (nv == 3) {
-              column_block<V, 3, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj, auxj, last, e);
+              column_block<V, 3, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj, auxj,
+                                      last, e);
             }
           }
         }

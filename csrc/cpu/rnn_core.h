@@ -147,7 +147,9 @@ struct Recurrence {
           }
           return pr;
         };
-        if (carried > r0) run(true, carried - r0, input(0), H, prev, init, ld_init, cur, copy, nullptr, ep);
+        if (carried > r0) {
+          run(true, carried - r0, input(0), H, prev, init, ld_init, cur, copy, nullptr, ep);
+        }
         const int64_t fresh = carried > r0 ? carried : r0;
         if (n > fresh) {  // rows starting here: from hx, or from zeros (no recurrent product)
           const int64_t off = fresh - r0;

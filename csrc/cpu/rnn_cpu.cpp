@@ -407,7 +407,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
                    : g.N > 0 ? empty({g.B, g.H}, dtype)
                              : at::zeros({g.B, g.H}, opts);
   // dpre, and h_prev when the W_hh gradient needs one gathered (a ragged batch)
-  const bool gather = want_w_hh && g.packed && g.N > 0 && g.batch_sizes.front() != g.batch_sizes.back();
+  const bool gather =
+      want_w_hh && g.packed && g.N > 0 && g.batch_sizes.front() != g.batch_sizes.back();
   Scratch scratch(Scratch::bytes_for(g.N * g.H, dtype) * (gather ? 2 : 1));
   Tensor dpre = scratch.take(g.N, g.H, dtype);
   const cpu::Plan plan = plan_for(g, /*backward=*/true, want_input, dtype);
