@@ -29,15 +29,8 @@ void own_gemm_rows(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, 
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
-      StepArgs<T> s;
-      s.rows = r1 - r0;
-      s.n = n;
-      s.ldp = ldp;
-      s.first = {a + r0 * lda, lda, p, k, k};
-      s.c = c + r0 * ldc;
-      s.ldc = ldc;
-      s.ep = ep;
-      kernel(s);
+      kernel(StepArgs<T>::one(r1 - r0, n, ldp, {a + r0 * lda, lda, p, k, k}, c + r0 * ldc, ldc,
+                              ep));
     }
   });
 }
@@ -78,15 +71,9 @@ void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
           std::memcpy(dst, b + (q0 + q) * ldb + j0, static_cast<size_t>(cols) * sizeof(T));
           std::fill(dst + cols, dst + pc, T(0));
         }
-        StepArgs<T> s;
-        s.rows = r1 - r0;
-        s.n = cols;
-        s.ldp = pc;
-        s.first = {a + q0 * lda + r0, lda, buf.data(), kc, kc};
-        s.c = c + r0 * ldc + j0;
-        s.ldc = ldc;
-        s.ep = q0 == 0 && !accumulate ? Epilogue::kZero : Epilogue::kNone;
-        kernel(s);
+        const Epilogue ep = q0 == 0 && !accumulate ? Epilogue::kZero : Epilogue::kNone;
+        kernel(StepArgs<T>::one(r1 - r0, cols, pc, {a + q0 * lda + r0, lda, buf.data(), kc, kc},
+                                c + r0 * ldc + j0, ldc, ep));
       }
     }
   });

@@ -101,6 +101,20 @@ struct StepArgs {
   T* copy = nullptr;       // when set, the result is stored here too (row stride ldc)
   const T* aux = nullptr;  // kTanhBwd / kReluBwd: the forward's h (row stride ldc)
   Epilogue ep = Epilogue::kNone;
+
+  // A call of one product, started from C (or zero with kZero), no copy or aux: the GEMMs.
+  static StepArgs one(int64_t rows, int64_t n, int64_t ldp, const Product<T>& first, T* c,
+                      int64_t ldc, Epilogue ep) {
+    StepArgs s;
+    s.rows = rows;
+    s.n = n;
+    s.ldp = ldp;
+    s.first = first;
+    s.c = c;
+    s.ldc = ldc;
+    s.ep = ep;
+    return s;
+  }
 };
 
 template <typename T>

@@ -88,8 +88,10 @@ Plan automatic(const Shape& s, bool vector_kernel) {
                  "W_ih and W_hh within half a core's L2)";
     } else {
       p.path = Path::kKernel;
-      p.reason = many_rows ? "micro-kernel steps; W_ih and W_hh over half a core's L2: one projection GEMM"
-                           : "micro-kernel steps; < 8 rows a step: one projection GEMM";
+      p.reason = many_rows
+                     ? "micro-kernel steps; W_ih and W_hh over half a core's L2: one projection "
+                       "GEMM"
+                     : "micro-kernel steps; < 8 rows a step: one projection GEMM";
     }
   } else {
     const bool few = s.H >= kFewMinHidden && s.T <= kFewStepsBackward &&
@@ -103,7 +105,8 @@ Plan automatic(const Shape& s, bool vector_kernel) {
       p.reason = "no vector micro-kernel: BLAS steps";
     } else if (tiny_projection || fits) {
       p.path = Path::kFused;
-      p.reason = "micro-kernel steps with grad_input fused per step (W_ih and W_hh within half a core's L2)";
+      p.reason = "micro-kernel steps with grad_input fused per step (W_ih and W_hh within half a "
+                 "core's L2)";
     } else {
       p.path = Path::kKernel;
       p.reason = "micro-kernel steps; W_ih and W_hh over half a core's L2: grad_input as one GEMM";

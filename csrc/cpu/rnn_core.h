@@ -216,15 +216,8 @@ struct Recurrence {
         if (w_ih_blas != nullptr) {
           gemm_rows(false, n - r0, inputs, H, cur, H, w_ih_blas, ldw_ih, T(0), gx, inputs);
         } else {
-          StepArgs<T> sa;
-          sa.rows = n - r0;
-          sa.n = inputs;
-          sa.ldp = packed_width<T>(inputs);
-          sa.first = {cur, H, w_ih_plain, H, H};
-          sa.c = gx;
-          sa.ldc = inputs;
-          sa.ep = Epilogue::kZero;
-          kernel(sa);
+          kernel(StepArgs<T>::one(n - r0, inputs, packed_width<T>(inputs),
+                                  {cur, H, w_ih_plain, H, H}, gx, inputs, Epilogue::kZero));
         }
       }
       // grad_hx reads whole rows of dpre_t too: with the columns split, only once every thread has

@@ -233,25 +233,22 @@ void over_rows(const Geometry& g, const cpu::Plan& plan, const W& worker) {
   // slice s starts at the first row whose work before it reaches s / slices of all N.
   c10::SmallVector<int64_t, 17> bounds(slices + 1, g.B);
   bounds[0] = 0;
-  if (g.N < g.T * g.B) {
-    std::vector<int64_t> len(g.B + 1, 0);
-    for (int64_t t = 0; t < g.T; ++t) ++len[g.batch_sizes[t]];  // steps with exactly b rows
-    for (int64_t r = g.B - 1; r >= 0; --r) len[r] += len[r + 1];  // steps with >= r rows
-    int64_t work = 0;  // rows < r: sum of len(r') = sum of (steps with > r' rows) = len[r' + 1]
-    for (int64_t r = 0, s = 1; r < g.B && s < slices; ++r) {
-      if (work * slices >= s * g.N && r > bounds[s - 1]) bounds[s++] = r;
-      work += len[r + 1];
-    }
-    for (int64_t s = slices - 1; s >= 1; --s) bounds[s] = std::min(bounds[s], bounds[s + 1] - 1);
-  } else {
-    for (int64_t s = 1; s < slices; ++s) bounds[s] = s * per;
+  // Strictly increasing (each set bound is past the one before, and the last pass leaves room for
+  // one row a slice behind it): no slice is empty.
+  std::vector<int64_t> len(g.B + 1, 0);
+  for (int64_t t = 0; t < g.T; ++t) ++len[g.batch_sizes[t]];  // steps with exactly b rows
+  for (int64_t r = g.B - 1; r >= 0; --r) len[r] += len[r + 1];  // steps with >= r rows
+  int64_t work = 0;  // rows < r: sum of len(r') = sum of (steps with > r' rows) = len[r' + 1]
+  for (int64_t r = 0, s = 1; r < g.B && s < slices; ++r) {
+    if (work * slices >= s * g.N && r > bounds[s - 1]) bounds[s++] = r;
+    work += len[r + 1];
   }
+  for (int64_t s = slices - 1; s >= 1; --s) bounds[s] = std::min(bounds[s], bounds[s + 1] - 1);
   std::atomic<int64_t> next{0};
   at::parallel_for(0, std::min(threads, slices), 1, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {  // one worker per index; each drains the counter
       worker([&](int64_t& r0, int64_t& r1) {
-        int64_t s = next++;
-        while (s < slices && bounds[s + 1] <= bounds[s]) s = next++;  // (none empty, in practice)
+        const int64_t s = next++;
         if (s >= slices) return false;
         r0 = bounds[s];
         r1 = bounds[s + 1];
