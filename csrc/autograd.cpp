@@ -19,6 +19,7 @@
 #include <torch/csrc/autograd/saved_variable.h>
 #include <torch/library.h>
 
+#include "autograd_node.h"
 #include "composite.h"
 #include "op_handles.h"
 
@@ -117,9 +118,9 @@ std::tuple<Tensor, Tensor> rnn_forward_autograd(c10::DispatchKeySet ks, const Te
     // Forward-mode AD: the composite of at:: ops, whose tangents (and gradients) ATen computes.
     return composite::rnn_forward(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse);
   }
-  c10::intrusive_ptr<RnnForwardBackward> node;
+  NodeRef<RnnForwardBackward> node;
   if (torch::autograd::compute_requires_grad(input, hx, w_ih, w_hh, b_ih, b_hh)) {
-    node = c10::make_intrusive<RnnForwardBackward>();
+    node = make_node<RnnForwardBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(input, hx, w_ih, w_hh, b_ih, b_hh));
   }
   auto outs = [&] {  // the device kernel (as PyTorch's generated autograd kernels redispatch)

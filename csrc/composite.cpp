@@ -5,6 +5,7 @@
 // in torch.nn's graph, so second derivatives flow into `output` (and from there, when `output` is
 // the forward's saved result, back through the forward's node). Packed input follows csrc/OPS.md:
 // step t covers rows [off_t, off_t + batch_sizes[t]) and entry b is row off_t + b.
+#include "autograd_node.h"
 #include "composite.h"
 
 #include <ATen/ATen.h>
@@ -258,9 +259,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_autograd(
     return rnn_backward(grad_output, grad_h_n, input, batch_sizes, hx, w_ih, w_hh, output, relu,
                         reverse, output_mask);
   }
-  c10::intrusive_ptr<RnnBackwardBackward> node;
+  NodeRef<RnnBackwardBackward> node;
   if (torch::autograd::compute_requires_grad(grad_output, grad_h_n, input, hx, w_ih, w_hh, output)) {
-    node = c10::make_intrusive<RnnBackwardBackward>();
+    node = make_node<RnnBackwardBackward>();
     node->set_next_edges(
         torch::autograd::collect_next_edges(grad_output, grad_h_n, input, hx, w_ih, w_hh, output));
   }
