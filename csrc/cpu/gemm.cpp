@@ -48,32 +48,45 @@ void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
   const auto kernel = step_kernel<T>(/*a_col_major=*/true);
   const int64_t pc = packed_width<T>(n);
   const int64_t panels = (n + pc - 1) / pc;
-  // Tasks: every panel of C's columns, each cut into `parts` row shares when there are fewer
-  // panels than threads (a narrow C; each share packs the panel's B rows for itself).
+  // Tasks: shares of C's rows (A's columns), one a thread, each over every panel of C's columns;
+  // where there are fewer rows than threads have shares of kRowAlign, the panels split in groups
+  // as well. Each task packs the B rows of its panels for itself. Row shares first: a thread then
+  // reads its part of A only and every chunk of it serves all the panels from L2 (2 threads, Xeon:
+  // m = n = 128, k = 3200: 59-60% of the FMA peak against 53-56% with a panel a thread; NOTES.md
+  // section 54).
   const int64_t threads = at::get_num_threads();
-  const int64_t parts =
-      std::max<int64_t>(1, std::min((threads + panels - 1) / panels, (m + kRowAlign - 1) / kRowAlign));
-  const int64_t tasks = panels * parts;
+  const int64_t parts = std::max<int64_t>(1, std::min(threads, (m + kRowAlign - 1) / kRowAlign));
+  const int64_t groups = std::min(panels, (threads + parts - 1) / parts);
+  const int64_t tasks = groups * parts;
   const int64_t grain = m * n * k < kSerialWork ? tasks : 1;
   at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
-    AlignedBuffer<T> buf(kChunkRows * pc);
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t panel = t / parts, part = t % parts;
-      const int64_t j0 = panel * pc, cols = std::min(pc, n - j0);
+      const int64_t group = t / parts, part = t % parts;
+      const int64_t p0 = group * panels / groups, p1 = (group + 1) * panels / groups;
       const int64_t r0 = std::min(m, (part * m / parts + kRowAlign - 1) / kRowAlign * kRowAlign);
-      const int64_t r1 =
-          part + 1 == parts ? m : std::min(m, ((part + 1) * m / parts + kRowAlign - 1) / kRowAlign * kRowAlign);
+      const int64_t r1 = part + 1 == parts
+                             ? m
+                             : std::min(m, ((part + 1) * m / parts + kRowAlign - 1) / kRowAlign *
+                                               kRowAlign);
       if (r1 <= r0) continue;
+      AlignedBuffer<T> buf(kChunkRows * pc * (p1 - p0));
+      // k in chunks, the outer loop: a chunk of B's rows packed for all the task's panels, then
+      // every panel over the task's rows, A's chunk staying in L2 between the panels.
       for (int64_t q0 = 0; q0 < k; q0 += kChunkRows) {
         const int64_t kc = std::min(kChunkRows, k - q0);
-        for (int64_t q = 0; q < kc; ++q) {  // B's rows q0.. of this panel, zero past column n
-          T* dst = buf.data() + q * pc;
-          std::memcpy(dst, b + (q0 + q) * ldb + j0, static_cast<size_t>(cols) * sizeof(T));
-          std::fill(dst + cols, dst + pc, T(0));
+        for (int64_t pi = p0; pi < p1; ++pi) {
+          const int64_t j0 = pi * pc, cols = std::min(pc, n - j0);
+          pack_weight<T>(b + q0 * ldb + j0, ldb, cols, kc, /*transpose=*/false,
+                         buf.data() + (pi - p0) * kChunkRows * pc);
         }
         const Epilogue ep = q0 == 0 && !accumulate ? Epilogue::kZero : Epilogue::kNone;
-        kernel(StepArgs<T>::one(r1 - r0, cols, pc, {a + q0 * lda + r0, lda, buf.data(), kc, kc},
-                                c + r0 * ldc + j0, ldc, ep));
+        for (int64_t pi = p0; pi < p1; ++pi) {
+          const int64_t j0 = pi * pc, cols = std::min(pc, n - j0);
+          kernel(StepArgs<T>::one(r1 - r0, cols, packed_width<T>(cols),
+                                  {a + q0 * lda + r0, lda, buf.data() + (pi - p0) * kChunkRows * pc,
+                                   kc, kc},
+                                  c + r0 * ldc + j0, ldc, ep));
+        }
       }
     }
   });
