@@ -101,10 +101,11 @@ def test_equivalence_grid(
     expected = run(ref, x, hx, lengths, batch_first, enforce_sorted, out_w, h_w)
     actual = run(ours, x, hx, lengths, batch_first, enforce_sorted, out_w, h_w)
     assert len(expected) == len(actual)
-    for e, a in zip(expected, actual):
-        assert a.dtype == e.dtype and a.device == e.device
-        close(a, e, **TOL[dtype])
-    if device == "cuda":  # and against torch.nn on the CPU in float64 (cuDNN is not the truth)
+    slack = [0.0] * len(expected)
+    if device == "cuda":
+        # cuDNN is not the truth: torch.nn on the CPU in float64 is. Ours against it first, so that a
+        # failure says which side is off; then ours against cuDNN with cuDNN's own distance from the
+        # truth allowed on top (two float32 algorithms, neither exact; the CPU has no such slack).
         ref64 = copy.deepcopy(ref).to("cpu", torch.float64)
         ref64.zero_grad(set_to_none=True)
 
@@ -114,6 +115,10 @@ def test_equivalence_grid(
         truth = run(ref64, f64(x), f64(hx), lengths, batch_first, enforce_sorted, f64(out_w), f64(h_w))
         for t, a in zip(truth, actual):
             close(f64(a), t, **TOL[dtype], dtype=dtype)
+        slack = [float((f64(e) - t).abs().max()) if t.numel() else 0.0 for e, t in zip(expected, truth)]
+    for e, a, s in zip(expected, actual, slack):
+        assert a.dtype == e.dtype and a.device == e.device
+        close(a, e, **TOL[dtype], slack=s)
 
 
 @pytest.mark.parametrize(
