@@ -17,6 +17,10 @@ constexpr int64_t kSerialWork = int64_t{1} << 18;
 constexpr int64_t kRowBlock = 128;
 // own_gemm_tn: a task's rows start at a multiple of this (a 64-byte line of column-major A).
 constexpr int64_t kRowAlign = 16;
+// own_gemm_tn: k slices of at least this many rows (two chunks), and at most this many bytes of
+// the slices' own Cs (summed into C on the calling thread).
+constexpr int64_t kMinSlice = 2 * kChunkRows;
+constexpr int64_t kMaxPartialBytes = int64_t{1} << 20;
 
 }  // namespace
 
@@ -48,20 +52,52 @@ void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
   const auto kernel = step_kernel<T>(/*a_col_major=*/true);
   const int64_t pc = packed_width<T>(n);
   const int64_t panels = (n + pc - 1) / pc;
-  // Tasks: shares of C's rows (A's columns), one a thread, each over every panel of C's columns;
-  // where there are fewer rows than threads have shares of kRowAlign, the panels split in groups
-  // as well. Each task packs the B rows of its panels for itself. Row shares first: a thread then
-  // reads its part of A only and every chunk of it serves all the panels from L2 (2 threads, Xeon:
-  // m = n = 128, k = 3200: 59-60% of the FMA peak against 53-56% with a panel a thread; NOTES.md
-  // section 54).
   const int64_t threads = at::get_num_threads();
-  const int64_t parts = std::max<int64_t>(1, std::min(threads, (m + kRowAlign - 1) / kRowAlign));
-  const int64_t groups = std::min(panels, (threads + parts - 1) / parts);
-  const int64_t tasks = groups * parts;
+  // The task loop: C's rows [r0, r1) and panels [p0, p1), k rows [k0, k1), into cc (row stride
+  // ldcc), accumulating or not.
+  const auto run = [&](int64_t k0, int64_t k1, int64_t r0, int64_t r1, int64_t p0, int64_t p1,
+                       T* cc, int64_t ldcc, bool acc) {
+    AlignedBuffer<T> buf(kChunkRows * pc * (p1 - p0));
+    // k in chunks, the outer loop: a chunk of B's rows packed for all the task's panels, then
+    // every panel over the task's rows, A's chunk staying in L2 between the panels.
+    for (int64_t q0 = k0; q0 < k1; q0 += kChunkRows) {
+      const int64_t kc = std::min(kChunkRows, k1 - q0);
+      for (int64_t pi = p0; pi < p1; ++pi) {
+        const int64_t j0 = pi * pc, cols = std::min(pc, n - j0);
+        pack_weight<T>(b + q0 * ldb + j0, ldb, cols, kc, /*transpose=*/false,
+                       buf.data() + (pi - p0) * kChunkRows * pc);
+      }
+      const Epilogue ep = q0 == k0 && !acc ? Epilogue::kZero : Epilogue::kNone;
+      for (int64_t pi = p0; pi < p1; ++pi) {
+        const int64_t j0 = pi * pc, cols = std::min(pc, n - j0);
+        kernel(StepArgs<T>::one(r1 - r0, cols, packed_width<T>(cols),
+                                {a + q0 * lda + r0, lda, buf.data() + (pi - p0) * kChunkRows * pc,
+                                 kc, kc},
+                                cc + r0 * ldcc + j0, ldcc, ep));
+      }
+    }
+  };
+  // Tasks: k slices, shares of C's rows (A's columns) and groups of C's panels, in that order of
+  // preference. k slices where C is small (each slice beyond the first sums into a C of its own,
+  // added at the end): a thread then reads only its slice of A and of B, packs no B rows another
+  // thread packs too, and runs at one thread's rate (Xeon, 2 threads, m = n = 128, k = 3200:
+  // 64-66% of the FMA peak against 55-57% with row shares; NOTES.md section 54). Then row shares,
+  // each over every panel (a thread reads its part of A only, every chunk of it serving all the
+  // panels from L2: 59-60% against 53-56% with a panel a thread), and groups of panels only where
+  // m is a single 16-row share.
+  const int64_t c_bytes = m * n * static_cast<int64_t>(sizeof(T));
+  const int64_t kparts = std::max<int64_t>(
+      1, std::min({threads, k / kMinSlice, 1 + kMaxPartialBytes / std::max<int64_t>(1, c_bytes)}));
+  const int64_t per = (threads + kparts - 1) / kparts;  // threads a k slice
+  const int64_t parts = std::max<int64_t>(1, std::min(per, (m + kRowAlign - 1) / kRowAlign));
+  const int64_t groups = std::min(panels, (per + parts - 1) / parts);
+  const int64_t tasks = kparts * parts * groups;
   const int64_t grain = m * n * k < kSerialWork ? tasks : 1;
+  AlignedBuffer<T> partial((kparts - 1) * m * n);
   at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t group = t / parts, part = t % parts;
+      const int64_t slice = t / (parts * groups), group = t / parts % groups, part = t % parts;
+      const int64_t k0 = slice * k / kparts, k1 = (slice + 1) * k / kparts;
       const int64_t p0 = group * panels / groups, p1 = (group + 1) * panels / groups;
       const int64_t r0 = std::min(m, (part * m / parts + kRowAlign - 1) / kRowAlign * kRowAlign);
       const int64_t r1 = part + 1 == parts
@@ -69,27 +105,19 @@ void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
                              : std::min(m, ((part + 1) * m / parts + kRowAlign - 1) / kRowAlign *
                                                kRowAlign);
       if (r1 <= r0) continue;
-      AlignedBuffer<T> buf(kChunkRows * pc * (p1 - p0));
-      // k in chunks, the outer loop: a chunk of B's rows packed for all the task's panels, then
-      // every panel over the task's rows, A's chunk staying in L2 between the panels.
-      for (int64_t q0 = 0; q0 < k; q0 += kChunkRows) {
-        const int64_t kc = std::min(kChunkRows, k - q0);
-        for (int64_t pi = p0; pi < p1; ++pi) {
-          const int64_t j0 = pi * pc, cols = std::min(pc, n - j0);
-          pack_weight<T>(b + q0 * ldb + j0, ldb, cols, kc, /*transpose=*/false,
-                         buf.data() + (pi - p0) * kChunkRows * pc);
-        }
-        const Epilogue ep = q0 == 0 && !accumulate ? Epilogue::kZero : Epilogue::kNone;
-        for (int64_t pi = p0; pi < p1; ++pi) {
-          const int64_t j0 = pi * pc, cols = std::min(pc, n - j0);
-          kernel(StepArgs<T>::one(r1 - r0, cols, packed_width<T>(cols),
-                                  {a + q0 * lda + r0, lda, buf.data() + (pi - p0) * kChunkRows * pc,
-                                   kc, kc},
-                                  c + r0 * ldc + j0, ldc, ep));
-        }
+      if (slice == 0) {
+        run(k0, k1, r0, r1, p0, p1, c, ldc, accumulate);
+      } else {
+        run(k0, k1, r0, r1, p0, p1, partial.data() + (slice - 1) * m * n, n, false);
       }
     }
   });
+  for (int64_t slice = 1; slice < kparts; ++slice) {
+    const T* src = partial.data() + (slice - 1) * m * n;
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] += src[i * n + j];
+    }
+  }
 }
 
 template void own_gemm_rows<float>(int64_t, int64_t, int64_t, const float*, int64_t, const float*,

@@ -19,9 +19,9 @@ void own_gemm_rows(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, 
 
 // C[m, n] = A^T B (+ C when accumulate): A [k, m] and B [k, n] row-major (row strides lda, ldb),
 // C [m, n] row stride ldc; the weight gradients dpre^T x and dpre^T h_prev. A is read in place
-// (column-major A^T, step_cm); each task (a share of C's rows, and its panels of C's columns)
-// packs its panels' B rows kChunkRows at a time. k = 0 gives C = 0 (or leaves C when
-// accumulating).
+// (column-major A^T, step_cm); each task (a slice of k, a share of C's rows, and its panels of
+// C's columns) packs its panels' B rows kChunkRows at a time; a slice of k beyond the first sums
+// into a C of its own, added to C at the end. k = 0 gives C = 0 (or leaves C when accumulating).
 template <typename T>
 void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
                  bool accumulate, T* c, int64_t ldc);
