@@ -465,14 +465,15 @@ def test_weight_gradient_gemm(dtype, threads):
     # k across the 128-row chunks and in slices a thread (k >= 512 at 2 threads: 700 x 20 x 70,
     # 1100 x 130 x 150), m across the 16-row task shares, n a narrow panel, one panel, and whole
     # panels plus a partial one (in groups of panels a thread where m is one share: 12 x 140 at 2
-    # threads); strided rows; accumulation into C; k = 0 (C = 0, or C kept when accumulating). The
-    # BLAS route gives the same.
+    # threads; 8 panels or more a task, A's chunks transposed: 37 x 520 with k = 300, a partial
+    # last chunk); strided rows; accumulation into C; k = 0 (C = 0, or C kept when
+    # accumulating). The BLAS route gives the same.
     g = torch.Generator().manual_seed(5)
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         for k, m, n in [(1, 1, 1), (129, 37, 5), (300, 75, 64), (257, 130, 150), (0, 9, 70), (64, 300, 16),
-                        (200, 12, 140), (700, 20, 70), (1100, 130, 150)]:
+                        (200, 12, 140), (700, 20, 70), (1100, 130, 150), (300, 37, 520)]:
             a = torch.randn(k, m + 3, generator=g, dtype=torch.float64)[:, :m].to(dtype)
             b = torch.randn(k, n + 5, generator=g, dtype=torch.float64)[:, :n].to(dtype)
             c0 = torch.randn(m, n + 2, generator=g, dtype=torch.float64)[:, :n].to(dtype)

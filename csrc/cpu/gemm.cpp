@@ -21,6 +21,9 @@ constexpr int64_t kRowAlign = 16;
 // the slices' own Cs (summed into C on the calling thread).
 constexpr int64_t kMinSlice = 2 * kChunkRows;
 constexpr int64_t kMaxPartialBytes = int64_t{1} << 20;
+// own_gemm_tn: a task over at least this many panels of C transposes each chunk of A once for
+// all of them and reads it row-major (NOTES.md section 54: 1024 x 1024 +12-18%, 128 x 128 -15%).
+constexpr int64_t kTransposeAPanels = 8;
 
 }  // namespace
 
@@ -53,11 +56,38 @@ void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
   const int64_t pc = packed_width<T>(n);
   const int64_t panels = (n + pc - 1) / pc;
   const int64_t threads = at::get_num_threads();
+  const auto kernel_rm = step_kernel<T>(/*a_col_major=*/false);
   // The task loop: C's rows [r0, r1) and panels [p0, p1), k rows [k0, k1), into cc (row stride
   // ldcc), accumulating or not.
   const auto run = [&](int64_t k0, int64_t k1, int64_t r0, int64_t r1, int64_t p0, int64_t p1,
                        T* cc, int64_t ldcc, bool acc) {
     AlignedBuffer<T> buf(kChunkRows * pc * (p1 - p0));
+    if (p1 - p0 >= kTransposeAPanels) {
+      // A's chunk transposed once (pack_weight: rows r, k in panels of wa columns), then read
+      // row-major by every panel: two products of one panel of A each, so a chunk is two panels.
+      const int64_t rows = r1 - r0, step = std::min(kChunkRows, 2 * panel_cols<T>());
+      AlignedBuffer<T> at(packed_size<T>(step, rows));
+      for (int64_t q0 = k0; q0 < k1; q0 += step) {
+        const int64_t kc = std::min(step, k1 - q0);
+        for (int64_t pi = p0; pi < p1; ++pi) {
+          const int64_t j0 = pi * pc, cols = std::min(pc, n - j0);
+          pack_weight<T>(b + q0 * ldb + j0, ldb, cols, kc, /*transpose=*/false,
+                         buf.data() + (pi - p0) * kChunkRows * pc);
+        }
+        pack_weight<T>(a + q0 * lda + r0, lda, kc, rows, /*transpose=*/true, at.data());
+        const int64_t wa = packed_width<T>(kc), first = std::min(wa, kc);
+        const Epilogue ep = q0 == k0 && !acc ? Epilogue::kZero : Epilogue::kNone;
+        for (int64_t pi = p0; pi < p1; ++pi) {
+          const int64_t j0 = pi * pc, cols = std::min(pc, n - j0), ldp = packed_width<T>(cols);
+          const T* bp = buf.data() + (pi - p0) * kChunkRows * pc;
+          StepArgs<T> st = StepArgs<T>::one(rows, cols, ldp, {at.data(), wa, bp, kc, first},
+                                            cc + r0 * ldcc + j0, ldcc, ep);
+          if (kc > first) st.second = {at.data() + wa * rows, wa, bp + first * ldp, kc, kc - first};
+          kernel_rm(st);
+        }
+      }
+      return;
+    }
     // k in chunks, the outer loop: a chunk of B's rows packed for all the task's panels, then
     // every panel over the task's rows, A's chunk staying in L2 between the panels.
     for (int64_t q0 = k0; q0 < k1; q0 += kChunkRows) {
