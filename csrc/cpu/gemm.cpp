@@ -61,49 +61,38 @@ void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
   // ldcc), accumulating or not.
   const auto run = [&](int64_t k0, int64_t k1, int64_t r0, int64_t r1, int64_t p0, int64_t p1,
                        T* cc, int64_t ldcc, bool acc) {
-    AlignedBuffer<T> buf(kChunkRows * pc * (p1 - p0));
-    if (p1 - p0 >= kTransposeAPanels) {
-      // A's chunk transposed once (pack_weight: rows r, k in panels of wa columns), then read
-      // row-major by every panel: two products of one panel of A each, so a chunk is two panels.
-      const int64_t rows = r1 - r0, step = std::min(kChunkRows, 2 * panel_cols<T>());
-      AlignedBuffer<T> at(packed_size<T>(step, rows));
-      for (int64_t q0 = k0; q0 < k1; q0 += step) {
-        const int64_t kc = std::min(step, k1 - q0);
-        for (int64_t pi = p0; pi < p1; ++pi) {
-          const int64_t j0 = pi * pc, cols = std::min(pc, n - j0);
-          pack_weight<T>(b + q0 * ldb + j0, ldb, cols, kc, /*transpose=*/false,
-                         buf.data() + (pi - p0) * kChunkRows * pc);
-        }
-        pack_weight<T>(a + q0 * lda + r0, lda, kc, rows, /*transpose=*/true, at.data());
-        const int64_t wa = packed_width<T>(kc), first = std::min(wa, kc);
-        const Epilogue ep = q0 == k0 && !acc ? Epilogue::kZero : Epilogue::kNone;
-        for (int64_t pi = p0; pi < p1; ++pi) {
-          const int64_t j0 = pi * pc, cols = std::min(pc, n - j0), ldp = packed_width<T>(cols);
-          const T* bp = buf.data() + (pi - p0) * kChunkRows * pc;
-          StepArgs<T> st = StepArgs<T>::one(rows, cols, ldp, {at.data(), wa, bp, kc, first},
-                                            cc + r0 * ldcc + j0, ldcc, ep);
-          if (kc > first) st.second = {at.data() + wa * rows, wa, bp + first * ldp, kc, kc - first};
-          kernel_rm(st);
-        }
-      }
-      return;
-    }
+    const int64_t rows = r1 - r0;
+    // Over many panels, A's chunk transposed once (pack_weight: rows r, k in panels of wa
+    // columns) and read row-major by every panel, as two products of one A panel each (so a
+    // chunk is two A panels); else A read in place, column-major.
+    const bool transpose_a = p1 - p0 >= kTransposeAPanels;
+    const int64_t step = transpose_a ? std::min(kChunkRows, 2 * panel_cols<T>()) : kChunkRows;
+    AlignedBuffer<T> buf(step * pc * (p1 - p0));
+    AlignedBuffer<T> at(transpose_a ? packed_size<T>(step, rows) : 0);
     // k in chunks, the outer loop: a chunk of B's rows packed for all the task's panels, then
     // every panel over the task's rows, A's chunk staying in L2 between the panels.
-    for (int64_t q0 = k0; q0 < k1; q0 += kChunkRows) {
-      const int64_t kc = std::min(kChunkRows, k1 - q0);
+    for (int64_t q0 = k0; q0 < k1; q0 += step) {
+      const int64_t kc = std::min(step, k1 - q0);
       for (int64_t pi = p0; pi < p1; ++pi) {
         const int64_t j0 = pi * pc, cols = std::min(pc, n - j0);
         pack_weight<T>(b + q0 * ldb + j0, ldb, cols, kc, /*transpose=*/false,
-                       buf.data() + (pi - p0) * kChunkRows * pc);
+                       buf.data() + (pi - p0) * step * pc);
       }
+      if (transpose_a) {
+        pack_weight<T>(a + q0 * lda + r0, lda, kc, rows, /*transpose=*/true, at.data());
+      }
+      const int64_t wa = packed_width<T>(kc), first = transpose_a ? std::min(wa, kc) : kc;
       const Epilogue ep = q0 == k0 && !acc ? Epilogue::kZero : Epilogue::kNone;
       for (int64_t pi = p0; pi < p1; ++pi) {
-        const int64_t j0 = pi * pc, cols = std::min(pc, n - j0);
-        kernel(StepArgs<T>::one(r1 - r0, cols, packed_width<T>(cols),
-                                {a + q0 * lda + r0, lda, buf.data() + (pi - p0) * kChunkRows * pc,
-                                 kc, kc},
-                                cc + r0 * ldcc + j0, ldcc, ep));
+        const int64_t j0 = pi * pc, cols = std::min(pc, n - j0), ldp = packed_width<T>(cols);
+        const T* bp = buf.data() + (pi - p0) * step * pc;
+        StepArgs<T> st = StepArgs<T>::one(
+            rows, cols, ldp,
+            transpose_a ? Product<T>{at.data(), wa, bp, kc, first}
+                        : Product<T>{a + q0 * lda + r0, lda, bp, kc, kc},
+            cc + r0 * ldcc + j0, ldcc, ep);
+        if (kc > first) st.second = {at.data() + wa * rows, wa, bp + first * ldp, kc, kc - first};
+        (transpose_a ? kernel_rm : kernel)(st);
       }
     }
   };
