@@ -6,7 +6,7 @@
 //
 // rnnext::rnn, the whole stack (layers, directions, dropout between layers): ATen's
 // apply_layer_stack with rnn_forward for a layer's direction: the same at::cat of the two
-// directions (on a call whose directions run at once, each thread copies its own half instead),
+// directions (on a call whose directions run at once, each thread writes its own half instead),
 // the same at::dropout calls (torch.nn's RNG draws, training only, every layer but the last), the
 // same at::stack of the final states.
 //
@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include "cpu/plan.h"
+#include "cpu/rnn_cpu.h"
 #include "op_handles.h"
 
 #include <c10/util/SmallVector.h>
@@ -119,19 +120,27 @@ std::tuple<Tensor, Tensor> rnn_stack(const Tensor& input, const optional<Tensor>
                                             x.size(-1), h);
     Tensor y;
     if (concurrent) {
-      // Each thread also copies its direction into its half of the layer's output, while that
-      // direction's rows are still in its core's cache: the copy and the fresh output's page
-      // faults split between the two, where an at::cat after both ran them on one thread
-      // (benchmarks/NOTES.md section 46).
+      // Each thread writes its direction straight into its half of the layer's output (rows 2H
+      // apart: rnn_forward's CPU kernel through cpu::rnn_forward_into), where each direction's
+      // own output tensor was allocated, faulted in and copied over (benchmarks/NOTES.md
+      // sections 46 and 55).
       std::vector<int64_t> shape = x.sizes().vec();
       shape.back() = 2 * h;
       y = at::empty(shape, x.options());
+      const int64_t batch = !packed                    ? x.size(1)
+                            : batch_sizes->numel() > 0 ? batch_sizes->data_ptr<int64_t>()[0]
+                                                       : 0;
+      for (Tensor& hn : h_ns) hn = at::empty({batch, h}, x.options());
       const at::ThreadLocalState state;  // grad mode, dispatch state, ... for the other thread
       at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
         const at::ThreadLocalStateGuard guard(state);
         for (int64_t d = begin; d < end; ++d) {
-          direction(d);
-          y.narrow(-1, d * h, h).copy_(outs[d]);
+          const Tensor* w = weights.data() + (layer * dirs + d) * per;
+          cpu::rnn_forward_into(
+              x, batch_sizes, hx ? optional<Tensor>(h0s[layer * dirs + d]) : std::nullopt, w[0],
+              w[1], has_biases ? optional<Tensor>(w[2]) : std::nullopt,
+              has_biases ? optional<Tensor>(w[3]) : std::nullopt, relu, d == 1,
+              y.narrow(-1, d * h, h), h_ns[d]);
         }
       });
     } else {

@@ -525,10 +525,16 @@ def test_cpu_plan_names_a_path_and_a_reason(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
-def test_bidirectional_directions_at_once(dtype, packed, context):
+@pytest.mark.parametrize("path", ["auto", *CPU_PATHS, "kernel+own-gemm"])
+def test_bidirectional_directions_at_once(dtype, packed, context, path, monkeypatch):
     # On 2 threads, a call that records no graph runs a bidirectional layer's two directions at
-    # once, one thread each (csrc/stack.cpp; cpu::concurrent_directions): this shape is above the
-    # size rule in both layers. The answer must not depend on it.
+    # once, one thread each (csrc/stack.cpp; cpu::concurrent_directions), each writing its half of
+    # the layer's output in place (rows 2H apart): this shape is above the size rule in both
+    # layers; every path (forced; the own GEMM for the projection too) writes that way. The answer
+    # must not depend on it.
+    monkeypatch.setenv("RNNEXT_CPU_PATH", path.split("+")[0])
+    if path.endswith("+own-gemm"):
+        monkeypatch.setenv("RNNEXT_CPU_GEMM", "own")
     prev = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

@@ -97,11 +97,11 @@ static inline __attribute__((always_inline)) void block(const Part<typename V::T
 }
 
 // The epilogue of m rows x nv vectors of C (lanes up to `last` in the last vector), just stored by
-// block() and still in L1: C = op(C), and copy = C when set.
+// block() and still in L1: C = op(C), and copy = C when set (row stride ld_copy).
 template <class V>
 static __attribute__((noinline)) void finish(int m, int nv, int last, typename V::T* c, int64_t ldc,
-                                             typename V::T* copy, const typename V::T* aux,
-                                             Epilogue ep) {
+                                             typename V::T* copy, int64_t ld_copy,
+                                             const typename V::T* aux, Epilogue ep) {
   using reg = typename V::reg;
   constexpr int W = V::W;
   for (int r = 0; r < m; ++r) {
@@ -123,10 +123,10 @@ static __attribute__((noinline)) void finish(int m, int nv, int last, typename V
       }
       if (partial) {
         V::storen(cj, v, last);
-        if (copy != nullptr) V::storen(copy + r * ldc + j * W, v, last);
+        if (copy != nullptr) V::storen(copy + r * ld_copy + j * W, v, last);
       } else {
         V::store(cj, v);
-        if (copy != nullptr) V::store(copy + r * ldc + j * W, v);
+        if (copy != nullptr) V::store(copy + r * ld_copy + j * W, v);
       }
     }
   }
@@ -149,7 +149,7 @@ template <class V, int NR, bool ACM>
 static inline __attribute__((always_inline)) void column_block(
     int64_t rows, const Part<typename V::T>* part, int64_t ldp, typename V::T* c, int64_t ldc,
     Start start, const typename V::T* init, int64_t ld_init, typename V::T* copy,
-    const typename V::T* aux, int last, Epilogue ep) {
+    int64_t ld_copy, const typename V::T* aux, int last, Epilogue ep) {
   using T = typename V::T;
   const int64_t blocks = (rows + V::MR - 1) / V::MR;
   if (blocks == 0) return;
@@ -163,7 +163,7 @@ static inline __attribute__((always_inline)) void column_block(
     block_m<V, NR, ACM>(m, at, ldp, c + r * ldc, ldc, start, init ? init + r * ld_init : init,
                         ld_init, last);
     if (ep != Epilogue::kNone || copy != nullptr) {
-      finish<V>(m, NR, last, c + r * ldc, ldc, copy ? copy + r * ldc : copy,
+      finish<V>(m, NR, last, c + r * ldc, ldc, copy ? copy + r * ld_copy : copy, ld_copy,
                 aux ? aux + r * ldc : aux, ep);
     }
     r += m;
@@ -189,6 +189,7 @@ static void step_impl(const StepArgs<typename V::T>& s) {
                           : s.ep == Epilogue::kZero ? Start::kZero : Start::kC;
       const Epilogue e = final && s.ep != Epilogue::kZero ? s.ep : Epilogue::kNone;
       T* copy = final ? s.copy : nullptr;
+      const int64_t ld_copy = s.ld_copy != 0 ? s.ld_copy : s.ldc;
       // The chunk [q0, q0 + kc) of the two products' k laid end to end.
       Part<T> part[2];
       for (int i = 0, base = 0; i < 2; base += prod[i]->k, ++i) {
@@ -211,19 +212,19 @@ static void step_impl(const StepArgs<typename V::T>& s) {
         T* copyj = copy ? copy + p0 + j0 : copy;
         const T* auxj = s.aux ? s.aux + p0 + j0 : s.aux;
         if (nv == NR) {
-          column_block<V, NR, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj, auxj,
-                                   last, e);
+          column_block<V, NR, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj,
+                                   ld_copy, auxj, last, e);
         } else if (nv == 1) {
-          column_block<V, 1, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj, auxj,
-                                  last, e);
+          column_block<V, 1, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj,
+                                  ld_copy, auxj, last, e);
         } else if constexpr (NR > 2) {
           if (nv == 2) {
-            column_block<V, 2, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj, auxj,
-                                    last, e);
+            column_block<V, 2, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj,
+                                    ld_copy, auxj, last, e);
           } else if constexpr (NR > 3) {
             if (nv == 3) {
-              column_block<V, 3, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj, auxj,
-                                      last, e);
+              column_block<V, 3, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj,
+                                      ld_copy, auxj, last, e);
             }
           }
         }

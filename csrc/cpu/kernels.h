@@ -98,7 +98,8 @@ struct StepArgs {
   int64_t ld_init = 0;
   T* c = nullptr;
   int64_t ldc = 0;
-  T* copy = nullptr;       // when set, the result is stored here too (row stride ldc)
+  T* copy = nullptr;       // when set, the result is stored here too (row stride ld_copy)
+  int64_t ld_copy = 0;     // 0: ldc
   const T* aux = nullptr;  // kTanhBwd / kReluBwd: the forward's h (row stride ldc)
   Epilogue ep = Epilogue::kNone;
 

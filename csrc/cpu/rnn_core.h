@@ -84,6 +84,9 @@ struct Recurrence {
   int64_t col_begin = 0;            // multiples of panel_cols<T>(); col_end is clipped to H
   int64_t col_end = INT64_MAX;
   SpinBarrier* barrier = nullptr;   // set when the columns are split between threads
+  // forward()'s `out`: its row stride (0: H). Another stride (a bidirectional layer's half of a
+  // [*, 2H] output) only with a ring (the rows split, or one thread).
+  int64_t ld_out = 0;
 
   int64_t bs(int64_t t) const { return (t >= 0 && t < steps) ? batch_sizes[t] : 0; }
   T* rows(T* base, int64_t t) const { return base + offsets[t] * hidden; }
@@ -95,14 +98,16 @@ struct Recurrence {
   static int64_t panel_offset(int64_t c, int64_t n, int64_t k) {
     return c == 0 ? 0 : c / packed_width<T>(n) * k * packed_width<T>(n);
   }
-  // rows [r0, r1) of a step's [*, H] block, this thread's columns only
-  void copy_cols(T* dst, const T* src, int64_t r0, int64_t r1) const {
-    const int64_t H = hidden, a = c0(), w = c1() - c0();
-    if (a == 0 && w == H) {
+  int64_t ldo() const { return ld_out != 0 ? ld_out : hidden; }
+  // rows [r0, r1) of a step's [*, H] block, this thread's columns only (src's row stride lds: 0
+  // for H)
+  void copy_cols(T* dst, const T* src, int64_t r0, int64_t r1, int64_t lds = 0) const {
+    const int64_t H = hidden, a = c0(), w = c1() - c0(), ls = lds != 0 ? lds : H;
+    if (a == 0 && w == H && ls == H) {
       std::memcpy(dst + r0 * H, src + r0 * H, (r1 - r0) * H * sizeof(T));
       return;
     }
-    for (int64_t r = r0; r < r1; ++r) std::memcpy(dst + r * H + a, src + r * H + a, w * sizeof(T));
+    for (int64_t r = r0; r < r1; ++r) std::memcpy(dst + r * H + a, src + r * ls + a, w * sizeof(T));
   }
 
   // The step processed just before t, and how many of t's rows continue from it (the rest start
@@ -119,7 +124,7 @@ struct Recurrence {
   // several read-modify-write passes of a step (bias, projection, recurrent product, activation)
   // on shared memory cost cross-core traffic where the cores share no cache (NOTES.md section 31).
   void forward(T* out, T* h_n, T* ring = nullptr) const {
-    const int64_t H = hidden, a = c0(), w = c1() - c0();
+    const int64_t H = hidden, a = c0(), w = c1() - c0(), lo = ldo();
     const Epilogue ep = relu ? Epilogue::kRelu : Epilogue::kTanh;
     const int64_t r0 = row_begin;
     for (int64_t i = 0; i < steps; ++i) {
@@ -127,7 +132,7 @@ struct Recurrence {
       const int64_t n = clip(bs(t)), carried = clip(carried_rows(t));
       if (n > r0 && w > 0) {
         // cur / prev: row r0 of this step / of the step before (ring or out), rows H apart.
-        T* shared = rows(out, t) + r0 * H;
+        T* shared = out + (offsets[t] + r0) * lo;
         T* cur = ring != nullptr ? ring + (i % 2) * (row_end - r0) * H : shared;
         // (prev is read only when rows carry over: at the first step there is no step before.)
         const T* prev = ring != nullptr ? ring + ((i + 1) % 2) * (row_end - r0) * H
@@ -137,7 +142,7 @@ struct Recurrence {
         // projection on entry). Built in cur in one pass; out's rows get the result too when cur
         // is the ring.
         const T* init = x != nullptr ? bias : (cur != shared ? shared : nullptr);
-        const int64_t ld_init = x != nullptr ? 0 : H;
+        const int64_t ld_init = x != nullptr ? 0 : lo;
         T* copy = cur != shared ? shared : nullptr;
         const auto input = [&](int64_t from) {  // x_t W_ih^T of the rows r0 + from..
           Product<T> pr;
@@ -148,18 +153,18 @@ struct Recurrence {
           return pr;
         };
         if (carried > r0) {
-          run(true, carried - r0, input(0), H, prev, init, ld_init, cur, copy, nullptr, ep);
+          run(true, carried - r0, input(0), H, prev, init, ld_init, cur, copy, nullptr, ep, lo);
         }
         const int64_t fresh = carried > r0 ? carried : r0;
         if (n > fresh) {  // rows starting here: from hx, or from zeros (no recurrent product)
           const int64_t off = fresh - r0;
           run(true, n - fresh, input(off), hx != nullptr ? H : 0,
               hx != nullptr ? hx + fresh * H : nullptr, init ? init + off * ld_init : init, ld_init,
-              cur + off * H, copy ? copy + off * H : copy, nullptr, ep);
+              cur + off * H, copy ? copy + off * lo : copy, nullptr, ep, lo);
         }
         // Rows whose sequence ends here: forward, those absent at t+1; reverse, all rows at t = 0.
         const int64_t done_from = reverse ? (t == 0 ? r0 : n) : clip(bs(t + 1));
-        if (n > done_from) copy_cols(h_n, shared - r0 * H, done_from, n);
+        if (n > done_from) copy_cols(h_n, shared - r0 * lo, done_from, n, lo);
       }
       if (barrier != nullptr) barrier->wait();
     }
@@ -238,12 +243,14 @@ struct Recurrence {
 
   // Rows of c (row stride H), this thread's columns: c = ep(S + first + a op(W_hh)), the
   // recurrent product with k = H (0: none); S = init's rows (row stride ld_init; 0: one row) when
-  // set, zero with kZero, else c itself; the result stored to copy too when set. op = transpose
+  // set, zero with kZero, else c itself; the result stored to copy too when set (row stride
+  // ld_copy; 0 for H). op = transpose
   // (forward: W_hh^T) or identity (backward). One micro-kernel call; with w_blas, the recurrent
   // product in BLAS between a kernel call for the start and first product and one for the
   // epilogue.
   void run(bool transpose, int64_t nrows, const Product<T>& first, int64_t k, const T* a,
-           const T* init, int64_t ld_init, T* c, T* copy, const T* aux, Epilogue ep) const {
+           const T* init, int64_t ld_init, T* c, T* copy, const T* aux, Epilogue ep,
+           int64_t ld_copy = 0) const {
     const int64_t H = hidden, c_0 = c0(), w = c1() - c0();
     StepArgs<T> s;
     s.rows = nrows;
@@ -255,6 +262,7 @@ struct Recurrence {
     s.c = c + c_0;
     s.ldc = H;
     s.copy = copy != nullptr ? copy + c_0 : copy;
+    s.ld_copy = ld_copy;
     s.aux = aux != nullptr ? aux + c_0 : aux;
     s.ep = ep;
     if (w_blas != nullptr && k > 0) {

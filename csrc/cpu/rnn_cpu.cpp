@@ -11,6 +11,7 @@
 #include "gemm.h"
 #include "plan.h"
 #include "rnn_core.h"
+#include "rnn_cpu.h"
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -315,20 +316,22 @@ void check_cpu(const Tensor& input) {
               "rnnext: the CPU kernels support float32 and float64, got ", input.scalar_type());
 }
 
-std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<Tensor>& batch_sizes,
-                                           const optional<Tensor>& hx, const Tensor& w_ih,
-                                           const Tensor& w_hh, const optional<Tensor>& b_ih,
-                                           const optional<Tensor>& b_hh, bool relu, bool reverse) {
-  const Geometry g = make_geometry(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh);
-  check_cpu(input);
+// The forward into out (the rows of every step, H entries each at a uniform row stride) and h_n
+// ([B, H], contiguous): rnn_forward's CPU kernel, and the directions of a bidirectional layer
+// writing their halves of the layer's output (cpu::rnn_forward_into, stack.cpp).
+void forward_into(const Geometry& g, const Tensor& input, const optional<Tensor>& hx,
+                  const Tensor& w_ih, const Tensor& w_hh, const optional<Tensor>& b_ih,
+                  const optional<Tensor>& b_hh, bool relu, bool reverse, const Tensor& out,
+                  int64_t ld_out, const Tensor& h_n) {
   const auto dtype = input.scalar_type();
-  Tensor out = empty(g.packed ? at::IntArrayRef{g.N, g.H} : at::IntArrayRef{g.T, g.B, g.H}, dtype);
-  Tensor h_n = empty({g.B, g.H}, dtype);
   if (g.N == 0) {
     if (hx.has_value()) h_n.copy_(*hx); else h_n.zero_();
-    return {out, h_n};
+    return;
   }
   const cpu::Plan plan = plan_for(g, /*backward=*/false, /*want_input=*/true, dtype);
+  // (Another row stride needs each thread's ring: not the column split.)
+  TORCH_CHECK(ld_out == g.H || plan.split != cpu::Split::kColumns,
+              "rnnext: internal: a strided output with the hidden columns split");
   const bool blas = plan.blas_recurrence(), fused = plan.input_per_step();
   // The weights the recurrence reads, packed: W_hh^T (none for BLAS steps), then, when fused,
   // W_ih^T and the summed bias; by each thread for itself (split_work), or here for a column split.
@@ -345,23 +348,23 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
     T* o = out.data_ptr<T>();
     std::vector<T> bias(static_cast<size_t>(g.H));
     pack_bias<T>(b_ih, b_hh, g.H, bias.data());
+    for (int64_t r = 0; r < g.N; ++r) std::memcpy(o + r * ld_out, bias.data(), g.H * sizeof(T));
     if (plan.own_gemm) {
-      for (int64_t r = 0; r < g.N; ++r) std::memcpy(o + r * g.H, bias.data(), g.H * sizeof(T));
       Tensor wp = empty({packed_entries(g.H, g.I, dtype)}, dtype);
       cpu::pack_weight<T>(wc.data_ptr<T>(), wc.stride(0), g.H, g.I, /*transpose=*/true,
                           wp.data_ptr<T>());
-      cpu::own_gemm_rows<T>(g.N, g.H, g.I, xc.data_ptr<T>(), ldx, wp.data_ptr<T>(), o, g.H,
-                          cpu::Epilogue::kNone);
+      cpu::own_gemm_rows<T>(g.N, g.H, g.I, xc.data_ptr<T>(), ldx, wp.data_ptr<T>(), o, ld_out,
+                            cpu::Epilogue::kNone);
       return;
     }
-    for (int64_t r = 0; r < g.N; ++r) std::memcpy(o + r * g.H, bias.data(), g.H * sizeof(T));
     cpu::gemm_rows(true, g.N, g.H, g.I, xc.data_ptr<T>(), ldx, wc.data_ptr<T>(), wc.stride(0), T(1),
-                   o, g.H);
+                   o, ld_out);
   });
   Tensor h0 = hx.has_value() ? hx->contiguous() : Tensor();
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "rnnext_rnn_forward_cpu", [&] {
     using T = scalar_t;
     auto rec = make_recurrence<T>(g, hx.has_value() ? &h0 : nullptr, relu, reverse, w_blas);
+    rec.ld_out = ld_out;
     if (fused) {
       rec.x = xc.data_ptr<T>();
       rec.ldx = ldx;
@@ -385,6 +388,18 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<T
     split_work(g, plan, rec, w_entries, pack,
                [&](const cpu::Recurrence<T>& part, T* ring) { part.forward(o, hn, ring); });
   });
+}
+
+std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& input, const optional<Tensor>& batch_sizes,
+                                           const optional<Tensor>& hx, const Tensor& w_ih,
+                                           const Tensor& w_hh, const optional<Tensor>& b_ih,
+                                           const optional<Tensor>& b_hh, bool relu, bool reverse) {
+  const Geometry g = make_geometry(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh);
+  check_cpu(input);
+  const auto dtype = input.scalar_type();
+  Tensor out = empty(g.packed ? at::IntArrayRef{g.N, g.H} : at::IntArrayRef{g.T, g.B, g.H}, dtype);
+  Tensor h_n = empty({g.B, g.H}, dtype);
+  forward_into(g, input, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse, out, g.H, h_n);
   return {out, h_n};
 }
 
@@ -538,6 +553,22 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
 }
 
 }  // namespace
+
+void cpu::rnn_forward_into(const Tensor& input, const optional<Tensor>& batch_sizes,
+                           const optional<Tensor>& hx, const Tensor& w_ih, const Tensor& w_hh,
+                           const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, bool relu,
+                           bool reverse, const Tensor& out, const Tensor& h_n) {
+  const Geometry g = make_geometry(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh);
+  check_cpu(input);
+  const auto want = g.packed ? std::vector<int64_t>{g.N, g.H} : std::vector<int64_t>{g.T, g.B, g.H};
+  TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == input.scalar_type() &&
+                  out.sizes() == at::IntArrayRef(want) && out.stride(-1) == 1 &&
+                  out.stride(-2) >= g.H && (g.packed || out.stride(0) == g.B * out.stride(1)) &&
+                  h_n.device().is_cpu() && h_n.scalar_type() == input.scalar_type() &&
+                  h_n.sizes() == at::IntArrayRef({g.B, g.H}) && h_n.is_contiguous(),
+              "rnnext: internal: rnn_forward_into's outputs do not fit the call");
+  forward_into(g, input, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse, out, out.stride(-2), h_n);
+}
 
 TORCH_LIBRARY_IMPL(rnnext, CPU, m) {
   m.impl("rnn_forward", &rnn_forward_cpu);
