@@ -105,13 +105,21 @@ std::tuple<Tensor, Tensor> rnn_stack(const Tensor& input, const optional<Tensor>
   c10::SmallVector<Tensor, 8> finals;
   for (int64_t layer = 0; layer < num_layers; ++layer) {
     Tensor outs[2], h_ns[2];
-    const auto direction = [&](int64_t d) {
+    // Direction d of this layer: rnn_forward into outs[d], or, given `into` (its half of the
+    // layer's output), rnn_forward's CPU code writing there.
+    const auto direction = [&](int64_t d, const Tensor* into = nullptr) {
       const int64_t k = layer * dirs + d;
       const Tensor* w = weights.data() + k * per;
-      std::tie(outs[d], h_ns[d]) = layer_op.call(
-          x, batch_sizes, hx ? optional<Tensor>(h0s[k]) : std::nullopt, w[0], w[1],
-          has_biases ? optional<Tensor>(w[2]) : std::nullopt,
-          has_biases ? optional<Tensor>(w[3]) : std::nullopt, relu, d == 1);
+      const optional<Tensor> h0 = hx ? optional<Tensor>(h0s[k]) : std::nullopt;
+      const optional<Tensor> b_ih = has_biases ? optional<Tensor>(w[2]) : std::nullopt;
+      const optional<Tensor> b_hh = has_biases ? optional<Tensor>(w[3]) : std::nullopt;
+      if (into != nullptr) {
+        h_ns[d] = cpu::rnn_forward_into(x, batch_sizes, h0, w[0], w[1], b_ih, b_hh, relu, d == 1,
+                                        *into);
+      } else {
+        std::tie(outs[d], h_ns[d]) =
+            layer_op.call(x, batch_sizes, h0, w[0], w[1], b_ih, b_hh, relu, d == 1);
+      }
     };
     const int64_t h = weights[layer * dirs * per + 1].size(0);
     const bool concurrent =
@@ -127,20 +135,12 @@ std::tuple<Tensor, Tensor> rnn_stack(const Tensor& input, const optional<Tensor>
       std::vector<int64_t> shape = x.sizes().vec();
       shape.back() = 2 * h;
       y = at::empty(shape, x.options());
-      const int64_t batch = !packed                    ? x.size(1)
-                            : batch_sizes->numel() > 0 ? batch_sizes->data_ptr<int64_t>()[0]
-                                                       : 0;
-      for (Tensor& hn : h_ns) hn = at::empty({batch, h}, x.options());
       const at::ThreadLocalState state;  // grad mode, dispatch state, ... for the other thread
       at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
         const at::ThreadLocalStateGuard guard(state);
         for (int64_t d = begin; d < end; ++d) {
-          const Tensor* w = weights.data() + (layer * dirs + d) * per;
-          cpu::rnn_forward_into(
-              x, batch_sizes, hx ? optional<Tensor>(h0s[layer * dirs + d]) : std::nullopt, w[0],
-              w[1], has_biases ? optional<Tensor>(w[2]) : std::nullopt,
-              has_biases ? optional<Tensor>(w[3]) : std::nullopt, relu, d == 1,
-              y.narrow(-1, d * h, h), h_ns[d]);
+          const Tensor half = y.narrow(-1, d * h, h);
+          direction(d, &half);
         }
       });
     } else {

@@ -113,16 +113,16 @@ void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
   const int64_t tasks = kparts * parts * groups;
   const int64_t grain = m * n * k < kSerialWork ? tasks : 1;
   AlignedBuffer<T> partial((kparts - 1) * m * n);
+  // Row share i's first row: a multiple of kRowAlign (m for i = parts).
+  const auto row_bound = [&](int64_t i) {
+    return i == parts ? m : std::min(m, (i * m / parts + kRowAlign - 1) / kRowAlign * kRowAlign);
+  };
   at::parallel_for(0, tasks, grain, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t slice = t / (parts * groups), group = t / parts % groups, part = t % parts;
       const int64_t k0 = slice * k / kparts, k1 = (slice + 1) * k / kparts;
       const int64_t p0 = group * panels / groups, p1 = (group + 1) * panels / groups;
-      const int64_t r0 = std::min(m, (part * m / parts + kRowAlign - 1) / kRowAlign * kRowAlign);
-      const int64_t r1 = part + 1 == parts
-                             ? m
-                             : std::min(m, ((part + 1) * m / parts + kRowAlign - 1) / kRowAlign *
-                                               kRowAlign);
+      const int64_t r0 = row_bound(part), r1 = row_bound(part + 1);
       if (r1 <= r0) continue;
       if (slice == 0) {
         run(k0, k1, r0, r1, p0, p1, c, ldc, accumulate);

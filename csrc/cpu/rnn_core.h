@@ -131,7 +131,8 @@ struct Recurrence {
       const int64_t t = reverse ? steps - 1 - i : i;
       const int64_t n = clip(bs(t)), carried = clip(carried_rows(t));
       if (n > r0 && w > 0) {
-        // cur / prev: row r0 of this step / of the step before (ring or out), rows H apart.
+        // cur / prev: row r0 of this step / of the step before (ring, rows H apart, or out, rows
+        // lo apart; lo = H without a ring).
         T* shared = out + (offsets[t] + r0) * lo;
         T* cur = ring != nullptr ? ring + (i % 2) * (row_end - r0) * H : shared;
         // (prev is read only when rows carry over: at the first step there is no step before.)
@@ -244,10 +245,9 @@ struct Recurrence {
   // Rows of c (row stride H), this thread's columns: c = ep(S + first + a op(W_hh)), the
   // recurrent product with k = H (0: none); S = init's rows (row stride ld_init; 0: one row) when
   // set, zero with kZero, else c itself; the result stored to copy too when set (row stride
-  // ld_copy; 0 for H). op = transpose
-  // (forward: W_hh^T) or identity (backward). One micro-kernel call; with w_blas, the recurrent
-  // product in BLAS between a kernel call for the start and first product and one for the
-  // epilogue.
+  // ld_copy; 0 for H). op = transpose (forward: W_hh^T) or identity (backward). One micro-kernel
+  // call; with w_blas, the recurrent product in BLAS between a kernel call for the start and first
+  // product and one for the epilogue.
   void run(bool transpose, int64_t nrows, const Product<T>& first, int64_t k, const T* a,
            const T* init, int64_t ld_init, T* c, T* copy, const T* aux, Epilogue ep,
            int64_t ld_copy = 0) const {
