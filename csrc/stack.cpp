@@ -105,8 +105,9 @@ std::tuple<Tensor, Tensor> rnn_stack(const Tensor& input, const optional<Tensor>
   c10::SmallVector<Tensor, 8> finals;
   for (int64_t layer = 0; layer < num_layers; ++layer) {
     Tensor outs[2], h_ns[2];
-    // Direction d of this layer: rnn_forward into outs[d], or, given `into` (its half of the
-    // layer's output), rnn_forward's CPU code writing there.
+    // Direction d of this layer: rnn_forward into outs[d] and h_ns[d], or, given `into` (its half
+    // of the layer's output), rnn_forward's CPU code writing there and into h_ns[d] (allocated by
+    // the caller).
     const auto direction = [&](int64_t d, const Tensor* into = nullptr) {
       const int64_t k = layer * dirs + d;
       const Tensor* w = weights.data() + k * per;
@@ -114,8 +115,8 @@ std::tuple<Tensor, Tensor> rnn_stack(const Tensor& input, const optional<Tensor>
       const optional<Tensor> b_ih = has_biases ? optional<Tensor>(w[2]) : std::nullopt;
       const optional<Tensor> b_hh = has_biases ? optional<Tensor>(w[3]) : std::nullopt;
       if (into != nullptr) {
-        h_ns[d] = cpu::rnn_forward_into(x, batch_sizes, h0, w[0], w[1], b_ih, b_hh, relu, d == 1,
-                                        *into);
+        cpu::rnn_forward_into(x, batch_sizes, h0, w[0], w[1], b_ih, b_hh, relu, d == 1, *into,
+                              h_ns[d]);
       } else {
         std::tie(outs[d], h_ns[d]) =
             layer_op.call(x, batch_sizes, h0, w[0], w[1], b_ih, b_hh, relu, d == 1);
@@ -135,6 +136,13 @@ std::tuple<Tensor, Tensor> rnn_stack(const Tensor& input, const optional<Tensor>
       std::vector<int64_t> shape = x.sizes().vec();
       shape.back() = 2 * h;
       y = at::empty(shape, x.options());
+      // h_n here, on the calling thread: allocated by the workers (in their glibc arenas), the
+      // stack's layer outputs were faulted in again at every call in 11 processes of 11, against
+      // 6 of 11 when allocated here (benchmarks/NOTES.md section 55).
+      const int64_t batch = !packed                    ? x.size(1)
+                            : batch_sizes->numel() > 0 ? batch_sizes->data_ptr<int64_t>()[0]
+                                                       : 0;
+      for (Tensor& hn : h_ns) hn = at::empty({batch, h}, x.options());
       const at::ThreadLocalState state;  // grad mode, dispatch state, ... for the other thread
       at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {
         const at::ThreadLocalStateGuard guard(state);

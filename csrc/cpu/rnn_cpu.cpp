@@ -554,20 +554,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
 
 }  // namespace
 
-Tensor cpu::rnn_forward_into(const Tensor& input, const optional<Tensor>& batch_sizes,
-                             const optional<Tensor>& hx, const Tensor& w_ih, const Tensor& w_hh,
-                             const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, bool relu,
-                             bool reverse, const Tensor& out) {
+void cpu::rnn_forward_into(const Tensor& input, const optional<Tensor>& batch_sizes,
+                           const optional<Tensor>& hx, const Tensor& w_ih, const Tensor& w_hh,
+                           const optional<Tensor>& b_ih, const optional<Tensor>& b_hh, bool relu,
+                           bool reverse, const Tensor& out, const Tensor& h_n) {
   const Geometry g = make_geometry(input, batch_sizes, hx, w_ih, w_hh, b_ih, b_hh);
   check_cpu(input);
   const auto want = g.packed ? std::vector<int64_t>{g.N, g.H} : std::vector<int64_t>{g.T, g.B, g.H};
   TORCH_CHECK(out.device().is_cpu() && out.scalar_type() == input.scalar_type() &&
                   out.sizes() == at::IntArrayRef(want) && out.stride(-1) == 1 &&
-                  out.stride(-2) >= g.H && (g.packed || out.stride(0) == g.B * out.stride(1)),
-              "rnnext: internal: rnn_forward_into's output does not fit the call");
-  Tensor h_n = empty({g.B, g.H}, input.scalar_type());
+                  out.stride(-2) >= g.H && (g.packed || out.stride(0) == g.B * out.stride(1)) &&
+                  h_n.device().is_cpu() && h_n.scalar_type() == input.scalar_type() &&
+                  h_n.sizes() == at::IntArrayRef({g.B, g.H}) && h_n.is_contiguous(),
+              "rnnext: internal: rnn_forward_into's outputs do not fit the call");
   forward_into(g, input, hx, w_ih, w_hh, b_ih, b_hh, relu, reverse, out, out.stride(-2), h_n);
-  return h_n;
 }
 
 TORCH_LIBRARY_IMPL(rnnext, CPU, m) {

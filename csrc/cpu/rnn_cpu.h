@@ -13,13 +13,13 @@ namespace rnnext {
 namespace cpu {
 
 // rnn_forward's arguments (dense CPU float32 / float64), then out: [T, B, H] or, packed, [N, H],
-// its last dimension contiguous and its rows (every step's batch entries, in order) at one stride.
-// Returns h_n ([B, H]).
-at::Tensor rnn_forward_into(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
-                            const std::optional<at::Tensor>& hx, const at::Tensor& w_ih,
-                            const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-                            const std::optional<at::Tensor>& b_hh, bool relu, bool reverse,
-                            const at::Tensor& out);
+// its last dimension contiguous and its rows (every step's batch entries, in order) at one stride;
+// h_n: [B, H] contiguous.
+void rnn_forward_into(const at::Tensor& input, const std::optional<at::Tensor>& batch_sizes,
+                      const std::optional<at::Tensor>& hx, const at::Tensor& w_ih,
+                      const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+                      const std::optional<at::Tensor>& b_hh, bool relu, bool reverse,
+                      const at::Tensor& out, const at::Tensor& h_n);
 
 }  // namespace cpu
 }  // namespace rnnext
