@@ -44,19 +44,8 @@ struct F32 {
   static reg sign() { return _mm256_castsi256_ps(_mm256_set1_epi32(static_cast<int>(0x80000000u))); }
   static reg abs(reg a) { return _mm256_andnot_ps(sign(), a); }
   static reg min_keep_nan(reg c, reg a) { return _mm256_min_ps(c, a); }
-  static reg fms(reg a, reg b, reg c) { return _mm256_fmsub_ps(a, b, c); }
-  static reg reduce_round(reg t) {  // t - round(t), exact
-    return _mm256_sub_ps(t, _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-  }
-  static reg scale_pow2(reg e, reg n) {  // e * 2^n for integral n in [0, 28]
-    const __m256i bits = _mm256_slli_epi32(_mm256_cvtps_epi32(n), 23);
-    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(e), bits));
-  }
   static reg copysign(reg mag, reg sgn) {
     return _mm256_or_ps(_mm256_and_ps(sgn, sign()), _mm256_andnot_ps(sign(), mag));
-  }
-  static reg select_lt(reg a, reg b, reg x, reg y) {
-    return _mm256_blendv_ps(y, x, _mm256_cmp_ps(a, b, _CMP_LT_OQ));
   }
   static void transpose(reg* r) {  // 8 x 8
     reg t[8], u[8];

@@ -45,17 +45,10 @@ struct F32 {
   static reg abs(reg a) { return _mm512_abs_ps(a); }
   // min(c, a), returning a when a is NaN (the second operand wins on NaN).
   static reg min_keep_nan(reg c, reg a) { return _mm512_min_ps(c, a); }
-  static reg fms(reg a, reg b, reg c) { return _mm512_fmsub_ps(a, b, c); }
-  // t - round(t), exact (AVX-512 DQ's vreduceps: one instruction)
-  static reg reduce_round(reg t) { return _mm512_reduce_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static reg scale_pow2(reg e, reg n) { return _mm512_scalef_ps(e, n); }  // e * 2^n, n integral
   static reg copysign(reg mag, reg sgn) {
     const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
     return _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(sgn), sign),
                                                _mm512_andnot_si512(sign, _mm512_castps_si512(mag))));
-  }
-  static reg select_lt(reg a, reg b, reg x, reg y) {  // a < b ? x : y
-    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), y, x);
   }
   static void transpose(reg* r) {  // 16 x 16: r[i] lane j <- r[j] lane i
     reg t[16];

@@ -6,8 +6,7 @@
 // V provides: T, reg, W (lanes), MR (row block), NR (column block, in vectors), and
 //   zero, set1, load (whole), loadn/storen (first m lanes), store, fma(a,b,c)=a*b+c, add, mul,
 //   tanh, relu, tanh_bwd(g, h) = g*(1-h*h), relu_bwd(g, h) = h <= 0 ? 0 : g; for the vector tanh
-//   also fms(a,b,c)=a*b-c, sub, div, abs, min_keep_nan, copysign, select_lt, scale_pow2, and
-//   round (float64) or reduce_round(t) = t - round(t) (float32).
+//   also sub, div, abs, min_keep_nan, copysign, and (float64) select_lt, scale_pow2, round.
 
 // A is row-major (A[r, q] = a[r * lda + q]) or, with ACM, column-major (A[r, q] = a[q * lda + r]:
 // the weight gradients' dpre^T, read in place from dpre [N, H]).
@@ -263,41 +262,30 @@ static void pack_t_impl(const typename V::T* w, int64_t ldw, int64_t n, int64_t 
   }
 }
 
-// tanh for float32 lanes: an odd polynomial below |x| = 0.625 (Cephes tanhf's), else
-// 1 - 2 / (e^{2|x|} + 1); the sign of x on both (so tanh(-0) = -0). e^{2|x|} = 2^t with
-// t = 2 log2(e) min(|x|, 9.5) = n + f, n = round(t), |f| <= 1/2, the product's rounding error
-// carried into f (two FMAs), 2^f by a degree-6 polynomial (minimax for relative error on
-// [-1/2, 1/2]: 1.9e-9), then scaled by 2^n. Both polynomials in Estrin's scheme: a tanh's
-// dependency chain, not its operation count, bounds the epilogue, where a block's tanhs cannot
-// all be in flight at once (benchmarks/NOTES.md section 48). 1.33 ulp at most, as Cephes' tanhf;
-// tanh rounds to exactly 1 from 9.01 on (+-inf and huge inputs give exactly +-1, as torch's tanh
-// does); NaN propagates.
+// tanh for float32 lanes: |x| P(z) / Q(z), z = x^2, P and Q of degree 4 in z (a minimax fit of
+// tanh(x) / x for relative error on [0, 9]: 2.1e-8), |x| capped at 9 first (tanh rounds to 1 from
+// 9.01 on, so +-inf and huge inputs give exactly +-1, as torch's tanh does), then the sign of x
+// (tanh(-0) = -0); NaN propagates. Both coefficient lists start at 1, so tiny inputs come back
+// unchanged. 16 vector operations: half of the former exp-based form's (Cephes tanhf: a
+// polynomial below 0.625, 1 - 2 / (e^{2|x|} + 1) above): ~12 cycles a vector against ~22 on an
+// Intel Xeon VM, where the epilogue's tanh had been 10-13% of a step at K = 256
+// (benchmarks/NOTES.md section 57). Error, every float32 in [0, 10]: at most 5.3 ulp (near 1,
+// where the last roundings of P, Q and the quotient add up), 0.08 ulp on average (Cephes' form:
+// 1.34 and 0.03); below the rounding error of the pre-activation's sum it is applied to.
 template <class V>
 static inline __attribute__((always_inline)) typename V::reg tanh_f32(typename V::reg x) {
   using reg = typename V::reg;
-  const reg ax = V::abs(x);
-  // |x| < 0.625: x + x z (c0 + c1 z + z^2 (c2 + c3 z + c4 z^2)), z = x^2
-  const reg z = V::mul(x, x);
-  const reg z2 = V::mul(z, z);
-  const reg s0 = V::fma(V::set1(1.33314422036e-1f), z, V::set1(-3.33332819422e-1f));
-  const reg s1 = V::fma(V::set1(2.06390887954e-2f), z, V::set1(-5.37397155531e-2f));
-  const reg s2 = V::fma(V::fma(V::set1(-5.70498872745e-3f), z2, s1), z2, s0);
-  const reg small = V::fma(V::mul(s2, z), ax, ax);
-  // e^{2|x|} = 2^(n + f)
-  const reg m = V::min_keep_nan(V::set1(9.5f), ax);
-  const reg t = V::mul(m, V::set1(2.88539008177792681f));  // 2 log2(e), float32
-  const reg f0 = V::reduce_round(t);                        // t - n, exact
-  const reg n = V::sub(t, f0);
-  const reg f = V::add(f0, V::fma(m, V::set1(3.85192597818218e-8f),  // 2 log2(e) - the above
-                                  V::fms(m, V::set1(2.88539008177792681f), t)));
-  const reg f2 = V::mul(f, f);
-  const reg p0 = V::fma(V::set1(0.6931471824645996f), f, V::set1(1.0f));
-  const reg p1 = V::fma(V::set1(0.05550328642129898f), f, V::set1(0.24022646248340607f));
-  const reg p2 = V::fma(V::set1(0.0013399932067841291f), f, V::set1(0.009618489071726799f));
-  const reg p = V::fma(V::fma(V::fma(V::set1(0.0001534576585981995f), f2, p2), f2, p1), f2, p0);
-  const reg e = V::scale_pow2(p, n);
-  const reg large = V::sub(V::set1(1.0f), V::div(V::set1(2.0f), V::add(e, V::set1(1.0f))));
-  return V::copysign(V::select_lt(ax, V::set1(0.625f), small, large), x);
+  const reg ax = V::min_keep_nan(V::set1(9.0f), V::abs(x));
+  const reg z = V::mul(ax, ax);
+  reg p = V::fma(V::set1(1.335439048e-08f), z, V::set1(2.060888073e-05f));
+  p = V::fma(p, z, V::set1(3.495575860e-03f));
+  p = V::fma(p, z, V::set1(1.338101476e-01f));
+  p = V::fma(p, z, V::set1(1.0f));
+  reg q = V::fma(V::set1(7.776445727e-07f), z, V::set1(3.285614657e-04f));
+  q = V::fma(q, z, V::set1(2.587693557e-02f));
+  q = V::fma(q, z, V::set1(4.671432972e-01f));
+  q = V::fma(q, z, V::set1(1.0f));
+  return V::copysign(V::div(V::mul(p, ax), q), x);
 }
 
 // tanh for float64 lanes (Cephes tanh): x + x^3 P(x^2) / Q(x^2) below |x| = 0.625, else
