@@ -45,10 +45,10 @@ struct F32 {
   static reg abs(reg a) { return _mm512_abs_ps(a); }
   // min(c, a), returning a when a is NaN (the second operand wins on NaN).
   static reg min_keep_nan(reg c, reg a) { return _mm512_min_ps(c, a); }
-  static reg copysign(reg mag, reg sgn) {
+  static reg copysign(reg mag, reg sgn) {  // sign bit ? sgn : mag, bitwise (0xCA: A ? B : C)
     const __m512i sign = _mm512_set1_epi32(static_cast<int>(0x80000000u));
-    return _mm512_castsi512_ps(_mm512_or_si512(_mm512_and_si512(_mm512_castps_si512(sgn), sign),
-                                               _mm512_andnot_si512(sign, _mm512_castps_si512(mag))));
+    return _mm512_castsi512_ps(_mm512_ternarylogic_epi32(sign, _mm512_castps_si512(sgn),
+                                                         _mm512_castps_si512(mag), 0xCA));
   }
   static void transpose(reg* r) {  // 16 x 16: r[i] lane j <- r[j] lane i
     reg t[16];
@@ -99,14 +99,11 @@ struct F64 {
   static reg abs(reg a) { return _mm512_abs_pd(a); }
   static reg min_keep_nan(reg c, reg a) { return _mm512_min_pd(c, a); }
   static reg round(reg a) { return _mm512_roundscale_pd(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-  static reg scale_pow2(reg e, reg n) {  // e * 2^n for integral n in [0, 58]
-    const __m512i bits = _mm512_slli_epi64(_mm512_cvtepi32_epi64(_mm512_cvtpd_epi32(n)), 52);
-    return _mm512_castsi512_pd(_mm512_add_epi64(_mm512_castpd_si512(e), bits));
-  }
-  static reg copysign(reg mag, reg sgn) {
+  static reg scale_pow2(reg e, reg n) { return _mm512_scalef_pd(e, n); }  // e * 2^n, n integral
+  static reg copysign(reg mag, reg sgn) {  // sign bit ? sgn : mag, bitwise (0xCA: A ? B : C)
     const __m512i sign = _mm512_set1_epi64(static_cast<int64_t>(0x8000000000000000ull));
-    return _mm512_castsi512_pd(_mm512_or_si512(_mm512_and_si512(_mm512_castpd_si512(sgn), sign),
-                                               _mm512_andnot_si512(sign, _mm512_castpd_si512(mag))));
+    return _mm512_castsi512_pd(_mm512_ternarylogic_epi64(sign, _mm512_castpd_si512(sgn),
+                                                         _mm512_castpd_si512(mag), 0xCA));
   }
   static reg select_lt(reg a, reg b, reg x, reg y) {  // a < b ? x : y
     return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(a, b, _CMP_LT_OQ), y, x);
