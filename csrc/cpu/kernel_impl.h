@@ -96,11 +96,13 @@ static inline __attribute__((always_inline)) void block(const Part<typename V::T
 }
 
 // The epilogue of m rows x nv vectors of C (lanes up to `last` in the last vector), just stored by
-// block() and still in L1: C = op(C), and copy = C when set (row stride ld_copy).
+// block() and still in L1: C = op(C), copy = C when set (row stride ld_copy), and the columns'
+// sums of the result added to sums when set.
 template <class V>
 static __attribute__((noinline)) void finish(int m, int nv, int last, typename V::T* c, int64_t ldc,
                                              typename V::T* copy, int64_t ld_copy,
-                                             const typename V::T* aux, Epilogue ep) {
+                                             const typename V::T* aux, Epilogue ep,
+                                             typename V::T* sums) {
   using reg = typename V::reg;
   constexpr int W = V::W;
   for (int r = 0; r < m; ++r) {
@@ -129,6 +131,22 @@ static __attribute__((noinline)) void finish(int m, int nv, int last, typename V
       }
     }
   }
+  if (sums == nullptr) return;
+  // The column sums, from the rows just stored (in L1), in row order.
+  for (int j = 0; j < nv; ++j) {
+    const bool partial = j == nv - 1 && last < W;
+    typename V::T* sj = sums + j * W;
+    reg sum = partial ? V::loadn(sj, last) : V::load(sj);
+    for (int r = 0; r < m; ++r) {
+      const typename V::T* cj = c + r * ldc + j * W;
+      sum = V::add(sum, partial ? V::loadn(cj, last) : V::load(cj));
+    }
+    if (partial) {
+      V::storen(sj, sum, last);
+    } else {
+      V::store(sj, sum);
+    }
+  }
 }
 
 // One block of m rows (1 <= m <= V::MR), m chosen at run time.
@@ -148,7 +166,7 @@ template <class V, int NR, bool ACM>
 static inline __attribute__((always_inline)) void column_block(
     int64_t rows, const Part<typename V::T>* part, int64_t ldp, typename V::T* c, int64_t ldc,
     Start start, const typename V::T* init, int64_t ld_init, typename V::T* copy,
-    int64_t ld_copy, const typename V::T* aux, int last, Epilogue ep) {
+    int64_t ld_copy, const typename V::T* aux, typename V::T* sums, int last, Epilogue ep) {
   using T = typename V::T;
   const int64_t blocks = (rows + V::MR - 1) / V::MR;
   if (blocks == 0) return;
@@ -161,9 +179,9 @@ static inline __attribute__((always_inline)) void column_block(
     }
     block_m<V, NR, ACM>(m, at, ldp, c + r * ldc, ldc, start, init ? init + r * ld_init : init,
                         ld_init, last);
-    if (ep != Epilogue::kNone || copy != nullptr) {
+    if (ep != Epilogue::kNone || copy != nullptr || sums != nullptr) {
       finish<V>(m, NR, last, c + r * ldc, ldc, copy ? copy + r * ld_copy : copy, ld_copy,
-                aux ? aux + r * ldc : aux, ep);
+                aux ? aux + r * ldc : aux, ep, sums);
     }
     r += m;
   }
@@ -188,6 +206,7 @@ static void step_impl(const StepArgs<typename V::T>& s) {
                           : s.ep == Epilogue::kZero ? Start::kZero : Start::kC;
       const Epilogue e = final && s.ep != Epilogue::kZero ? s.ep : Epilogue::kNone;
       T* copy = final ? s.copy : nullptr;
+      T* sums = final ? s.sums : nullptr;
       const int64_t ld_copy = s.ld_copy != 0 ? s.ld_copy : s.ldc;
       // The chunk [q0, q0 + kc) of the two products' k laid end to end.
       Part<T> part[2];
@@ -210,20 +229,21 @@ static void step_impl(const StepArgs<typename V::T>& s) {
         const T* ij = s.init ? s.init + p0 + j0 : s.init;
         T* copyj = copy ? copy + p0 + j0 : copy;
         const T* auxj = s.aux ? s.aux + p0 + j0 : s.aux;
+        T* sumsj = sums ? sums + p0 + j0 : sums;
         if (nv == NR) {
           column_block<V, NR, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj,
-                                   ld_copy, auxj, last, e);
+                                   ld_copy, auxj, sumsj, last, e);
         } else if (nv == 1) {
           column_block<V, 1, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj,
-                                  ld_copy, auxj, last, e);
+                                  ld_copy, auxj, sumsj, last, e);
         } else if constexpr (NR > 2) {
           if (nv == 2) {
             column_block<V, 2, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj,
-                                    ld_copy, auxj, last, e);
+                                    ld_copy, auxj, sumsj, last, e);
           } else if constexpr (NR > 3) {
             if (nv == 3) {
               column_block<V, 3, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj,
-                                      ld_copy, auxj, last, e);
+                                      ld_copy, auxj, sumsj, last, e);
             }
           }
         }

@@ -24,6 +24,7 @@ struct Scalar {
   static void store(T* p, reg v) { *p = v; }
   static void storen(T* p, reg v, int) { *p = v; }
   static reg fma(reg a, reg b, reg c) { return a * b + c; }
+  static reg add(reg a, reg b) { return a + b; }
   static reg tanh(reg v) { return std::tanh(v); }
   static reg relu(reg v) { return v < T(0) ? T(0) : v; }  // NaN passes
   static reg tanh_bwd(reg g, reg h) { return g * (T(1) - h * h); }

@@ -101,6 +101,9 @@ struct StepArgs {
   T* copy = nullptr;       // when set, the result is stored here too (row stride ld_copy)
   int64_t ld_copy = 0;     // 0: ldc
   const T* aux = nullptr;  // kTanhBwd / kReluBwd: the forward's h (row stride ldc)
+  // When set, each column's sum over the rows of the result is added here (n entries): the bias
+  // gradient, summed where the backward's dpre rows are made.
+  T* sums = nullptr;
   Epilogue ep = Epilogue::kNone;
 
   // A call of one product, started from C (or zero with kZero), no copy or aux: the GEMMs.

@@ -64,8 +64,6 @@ constexpr int64_t kColumnsMinStepWork = int64_t{1} << 18;
 // micro-kernel stays.
 constexpr int64_t kGemvMaxRows = 4;
 constexpr int64_t kGemvMinWeightBytes = int64_t{512} << 10;
-// The backward's weight and bias gradients from raw pointers below this many multiply-adds.
-constexpr int64_t kSmallTail = int64_t{1} << 18;
 
 Plan automatic(const Shape& s, bool vector_kernel) {
   Plan p;
@@ -189,7 +187,6 @@ Plan make_plan(const Shape& s, bool vector_kernel) {
                 "rnnext: RNNEXT_CPU_GEMM=", gemm, " is not a choice; expected own or blas");
     p.own_gemm = std::strcmp(gemm, "own") == 0;
   }
-  p.small_tail = s.backward && s.N * s.H * (s.I + s.H) <= kSmallTail;
   return p;
 }
 

@@ -62,9 +62,6 @@ struct Plan {
   // on a non-Intel CPU runs its AVX2 path: 35-42% of the FMA peak on the Zen 5 of NOTES.md section
   // 30, against 76-90% for the micro-kernel). RNNEXT_CPU_GEMM=own|blas overrides.
   bool own_gemm = false;
-  // Backward only: the bias gradient (a sum over all rows) in a plain loop on the calling thread
-  // (small problems: no dispatcher), else ATen's threaded sum.
-  bool small_tail = false;
 
   bool blas_recurrence() const { return path == Path::kBlas || path == Path::kBlasFused; }
   bool input_per_step() const { return path == Path::kFused || path == Path::kBlasFused; }

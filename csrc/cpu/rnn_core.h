@@ -79,6 +79,9 @@ struct Recurrence {
   // step: grad_x [N, inputs] contiguous; w_ih_plain: W_ih packed as is (n = inputs, k = H).
   T* grad_x = nullptr;
   const T* w_ih_plain = nullptr;
+  // When set, backward() adds the column sums of the dpre rows it makes here ([H]; this thread's
+  // rows and columns): the bias gradient, taken in the epilogue that makes the rows.
+  T* grad_bias = nullptr;
   int64_t row_begin = 0;
   int64_t row_end = INT64_MAX;
   int64_t col_begin = 0;            // multiples of panel_cols<T>(); col_end is clipped to H
@@ -265,11 +268,14 @@ struct Recurrence {
     s.ld_copy = ld_copy;
     s.aux = aux != nullptr ? aux + c_0 : aux;
     s.ep = ep;
+    const bool makes_dpre = ep == Epilogue::kTanhBwd || ep == Epilogue::kReluBwd;
+    s.sums = grad_bias != nullptr && makes_dpre ? grad_bias + c_0 : nullptr;
     if (w_blas != nullptr && k > 0) {
       const bool zero = ep == Epilogue::kZero && first.k == 0 && init == nullptr;
       if (first.k > 0 || init != nullptr) {  // c = S + first
         StepArgs<T> pre = s;
         pre.copy = nullptr;
+        pre.sums = nullptr;
         pre.ep = ep == Epilogue::kZero ? Epilogue::kZero : Epilogue::kNone;
         kernel(pre);
       }

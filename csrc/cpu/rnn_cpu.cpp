@@ -21,6 +21,7 @@
 #include <atomic>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <optional>
 #include <utility>
@@ -428,6 +429,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   bool fused_grad_input = false;
   Tensor out = output.contiguous();
   Tensor h0 = hx.has_value() ? hx->contiguous() : Tensor();
+  // The bias gradient: each thread's share of the recurrence sums its dpre rows in the epilogue
+  // that makes them (Recurrence::grad_bias), into a partial of its own; the partials are added in
+  // the order of their rows and columns, so the result does not depend on the threads' timing.
+  Tensor grad_bias = want_bias ? at::zeros({g.H}, opts) : empty({0}, dtype);
   if (g.N > 0) {
     Tensor go = grad_output.contiguous();
     Tensor ghn = grad_h_n.has_value() ? dense_2d(*grad_h_n) : Tensor();
@@ -474,9 +479,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
       const T* op = out.data_ptr<T>();
       T* dp = dpre.data_ptr<T>();
       T* ghx = want_hx ? grad_hx.data_ptr<T>() : nullptr;
+      std::mutex mutex;
+      std::vector<std::pair<std::pair<int64_t, int64_t>, std::vector<T>>> partials;
       split_work(g, plan, rec, w_entries, pack, [&](const cpu::Recurrence<T>& part, T* ring) {
-        part.backward(gop, ghnp, op, dp, ghx, ring);
+        if (!want_bias) {
+          part.backward(gop, ghnp, op, dp, ghx, ring);
+          return;
+        }
+        std::vector<T> sums(g.H, T(0));
+        auto mine = part;
+        mine.grad_bias = sums.data();
+        mine.backward(gop, ghnp, op, dp, ghx, ring);
+        const std::lock_guard<std::mutex> lock(mutex);
+        partials.emplace_back(std::make_pair(part.row_begin, part.col_begin), std::move(sums));
       });
+      std::sort(partials.begin(), partials.end(),
+                [](const auto& a, const auto& b) { return a.first < b.first; });
+      T* gb = want_bias ? grad_bias.data_ptr<T>() : nullptr;
+      for (const auto& [key, sums] : partials) {
+        for (int64_t j = 0; j < g.H; ++j) gb[j] += sums[j];
+      }
     });
   } else if (want_hx && grad_h_n.has_value()) {
     grad_hx.copy_(*grad_h_n);  // no step ran: h_n is hx itself
@@ -502,7 +524,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   }
   Tensor grad_w_ih = empty(want_w_ih ? at::IntArrayRef{g.H, g.I} : at::IntArrayRef{0}, dtype);
   Tensor grad_w_hh = empty(want_w_hh ? at::IntArrayRef{g.H, g.H} : at::IntArrayRef{0}, dtype);
-  Tensor grad_bias = empty(want_bias ? at::IntArrayRef{g.H} : at::IntArrayRef{0}, dtype);
   AT_DISPATCH_FLOATING_TYPES(dtype, "rnnext_rnn_backward_weights_cpu", [&] {
     using T = scalar_t;
     const T* dp = dpre.data_ptr<T>();
@@ -537,15 +558,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
         make_recurrence<T>(g, hx.has_value() ? &h0 : nullptr, relu, reverse)
             .gather_prev(o, h_prev.data_ptr<T>());
         weight_gemm<T>(own, H, H, N, dp, H, h_prev.data_ptr<T>(), H, false, gw, H);
-      }
-    }
-    if (want_bias && !plan.small_tail) {
-      at::sum_out(grad_bias, dpre, 0);  // threaded
-    } else if (want_bias) {
-      T* gb = grad_bias.data_ptr<T>();
-      for (int64_t j = 0; j < H; ++j) gb[j] = T(0);
-      for (int64_t r = 0; r < N; ++r) {
-        for (int64_t j = 0; j < H; ++j) gb[j] += dp[r * H + j];
       }
     }
   });
