@@ -39,7 +39,6 @@ struct F32 {
   static void storen(float* p, reg v, int m) { _mm512_mask_storeu_ps(p, mask16(m), v); }
   static reg fma(reg a, reg b, reg c) { return _mm512_fmadd_ps(a, b, c); }
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
-  static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
   static reg mul(reg a, reg b) { return _mm512_mul_ps(a, b); }
   static reg div(reg a, reg b) { return _mm512_div_ps(a, b); }
   static reg abs(reg a) { return _mm512_abs_ps(a); }

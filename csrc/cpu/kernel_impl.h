@@ -6,7 +6,7 @@
 // V provides: T, reg, W (lanes), MR (row block), NR (column block, in vectors), and
 //   zero, set1, load (whole), loadn/storen (first m lanes), store, fma(a,b,c)=a*b+c, add, mul,
 //   tanh, relu, tanh_bwd(g, h) = g*(1-h*h), relu_bwd(g, h) = h <= 0 ? 0 : g; for the vector tanh
-//   also sub, div, abs, min_keep_nan, copysign, and (float64) select_lt, scale_pow2, round.
+//   also div, abs, min_keep_nan, copysign, and (float64) sub, select_lt, scale_pow2, round.
 
 // A is row-major (A[r, q] = a[r * lda + q]) or, with ACM, column-major (A[r, q] = a[q * lda + r]:
 // the weight gradients' dpre^T, read in place from dpre [N, H]).
