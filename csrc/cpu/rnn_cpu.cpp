@@ -482,14 +482,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
       std::mutex mutex;
       std::vector<std::pair<std::pair<int64_t, int64_t>, std::vector<T>>> partials;
       split_work(g, plan, rec, w_entries, pack, [&](const cpu::Recurrence<T>& part, T* ring) {
-        if (!want_bias) {
-          part.backward(gop, ghnp, op, dp, ghx, ring);
-          return;
-        }
-        std::vector<T> sums(g.H, T(0));
+        std::vector<T> sums(want_bias ? g.H : 0, T(0));
         auto mine = part;
-        mine.grad_bias = sums.data();
+        mine.grad_bias = want_bias ? sums.data() : nullptr;
         mine.backward(gop, ghnp, op, dp, ghx, ring);
+        if (!want_bias) return;
         const std::lock_guard<std::mutex> lock(mutex);
         partials.emplace_back(std::make_pair(part.row_begin, part.col_begin), std::move(sums));
       });
