@@ -29,13 +29,15 @@ struct Part {
 template <class V, int MR, int NR, bool ACM>
 static inline __attribute__((always_inline)) void fmas(typename V::reg (&acc)[MR][NR],
                                                       const Part<typename V::T>& part,
-                                                      int64_t ldp) {
+                                                      int64_t ldp, const char* pf = nullptr,
+                                                      int64_t npf = 0) {
   using reg = typename V::reg;
   constexpr int W = V::W;
   const typename V::T* a = part.a;
   const typename V::T* p = part.p;
   const int64_t lda = part.lda;
   for (int64_t q = 0; q < part.k; ++q) {
+    if (q < npf) __builtin_prefetch(pf + 64 * q, 0, 2);
     reg w[NR];
 #pragma GCC unroll 8
     for (int j = 0; j < NR; ++j) w[j] = V::load(p + q * ldp + j * W);
@@ -61,7 +63,8 @@ template <class V, int MR, int NR, bool ACM>
 static inline __attribute__((always_inline)) void block(const Part<typename V::T>* part,
                                                        int64_t ldp, typename V::T* c, int64_t ldc,
                                                        Start start, const typename V::T* init,
-                                                       int64_t ld_init, int last) {
+                                                       int64_t ld_init, int last,
+                                                       const char* pf, int64_t npf) {
   using reg = typename V::reg;
   constexpr int W = V::W;
   reg acc[MR][NR];
@@ -80,7 +83,7 @@ static inline __attribute__((always_inline)) void block(const Part<typename V::T
         acc[r][j] = (j == NR - 1 && last < W) ? V::loadn(s + r * lds + j * W, last)
                                               : V::load(s + r * lds + j * W);
   }
-  fmas<V, MR, NR, ACM>(acc, part[0], ldp);
+  fmas<V, MR, NR, ACM>(acc, part[0], ldp, pf, npf);
   fmas<V, MR, NR, ACM>(acc, part[1], ldp);
 #pragma GCC unroll 8
   for (int r = 0; r < MR; ++r) {
@@ -149,14 +152,34 @@ static __attribute__((noinline)) void finish(int m, int nv, int last, typename V
   }
 }
 
+// Lines to prefetch (StepArgs::prefetch), handed out a block at a time: up to `per` lines of the
+// current range, one per k iteration of the block's first product.
+struct Prefetcher {
+  const char* p[2];
+  const char* end[2];
+  int64_t per;
+  int64_t take(int64_t k, const char*& at) {
+    const int i = p[0] < end[0] ? 0 : 1;
+    const int64_t left = (end[i] - p[i] + 63) / 64;
+    int64_t n = per < k ? per : k;
+    n = n < left ? n : left;
+    at = p[i];
+    p[i] += n * 64;
+    return n > 0 ? n : 0;
+  }
+};
+
 // One block of m rows (1 <= m <= V::MR), m chosen at run time.
 template <class V, int NR, bool ACM, int M = V::MR>
 static inline __attribute__((always_inline)) void block_m(int m, const Part<typename V::T>* part,
                                                          int64_t ldp, typename V::T* c, int64_t ldc,
                                                          Start start, const typename V::T* init,
-                                                         int64_t ld_init, int last) {
-  if (m == M) return block<V, M, NR, ACM>(part, ldp, c, ldc, start, init, ld_init, last);
-  if constexpr (M > 1) block_m<V, NR, ACM, M - 1>(m, part, ldp, c, ldc, start, init, ld_init, last);
+                                                         int64_t ld_init, int last,
+                                                         const char* pf, int64_t npf) {
+  if (m == M) return block<V, M, NR, ACM>(part, ldp, c, ldc, start, init, ld_init, last, pf, npf);
+  if constexpr (M > 1) {
+    block_m<V, NR, ACM, M - 1>(m, part, ldp, c, ldc, start, init, ld_init, last, pf, npf);
+  }
 }
 
 // Rows in blocks of at most MR, as equal as they come (16 rows: 6, 5, 5; 8 rows: 4, 4), columns in
@@ -166,7 +189,8 @@ template <class V, int NR, bool ACM>
 static inline __attribute__((always_inline)) void column_block(
     int64_t rows, const Part<typename V::T>* part, int64_t ldp, typename V::T* c, int64_t ldc,
     Start start, const typename V::T* init, int64_t ld_init, typename V::T* copy,
-    int64_t ld_copy, const typename V::T* aux, typename V::T* sums, int last, Epilogue ep) {
+    int64_t ld_copy, const typename V::T* aux, typename V::T* sums, int last, Epilogue ep,
+    Prefetcher& pf) {
   using T = typename V::T;
   const int64_t blocks = (rows + V::MR - 1) / V::MR;
   if (blocks == 0) return;
@@ -177,8 +201,10 @@ static inline __attribute__((always_inline)) void column_block(
     for (Part<T>& pt : at) {
       if (pt.k > 0) pt.a += a_at<ACM>(r, 0, pt.lda);
     }
+    const char* pf_at = nullptr;
+    const int64_t npf = pf.take(at[0].k, pf_at);
     block_m<V, NR, ACM>(m, at, ldp, c + r * ldc, ldc, start, init ? init + r * ld_init : init,
-                        ld_init, last);
+                        ld_init, last, pf_at, npf);
     if (ep != Epilogue::kNone || copy != nullptr || sums != nullptr) {
       finish<V>(m, NR, last, c + r * ldc, ldc, copy ? copy + r * ld_copy : copy, ld_copy,
                 aux ? aux + r * ldc : aux, ep, sums);
@@ -195,6 +221,17 @@ static void step_impl(const StepArgs<typename V::T>& s) {
   if (rows <= 0 || n <= 0) return;
   const Product<T>* prod[2] = {&s.first, &s.second};
   const int64_t k = s.first.k + s.second.k;
+  Prefetcher pf{};
+  for (int i = 0; i < 2; ++i) {
+    pf.p[i] = static_cast<const char*>(s.prefetch[i]);
+    pf.end[i] = pf.p[i] + (s.prefetch[i] != nullptr ? s.prefetch_bytes[i] : 0);
+  }
+  if (pf.end[0] > pf.p[0] || pf.end[1] > pf.p[1]) {
+    const int64_t lines = (pf.end[0] - pf.p[0] + pf.end[1] - pf.p[1]) / 64 + 2;
+    const int64_t blocks = ((n + NR * W - 1) / (NR * W)) * ((k + kChunkRows - 1) / kChunkRows) *
+                           ((rows + V::MR - 1) / V::MR);
+    pf.per = (lines + blocks - 1) / blocks;
+  }
   for (int64_t p0 = 0; p0 < n; p0 += PC) {  // one panel of columns
     const int64_t pn = n - p0 < PC ? n - p0 : PC;
     int64_t q0 = 0;
@@ -232,18 +269,18 @@ static void step_impl(const StepArgs<typename V::T>& s) {
         T* sumsj = sums ? sums + p0 + j0 : sums;
         if (nv == NR) {
           column_block<V, NR, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj,
-                                   ld_copy, auxj, sumsj, last, e);
+                                   ld_copy, auxj, sumsj, last, e, pf);
         } else if (nv == 1) {
           column_block<V, 1, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj,
-                                  ld_copy, auxj, sumsj, last, e);
+                                  ld_copy, auxj, sumsj, last, e, pf);
         } else if constexpr (NR > 2) {
           if (nv == 2) {
             column_block<V, 2, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj,
-                                    ld_copy, auxj, sumsj, last, e);
+                                    ld_copy, auxj, sumsj, last, e, pf);
           } else if constexpr (NR > 3) {
             if (nv == 3) {
               column_block<V, 3, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj,
-                                      ld_copy, auxj, sumsj, last, e);
+                                      ld_copy, auxj, sumsj, last, e, pf);
             }
           }
         }

@@ -105,6 +105,10 @@ struct StepArgs {
   // gradient, summed where the backward's dpre rows are made.
   T* sums = nullptr;
   Epilogue ep = Epilogue::kNone;
+  // Memory the call prefetches into L2 as it goes (a line every k iteration of a block's first
+  // product, spread over all its blocks): the next call's operands, while this one computes.
+  const void* prefetch[2] = {nullptr, nullptr};
+  int64_t prefetch_bytes[2] = {0, 0};
 
   // A call of one product, started from C (or zero with kZero), no copy or aux: the GEMMs.
   static StepArgs one(int64_t rows, int64_t n, int64_t ldp, const Product<T>& first, T* c,

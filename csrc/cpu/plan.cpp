@@ -8,6 +8,7 @@
 #include <dlfcn.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -55,6 +56,14 @@ constexpr int64_t kMinParallelWork = int64_t{1} << 19;
 // a step (a barrier costs ~1 us; ~2 us of work at one core's rate).
 constexpr int64_t kColumnsMaxRowsPerThread = 4;
 constexpr int64_t kColumnsMinWeightBytes = int64_t{1} << 20;
+// The weight gradients run in the micro-kernel beside a trusted BLAS (MKL on an Intel CPU) when
+// both their Cs have at most this many entries. A C = A^T B over k = 3200-6400 rows, 2 threads,
+// Xeon VM, against MKL (NOTES.md section 62): 128 x 128 +9%, 256 x 256 +6% (float64 +8%, +5%),
+// 512 x 512 -2% (float64 -3%), 1024 x 1024 -13%. And only with at least kOwnWeightGemmMinWork
+// multiply-adds in the larger: below, MKL's small-matrix path is ahead (the tutorial's shape,
+// k = 30: training 70 -> 76 us with the micro-kernel).
+constexpr int64_t kOwnWeightGemmMaxEntries = int64_t{1} << 17;
+constexpr int64_t kOwnWeightGemmMinWork = int64_t{1} << 19;
 constexpr int64_t kColumnsMinStepWork = int64_t{1} << 18;
 // Matrix-vector steps: with under this many rows a step and packed W_hh over kGemvMinWeightBytes,
 // the micro-kernel's register block (1-3 rows) gets few FMAs from each load of W_hh, which every
@@ -182,10 +191,14 @@ Plan make_plan(const Shape& s, bool vector_kernel) {
     p.split = parallel && s.B >= 2 ? Split::kRows : Split::kNone;
   }
   p.own_gemm = vector_kernel && !trust_blas();
+  const int64_t c_entries = s.H * std::max(s.I, s.H);
+  p.own_weight_gemm = p.own_gemm || (vector_kernel && c_entries <= kOwnWeightGemmMaxEntries &&
+                                     s.N * c_entries >= kOwnWeightGemmMinWork);
   if (const char* gemm = std::getenv("RNNEXT_CPU_GEMM"); gemm != nullptr && *gemm != '\0') {
     TORCH_CHECK(std::strcmp(gemm, "own") == 0 || std::strcmp(gemm, "blas") == 0,
                 "rnnext: RNNEXT_CPU_GEMM=", gemm, " is not a choice; expected own or blas");
     p.own_gemm = std::strcmp(gemm, "own") == 0;
+    p.own_weight_gemm = p.own_gemm;
   }
   return p;
 }

@@ -62,6 +62,10 @@ struct Plan {
   // on a non-Intel CPU runs its AVX2 path: 35-42% of the FMA peak on the Zen 5 of NOTES.md section
   // 30, against 76-90% for the micro-kernel). RNNEXT_CPU_GEMM=own|blas overrides.
   bool own_gemm = false;
+  // The weight gradients' GEMMs (C = dpre^T x and dpre^T h_prev, C [H, I] and [H, H]) in the
+  // micro-kernel: wherever own_gemm is, and also beside a trusted BLAS where every C is small
+  // (kOwnWeightGemmMaxEntries, plan.cpp). RNNEXT_CPU_GEMM=own|blas overrides this one too.
+  bool own_weight_gemm = false;
 
   bool blas_recurrence() const { return path == Path::kBlas || path == Path::kBlasFused; }
   bool input_per_step() const { return path == Path::kFused || path == Path::kBlasFused; }

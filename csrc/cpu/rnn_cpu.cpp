@@ -195,7 +195,7 @@ cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor* hx, bool rel
 }
 
 // The weight gradients' C[m, n] = A^T B (+ C): the micro-kernel where the planner says so
-// (Plan::own_gemm), else the BLAS.
+// (Plan::own_weight_gemm), else the BLAS.
 template <typename T>
 void weight_gemm(bool own, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
                  int64_t ldb, bool accumulate, T* c, int64_t ldc) {
@@ -525,7 +525,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
     using T = scalar_t;
     const T* dp = dpre.data_ptr<T>();
     const int64_t N = g.N, H = g.H, B = g.B;
-    const bool own = plan.own_gemm;
+    const bool own = plan.own_weight_gemm;
     if (want_w_ih) {
       const auto [xc, ldx] = input_rows(input, g);
       weight_gemm<T>(own, H, g.I, N, dp, H, xc.data_ptr<T>(), ldx, false, grad_w_ih.data_ptr<T>(),
