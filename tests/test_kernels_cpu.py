@@ -523,6 +523,31 @@ def test_cpu_plan_names_a_path_and_a_reason(monkeypatch):
         rnnext._C._cpu_plan(3, 2, 4, 5, "float32", False, False)
 
 
+def test_float64_forward_past_24mb_of_w_hh(monkeypatch):
+    # A float64 W_hh over 24 MB takes whole BLAS steps on all threads where MKL runs on an Intel CPU
+    # (plan.cpp, kWholeBlasStepMinWeightBytes), the column split elsewhere: either way, on 2
+    # threads, the forward and its final state equal torch.nn.RNN's.
+    monkeypatch.delenv("RNNEXT_CPU_PATH", raising=False)
+    monkeypatch.delenv("RNNEXT_CPU_GEMM", raising=False)
+    T, B, n_in, H = 6, 5, 8, 1800  # 1800^2 doubles: 24.7 MB
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        path = rnnext._C._cpu_plan(T, B, n_in, H, torch.float64, False, False).split(":")[0]
+        assert path in ("blas", "columns")
+        ref, new = _pair(n_in, H, 1, "tanh", True, False, torch.float64, seed=11)
+        torch.manual_seed(12)
+        x = torch.randn(T, B, n_in, dtype=torch.float64)
+        h0 = torch.randn(1, B, H, dtype=torch.float64)
+        with torch.no_grad():
+            y0, h0r = ref(x, h0)
+            y1, h1r = new(x, h0)
+        torch.testing.assert_close(y1, y0, **TOL[torch.float64])
+        torch.testing.assert_close(h1r, h0r, **TOL[torch.float64])
+    finally:
+        torch.set_num_threads(prev)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("context", ["no_grad", "inference_mode"])

@@ -56,14 +56,6 @@ constexpr int64_t kMinParallelWork = int64_t{1} << 19;
 // a step (a barrier costs ~1 us; ~2 us of work at one core's rate).
 constexpr int64_t kColumnsMaxRowsPerThread = 4;
 constexpr int64_t kColumnsMinWeightBytes = int64_t{1} << 20;
-// The weight gradients run in the micro-kernel beside a trusted BLAS (MKL on an Intel CPU) when
-// both their Cs have at most this many entries. A C = A^T B over k = 3200-6400 rows, 2 threads,
-// Xeon VM, against MKL (NOTES.md section 62): 128 x 128 +9%, 256 x 256 +6% (float64 +8%, +5%),
-// 512 x 512 -2% (float64 -3%), 1024 x 1024 -13%. And only with at least kOwnWeightGemmMinWork
-// multiply-adds in the larger: below, MKL's small-matrix path is ahead (the tutorial's shape,
-// k = 30: training 70 -> 76 us with the micro-kernel).
-constexpr int64_t kOwnWeightGemmMaxEntries = int64_t{1} << 17;
-constexpr int64_t kOwnWeightGemmMinWork = int64_t{1} << 19;
 constexpr int64_t kColumnsMinStepWork = int64_t{1} << 18;
 // Matrix-vector steps: with under this many rows a step and packed W_hh over kGemvMinWeightBytes,
 // the micro-kernel's register block (1-3 rows) gets few FMAs from each load of W_hh, which every
@@ -73,6 +65,23 @@ constexpr int64_t kColumnsMinStepWork = int64_t{1} << 18;
 // micro-kernel stays.
 constexpr int64_t kGemvMaxRows = 4;
 constexpr int64_t kGemvMinWeightBytes = int64_t{512} << 10;
+// The weight gradients run in the micro-kernel beside a trusted BLAS (MKL on an Intel CPU) when
+// both their Cs have at most this many entries. A C = A^T B over k = 3200-6400 rows, 2 threads,
+// Xeon VM, against MKL (NOTES.md section 62): 128 x 128 +9%, 256 x 256 +6% (float64 +8%, +5%),
+// 512 x 512 -2% (float64 -3%), 1024 x 1024 -13%. And only with at least kOwnWeightGemmMinWork
+// multiply-adds in the larger: below, MKL's small-matrix path is ahead (the tutorial's shape,
+// k = 30: training 70 -> 76 us with the micro-kernel).
+constexpr int64_t kOwnWeightGemmMaxEntries = int64_t{1} << 17;
+constexpr int64_t kOwnWeightGemmMinWork = int64_t{1} << 19;
+// Whole BLAS steps: a float64 forward whose W_hh is over this many bytes (far past the cores' L2, so
+// every step streams it from L3, at half float32's multiply-adds a byte) runs each step's
+// recurrent product as one BLAS call on all the threads (MKL's), the recurrence itself on the
+// calling thread. T=20, 2 threads, against the micro-kernel's column split (NOTES.md section 63):
+// float64 B=64 H=2048 (32 MB) 158-169 vs 177-184 ms (torch.nn.RNN 167-173), B=32 H=2048 90 vs 97;
+// the column split stays ahead below: float64 H=1536 (18 MB) 90 vs 86 ms, B=128 H=1024 216 vs 202;
+// and for float32 at any size measured: H=2048 (16 MB) 82-84 vs 76-81, H=2560 (26 MB) 126-129 vs
+// 118. Measured with MKL on an Intel CPU only (trust_blas).
+constexpr int64_t kWholeBlasStepMinWeightBytes = int64_t{24} << 20;
 
 Plan automatic(const Shape& s, bool vector_kernel) {
   Plan p;
@@ -184,11 +193,21 @@ Plan make_plan(const Shape& s, bool vector_kernel) {
     p.path = Path::kBlas;
     p.reason = "matrix-vector steps (under 4 rows, W_hh over 512 KB): BLAS steps stream W_hh faster";
   }
+  const bool whole_blas_steps = !p.forced && !s.backward && vector_kernel &&
+                                s.elem_size == 8 && s.T > kFewStepsForward &&
+                                s.B >= kGemvMaxRows &&
+                                s.H * s.H * s.elem_size > kWholeBlasStepMinWeightBytes &&
+                                trust_blas();
+  if (whole_blas_steps) {
+    p.path = Path::kBlas;
+    p.reason = "float64 W_hh over 24 MB: each step's product one BLAS call on every thread "
+               "(streams W_hh from L3 faster than the column split)";
+  }
   const bool parallel = s.threads >= 2 && s.N * s.H * s.H >= kMinParallelWork;
   if (p.path == Path::kColumns) {
     p.split = parallel && s.H > kPanelBytes / s.elem_size ? Split::kColumns : Split::kNone;
   } else {
-    p.split = parallel && s.B >= 2 ? Split::kRows : Split::kNone;
+    p.split = parallel && s.B >= 2 && !whole_blas_steps ? Split::kRows : Split::kNone;
   }
   p.own_gemm = vector_kernel && !trust_blas();
   const int64_t c_entries = s.H * std::max(s.I, s.H);
