@@ -70,7 +70,9 @@ constexpr int64_t kGemvMinWeightBytes = int64_t{512} << 10;
 // Xeon VM, against MKL (NOTES.md section 62): 128 x 128 +9%, 256 x 256 +6% (float64 +8%, +5%),
 // 512 x 512 -2% (float64 -3%), 1024 x 1024 -13%. And only with at least kOwnWeightGemmMinWork
 // multiply-adds in the larger: below, MKL's small-matrix path is ahead (the tutorial's shape,
-// k = 30: training 70 -> 76 us with the micro-kernel).
+// k = 30: training 70 -> 76 us with the micro-kernel). Only with the AVX-512 micro-kernel: the AVX2
+// one (RNNEXT_CPU_ISA=avx2 on the same Xeon) against MKL's AVX-512 path made medium training
+// 154 -> 127 GFLOP/s.
 constexpr int64_t kOwnWeightGemmMaxEntries = int64_t{1} << 17;
 constexpr int64_t kOwnWeightGemmMinWork = int64_t{1} << 19;
 // Whole BLAS steps: a float64 forward whose W_hh is over this many bytes (far past the cores' L2, so
@@ -211,7 +213,8 @@ Plan make_plan(const Shape& s, bool vector_kernel) {
   }
   p.own_gemm = vector_kernel && !trust_blas();
   const int64_t c_entries = s.H * std::max(s.I, s.H);
-  p.own_weight_gemm = p.own_gemm || (vector_kernel && c_entries <= kOwnWeightGemmMaxEntries &&
+  const bool avx512 = std::strcmp(step_kernel_isa(), "avx512") == 0;  // as wide as MKL's path
+  p.own_weight_gemm = p.own_gemm || (avx512 && c_entries <= kOwnWeightGemmMaxEntries &&
                                      s.N * c_entries >= kOwnWeightGemmMinWork);
   if (const char* gemm = std::getenv("RNNEXT_CPU_GEMM"); gemm != nullptr && *gemm != '\0') {
     TORCH_CHECK(std::strcmp(gemm, "own") == 0 || std::strcmp(gemm, "blas") == 0,
