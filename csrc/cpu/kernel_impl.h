@@ -228,8 +228,8 @@ static void step_impl(const StepArgs<typename V::T>& s) {
   }
   if (pf.end[0] > pf.p[0] || pf.end[1] > pf.p[1]) {
     const int64_t lines = (pf.end[0] - pf.p[0] + pf.end[1] - pf.p[1]) / 64 + 2;
-    const int64_t blocks = ((n + NR * W - 1) / (NR * W)) * ((k + kChunkRows - 1) / kChunkRows) *
-                           ((rows + V::MR - 1) / V::MR);
+    const int64_t chunks = k > 0 ? (k + kChunkRows - 1) / kChunkRows : 1;
+    const int64_t blocks = ((n + NR * W - 1) / (NR * W)) * chunks * ((rows + V::MR - 1) / V::MR);
     pf.per = (lines + blocks - 1) / blocks;
   }
   for (int64_t p0 = 0; p0 < n; p0 += PC) {  // one panel of columns

@@ -64,7 +64,8 @@ struct Plan {
   bool own_gemm = false;
   // The weight gradients' GEMMs (C = dpre^T x and dpre^T h_prev, C [H, I] and [H, H]) in the
   // micro-kernel: wherever own_gemm is, and also beside a trusted BLAS where every C is small
-  // and the micro-kernel is the AVX-512 one (kOwnWeightGemmMaxEntries, plan.cpp). RNNEXT_CPU_GEMM=own|blas overrides this one too.
+  // and the micro-kernel is the AVX-512 one (kOwnWeightGemmMaxEntries, plan.cpp).
+  // RNNEXT_CPU_GEMM=own|blas overrides this one too.
   bool own_weight_gemm = false;
 
   bool blas_recurrence() const { return path == Path::kBlas || path == Path::kBlasFused; }
