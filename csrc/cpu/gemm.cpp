@@ -98,7 +98,9 @@ void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
         if (q0 + kc < k1) {
           const int64_t kn = std::min(step, k1 - q0 - kc), share = pi - p0, of = p1 - p0;
           const auto next = [&](int i, const T* base, int64_t ld, int64_t width) {
-            if (2 * width < ld) return;  // a narrow slice of long rows: not worth the lines
+            // Whole rows only (a k slice's task; a share of the rows or panels would fetch its
+            // neighbour's lines too: not measured).
+            if (width != ld) return;
             const int64_t bytes = ((kn - 1) * ld + width) * static_cast<int64_t>(sizeof(T));
             st.prefetch[i] = reinterpret_cast<const char*>(base) + share * bytes / of;
             st.prefetch_bytes[i] = bytes / of;
