@@ -190,16 +190,16 @@ Plan make_plan(const Shape& s, bool vector_kernel) {
                         "rows a thread); one GEMM for the input product";
     }
   }
-  if (!p.forced && !s.backward && vector_kernel && s.B < kGemvMaxRows && s.T > kFewStepsForward &&
-      s.H * s.H * s.elem_size > kGemvMinWeightBytes && trust_blas()) {
+  // The two forward rules that hand the steps to a trusted BLAS (MKL on an Intel CPU).
+  const bool blas_steps_may_lead =
+      !p.forced && !s.backward && vector_kernel && s.T > kFewStepsForward && trust_blas();
+  const int64_t w_hh_bytes = s.H * s.H * s.elem_size;
+  if (blas_steps_may_lead && s.B < kGemvMaxRows && w_hh_bytes > kGemvMinWeightBytes) {
     p.path = Path::kBlas;
     p.reason = "matrix-vector steps (under 4 rows, W_hh over 512 KB): BLAS steps stream W_hh faster";
   }
-  const bool whole_blas_steps = !p.forced && !s.backward && vector_kernel &&
-                                s.elem_size == 8 && s.T > kFewStepsForward &&
-                                s.B >= kGemvMaxRows &&
-                                s.H * s.H * s.elem_size > kWholeBlasStepMinWeightBytes &&
-                                trust_blas();
+  const bool whole_blas_steps = blas_steps_may_lead && s.B >= kGemvMaxRows &&
+                                s.elem_size == 8 && w_hh_bytes > kWholeBlasStepMinWeightBytes;
   if (whole_blas_steps) {
     p.path = Path::kBlas;
     p.reason = "float64 W_hh over 24 MB: each step's product one BLAS call on every thread "
