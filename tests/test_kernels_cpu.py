@@ -459,6 +459,49 @@ def test_each_cpu_path_matches_reference(monkeypatch, path, size, packed, revers
         torch.set_num_threads(prev)
 
 
+@pytest.mark.parametrize("path", CPU_PATHS)
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_backward_reads_strided_grad_output(monkeypatch, path, packed, threads, dtype):
+    # rnn_backward reads grad_output in place where its rows are a uniform stride apart (an expanded
+    # row: stride 0; a direction's half of a [T, B, 2H] gradient: 2H), one row of it where all rows
+    # are one (the expanded element of output.sum()'s gradient), and copies it otherwise
+    # (batch_first's transpose, an expand along T only). Every layout gives exactly the gradients
+    # of the same values made contiguous, on every path.
+    monkeypatch.setenv("RNNEXT_CPU_PATH", path)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        T, B, n_in, H = 10, 17, 6, 75
+        x, bs, hx, w_ih, w_hh, _, _ = _op_case(packed, False, False, True, False, dtype, T, B, n_in, H)
+        out, _ = torch.ops.rnnext.rnn_forward(x, bs, hx, w_ih, w_hh, None, None, False, False)
+        g = torch.Generator().manual_seed(7)
+
+        def rand(*shape):
+            return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+        grads = {
+            "expanded element": rand(()).expand(out.shape),
+            "expanded row": rand(H).expand(out.shape),
+            "half of 2H": rand(*out.shape[:-1], 2 * H)[..., H:],
+            "contiguous": rand(*out.shape),
+        }
+        if not packed:
+            grads["batch_first"] = rand(B, T, H).transpose(0, 1)
+            grads["expanded along T"] = rand(B, H).expand(out.shape)
+        gh = rand(*hx.shape)
+        mask = [True] * 5
+        for name, go in grads.items():
+            got = torch.ops.rnnext.rnn_backward(go, gh, x, bs, hx, w_ih, w_hh, out, False, False, mask)
+            want = torch.ops.rnnext.rnn_backward(go.contiguous(), gh, x, bs, hx, w_ih, w_hh, out, False,
+                                                 False, mask)
+            for a, b in zip(got, want):
+                assert torch.equal(a, b), name
+    finally:
+        torch.set_num_threads(prev)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_weight_gradient_gemm(dtype, threads):

@@ -102,10 +102,10 @@ struct Recurrence {
     return c == 0 ? 0 : c / packed_width<T>(n) * k * packed_width<T>(n);
   }
   int64_t ldo() const { return ld_out != 0 ? ld_out : hidden; }
-  // rows [r0, r1) of a step's [*, H] block, this thread's columns only (src's row stride lds: 0
-  // for H)
-  void copy_cols(T* dst, const T* src, int64_t r0, int64_t r1, int64_t lds = 0) const {
-    const int64_t H = hidden, a = c0(), w = c1() - c0(), ls = lds != 0 ? lds : H;
+  // rows [r0, r1) of a step's [*, H] block, this thread's columns only (dst's row stride H, src's
+  // ls: 0 repeats one row)
+  void copy_cols(T* dst, const T* src, int64_t r0, int64_t r1, int64_t ls) const {
+    const int64_t H = hidden, a = c0(), w = c1() - c0();
     if (a == 0 && w == H && ls == H) {
       std::memcpy(dst + r0 * H, src + r0 * H, (r1 - r0) * H * sizeof(T));
       return;
@@ -174,11 +174,13 @@ struct Recurrence {
     }
   }
 
-  // dpre[N, H] receives dL/d(pre-activation) of every row. grad_out: [N, H]; grad_h_n: [B, H] or
-  // nullptr; out: the forward's output. grad_hx: [B, H] or nullptr (not wanted). ring: as in
-  // forward(), the rows of dpre built privately and written to dpre once per step.
-  void backward(const T* grad_out, const T* grad_h_n, const T* out, T* dpre, T* grad_hx,
-                T* ring = nullptr) const {
+  // dpre[N, H] receives dL/d(pre-activation) of every row. grad_out: N rows of H, row stride
+  // ld_grad (H; 0 for one row repeated: the expanded gradient of `output.sum()`; 2H for a
+  // direction's half of a bidirectional layer's gradient); grad_h_n: [B, H] or nullptr; out: the
+  // forward's output. grad_hx: [B, H] or nullptr (not wanted). ring: as in forward(), the rows of
+  // dpre built privately and written to dpre once per step.
+  void backward(const T* grad_out, int64_t ld_grad, const T* grad_h_n, const T* out, T* dpre,
+                T* grad_hx, T* ring = nullptr) const {
     const int64_t H = hidden, a = c0(), w = c1() - c0();
     const Epilogue ep = relu ? Epilogue::kReluBwd : Epilogue::kTanhBwd;
     const int64_t r0 = row_begin;
@@ -192,7 +194,7 @@ struct Recurrence {
       T* cur = ring != nullptr ? ring + (i % 2) * (row_end - r0) * H : shared;
       if (n > r0 && w > 0) {
         const T* h = rows(out, t) + r0 * H;
-        const T* g = rows(grad_out, t) + r0 * H;
+        const T* g = grad_out + (offsets[t] + r0) * ld_grad;
         T* copy = cur != shared ? shared : nullptr;  // dpre's rows get the result too (ring)
         const int64_t next = reverse ? t - 1 : t + 1;
         const int64_t fed = clip(reverse ? (t > 0 ? bs(t) : 0) : bs(t + 1));
@@ -200,14 +202,14 @@ struct Recurrence {
                             : fed > r0      ? rows(static_cast<const T*>(dpre), next) + r0 * H
                                             : nullptr;
         // dpre_t = (grad_out_t + dpre_next W_hh) * act'(h_t), started from grad_out's rows.
-        if (fed > r0) run(false, fed - r0, {}, H, fed_rows, g, H, cur, copy, h, ep);
+        if (fed > r0) run(false, fed - r0, {}, H, fed_rows, g, ld_grad, cur, copy, h, ep);
         // The other rows hold their final state here and receive grad_h_n (fed is r0 or n in
         // reverse).
         const int64_t final_from = fed > r0 ? fed : r0;
         if (n > final_from) {
           const int64_t off = final_from - r0;
           T* fin = cur + off * H;
-          copy_cols(cur, g, off, n - r0);
+          copy_cols(cur, g, off, n - r0, ld_grad);
           if (grad_h_n != nullptr) {
             const T* gh = grad_h_n + final_from * H;
             for (int64_t r = 0; r < n - final_from; ++r) {
