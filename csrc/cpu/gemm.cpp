@@ -3,6 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <vector>
 
@@ -44,7 +45,7 @@ void own_gemm_rows(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, 
 
 template <typename T>
 void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
-                 bool accumulate, T* c, int64_t ldc) {
+                 bool accumulate, T* c, int64_t ldc, const T* const* b_rows) {
   if (m <= 0 || n <= 0) return;
   if (k <= 0) {
     if (!accumulate) {
@@ -75,8 +76,18 @@ void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
       const int64_t kc = std::min(step, k1 - q0);
       for (int64_t pi = p0; pi < p1; ++pi) {
         const int64_t j0 = pi * pc, cols = std::min(pc, n - j0);
-        pack_weight<T>(b + q0 * ldb + j0, ldb, cols, kc, /*transpose=*/false,
-                       buf.data() + (pi - p0) * step * pc);
+        T* dst = buf.data() + (pi - p0) * step * pc;
+        if (b_rows == nullptr) {
+          pack_weight<T>(b + q0 * ldb + j0, ldb, cols, kc, /*transpose=*/false, dst);
+          continue;
+        }
+        const int64_t ldp = packed_width<T>(cols);  // pack_weight's layout, row by row
+        for (int64_t q = 0; q < kc; ++q) {
+          T* d = dst + q * ldp;
+          const T* src = b_rows[q0 + q];
+          if (src != nullptr) std::copy(src + j0, src + j0 + cols, d);
+          std::fill(d + (src != nullptr ? cols : 0), d + ldp, T(0));
+        }
       }
       if (transpose_a) {
         pack_weight<T>(a + q0 * lda + r0, lda, kc, rows, /*transpose=*/true, at.data());
@@ -97,16 +108,32 @@ void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
         // waiting on them, ~10% at m = n = 128; NOTES.md section 62).
         if (q0 + kc < k1) {
           const int64_t kn = std::min(step, k1 - q0 - kc), share = pi - p0, of = p1 - p0;
-          const auto next = [&](int i, const T* base, int64_t ld, int64_t width) {
+          // `count` rows from base, ld apart.
+          const auto next = [&](int i, const T* base, int64_t count, int64_t ld, int64_t width) {
             // Whole rows only (a k slice's task; a share of the rows or panels would fetch its
             // neighbour's lines too: not measured).
             if (width != ld) return;
-            const int64_t bytes = ((kn - 1) * ld + width) * static_cast<int64_t>(sizeof(T));
+            const int64_t bytes = ((count - 1) * ld + width) * static_cast<int64_t>(sizeof(T));
             st.prefetch[i] = reinterpret_cast<const char*>(base) + share * bytes / of;
             st.prefetch_bytes[i] = bytes / of;
           };
-          next(0, a + (q0 + kc) * lda + r0, lda, rows);
-          next(1, b + (q0 + kc) * ldb + p0 * pc, ldb, std::min(n, p1 * pc) - p0 * pc);
+          next(0, a + (q0 + kc) * lda + r0, kn, lda, rows);
+          const int64_t width = std::min(n, p1 * pc) - p0 * pc;
+          if (b_rows == nullptr) {
+            next(1, b + (q0 + kc) * ldb + p0 * pc, kn, ldb, width);
+          } else {
+            // Given rows: those from the chunk's first row to its last, where both are rows of one
+            // matrix a multiple of ldb apart and span at most twice the chunk (a ragged batch's
+            // h_prev in the forward's output, skipping the rows of sequences that ended).
+            const T* first = b_rows[q0 + kc];
+            const auto at = [](const T* p) { return reinterpret_cast<std::uintptr_t>(p); };
+            const std::uintptr_t from = at(first), to = at(b_rows[q0 + kc + kn - 1]);
+            const std::uintptr_t row = static_cast<std::uintptr_t>(ldb) * sizeof(T);
+            if (first != nullptr && to >= from && (to - from) % row == 0 &&
+                (to - from) / row < static_cast<std::uintptr_t>(2 * kn)) {
+              next(1, first + p0 * pc, static_cast<int64_t>((to - from) / row) + 1, ldb, width);
+            }
+          }
         }
         (transpose_a ? kernel_rm : kernel)(st);
       }
@@ -160,9 +187,9 @@ template void own_gemm_rows<float>(int64_t, int64_t, int64_t, const float*, int6
 template void own_gemm_rows<double>(int64_t, int64_t, int64_t, const double*, int64_t,
                                     const double*, double*, int64_t, Epilogue);
 template void own_gemm_tn<float>(int64_t, int64_t, int64_t, const float*, int64_t, const float*,
-                                 int64_t, bool, float*, int64_t);
+                                 int64_t, bool, float*, int64_t, const float* const*);
 template void own_gemm_tn<double>(int64_t, int64_t, int64_t, const double*, int64_t, const double*,
-                                  int64_t, bool, double*, int64_t);
+                                  int64_t, bool, double*, int64_t, const double* const*);
 
 }  // namespace cpu
 }  // namespace rnnext

@@ -22,9 +22,12 @@ void own_gemm_rows(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, 
 // (column-major A^T, step_cm); each task (a slice of k, a share of C's rows, and its panels of
 // C's columns) packs its panels' B rows kChunkRows at a time; a slice of k beyond the first sums
 // into a C of its own, added to C at the end. k = 0 gives C = 0 (or leaves C when accumulating).
+// With b_rows, B's row q is b_rows[q] (n entries; nullptr: zeros) and b is not read: a ragged
+// batch's h_prev rows where they lie, with no gathered copy (ldb: their usual distance, for the
+// prefetch).
 template <typename T>
 void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
-                 bool accumulate, T* c, int64_t ldc);
+                 bool accumulate, T* c, int64_t ldc, const T* const* b_rows = nullptr);
 
 }  // namespace cpu
 }  // namespace rnnext

@@ -295,22 +295,17 @@ struct Recurrence {
     kernel(s);
   }
 
-  // h_prev[N, H]: for every row, the state it started from (hx or zeros at a sequence's start).
-  void gather_prev(const T* out, T* h_prev) const {
+  // prev[N]: for every row, the row of state it started from: a row of out (the step before it),
+  // of hx, or nullptr (zeros) at a sequence's start without hx. The W_hh gradient's B rows
+  // (dpre^T h_prev), read where they are by own_gemm_tn, or gathered for the BLAS.
+  void prev_rows(const T* out, const T** prev) const {
     const int64_t H = hidden;
     for (int64_t t = 0; t < steps; ++t) {
       const int64_t n = bs(t), carried = carried_rows(t);
-      T* dst = rows(h_prev, t);
-      if (carried > 0) {
-        std::memcpy(dst, rows(out, prev_step(t)), carried * H * sizeof(T));
-      }
-      if (n > carried) {
-        if (hx != nullptr) {
-          std::memcpy(dst + carried * H, hx + carried * H, (n - carried) * H * sizeof(T));
-        } else {
-          std::memset(dst + carried * H, 0, (n - carried) * H * sizeof(T));
-        }
-      }
+      const T** dst = prev + offsets[t];
+      const T* from = carried > 0 ? rows(out, prev_step(t)) : nullptr;
+      for (int64_t r = 0; r < carried; ++r) dst[r] = from + r * H;
+      for (int64_t r = carried; r < n; ++r) dst[r] = hx != nullptr ? hx + r * H : nullptr;
     }
   }
 };

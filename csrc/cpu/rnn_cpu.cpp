@@ -431,12 +431,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   Tensor grad_hx = !want_hx ? empty({0}, dtype)
                    : g.N > 0 ? empty({g.B, g.H}, dtype)
                              : at::zeros({g.B, g.H}, opts);
-  // dpre, and h_prev when the W_hh gradient needs one gathered (a ragged batch)
-  const bool gather =
+  const cpu::Plan plan = plan_for(g, /*backward=*/true, want_input, dtype);
+  // dpre, and h_prev when the BLAS takes a ragged batch's W_hh gradient (own_gemm_tn reads those
+  // rows where they lie)
+  const bool ragged =
       want_w_hh && g.packed && g.N > 0 && g.batch_sizes.front() != g.batch_sizes.back();
+  const bool gather = ragged && !plan.own_weight_gemm;
   Scratch scratch(Scratch::bytes_for(g.N * g.H, dtype) * (gather ? 2 : 1));
   Tensor dpre = scratch.take(g.N, g.H, dtype);
-  const cpu::Plan plan = plan_for(g, /*backward=*/true, want_input, dtype);
   Tensor grad_input;
   bool fused_grad_input = false;
   Tensor out = output.contiguous();
@@ -565,10 +567,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
           weight_gemm<T>(own, H, H, B, d_first, H, h0p, H, carried > 0, gw, H);
         }
       } else {
-        Tensor h_prev = scratch.take(N, H, dtype);
+        // A ragged batch: each row's h_prev where it lies (a row of the step before, of hx, or
+        // zeros), read there by the micro-kernel (a serial ~1 MB copy at T=100 B=32 H=128 with
+        // lengths in [25, 100], ~4% of a training call: NOTES.md section 66), copied for the BLAS.
+        std::vector<const T*> prev(N);
         make_recurrence<T>(g, hx.has_value() ? &h0 : nullptr, relu, reverse)
-            .gather_prev(o, h_prev.data_ptr<T>());
-        weight_gemm<T>(own, H, H, N, dp, H, h_prev.data_ptr<T>(), H, false, gw, H);
+            .prev_rows(o, prev.data());
+        if (own) {
+          cpu::own_gemm_tn<T>(H, H, N, dp, H, nullptr, H, false, gw, H, prev.data());
+        } else {
+          T* hp = scratch.take(N, H, dtype).data_ptr<T>();
+          for (int64_t r = 0; r < N; ++r) {
+            if (prev[r] != nullptr) {
+              std::memcpy(hp + r * H, prev[r], H * sizeof(T));
+            } else {
+              std::fill(hp + r * H, hp + (r + 1) * H, T(0));
+            }
+          }
+          cpu::gemm_tn(H, H, N, dp, H, hp, H, T(0), gw, H);
+        }
       }
     }
   });
