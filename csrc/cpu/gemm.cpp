@@ -126,8 +126,8 @@ void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
             // matrix a multiple of ldb apart and span at most twice the chunk (a ragged batch's
             // h_prev in the forward's output, skipping the rows of sequences that ended).
             const T* first = b_rows[q0 + kc];
-            const auto at = [](const T* p) { return reinterpret_cast<std::uintptr_t>(p); };
-            const std::uintptr_t from = at(first), to = at(b_rows[q0 + kc + kn - 1]);
+            const auto addr = [](const T* p) { return reinterpret_cast<std::uintptr_t>(p); };
+            const std::uintptr_t from = addr(first), to = addr(b_rows[q0 + kc + kn - 1]);
             const std::uintptr_t row = static_cast<std::uintptr_t>(ldb) * sizeof(T);
             if (first != nullptr && to >= from && (to - from) % row == 0 &&
                 (to - from) / row < static_cast<std::uintptr_t>(2 * kn)) {
