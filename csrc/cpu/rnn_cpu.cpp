@@ -153,7 +153,9 @@ std::pair<Tensor, int64_t> uniform_rows(const Tensor& t, const Geometry& g, int6
       if (ld >= min_ld) return {t, ld};
       if (g.N <= 1) return {t, cols};  // one row: the stride is never used
     }
-    if (uniform && ld == 0 && min_ld == 0) return {t.reshape({-1, cols})[0].contiguous(), 0};
+    if (uniform && ld == 0 && min_ld == 0 && cols > 0 && g.N > 0) {
+      return {t.reshape({-1, cols})[0].contiguous(), 0};
+    }
   }
   return {t.contiguous(), cols};
 }
