@@ -99,9 +99,6 @@ struct F64 {
   static reg copysign(reg mag, reg sgn) {
     return _mm256_or_pd(_mm256_and_pd(sgn, sign()), _mm256_andnot_pd(sign(), mag));
   }
-  static reg select_lt(reg a, reg b, reg x, reg y) {
-    return _mm256_blendv_pd(y, x, _mm256_cmp_pd(a, b, _CMP_LT_OQ));
-  }
   static void transpose(reg* r) {  // 4 x 4
     const reg t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
     const reg t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);

@@ -104,9 +104,6 @@ struct F64 {
     return _mm512_castsi512_pd(_mm512_ternarylogic_epi64(sign, _mm512_castpd_si512(sgn),
                                                          _mm512_castpd_si512(mag), 0xCA));
   }
-  static reg select_lt(reg a, reg b, reg x, reg y) {  // a < b ? x : y
-    return _mm512_mask_blend_pd(_mm512_cmp_pd_mask(a, b, _CMP_LT_OQ), y, x);
-  }
   static void transpose(reg* r) {  // 8 x 8
     reg t[8], u[8];
     for (int i = 0; i < 8; i += 2) {
