@@ -648,7 +648,8 @@ def test_every_instruction_set(isa):
     # The kernels are chosen once a process, the widest the CPU runs (RNNEXT_CPU_ISA may only lower
     # the choice): on an AVX-512 machine the AVX2 and the portable kernels would never run in the
     # tests, so they run here, in a process of their own each, through this file's equivalence
-    # tests of the register blocks, every path and the weight-gradient GEMM.
+    # tests of the register blocks, every path and the weight-gradient GEMM, and its accuracy tests
+    # of the vector tanh (each instruction set has its own scaling and sign helpers).
     if isa not in rnnext._C._cpu_isas():
         pytest.skip(f"this CPU cannot run the {isa} kernels")
     if isa == rnnext._C._cpu_isa():
@@ -658,7 +659,8 @@ def test_every_instruction_set(isa):
                             env=env, capture_output=True, text=True, timeout=300)
     assert chosen.stdout.strip() == isa, chosen.stderr
     selection = ("test_hidden_and_batch_sizes or test_register_blocks_of_every_row_count or "
-                 "test_each_cpu_path_matches_reference or test_weight_gradient_gemm")
+                 "test_each_cpu_path_matches_reference or test_weight_gradient_gemm or "
+                 "test_tanh_accuracy or test_tanh_saturates")
     run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                           __file__, "-k", selection], env=env, capture_output=True, text=True,
                          timeout=900, cwd=os.path.dirname(__file__))
