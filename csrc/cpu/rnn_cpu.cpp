@@ -209,15 +209,30 @@ cpu::Recurrence<T> make_recurrence(const Geometry& g, const Tensor* hx, bool rel
 }
 
 // The weight gradients' C[m, n] = A^T B (+ C): the micro-kernel where the planner says so
-// (Plan::own_weight_gemm), else the BLAS.
+// (Plan::own_weight_gemm), else the BLAS. With b_rows, B's row q is b_rows[q] (nullptr: zeros;
+// b is not read, ldb is the rows' usual distance): the micro-kernel reads them where they lie, the
+// BLAS from their copy in `gathered` ([k, n], given by the caller).
 template <typename T>
 void weight_gemm(bool own, int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b,
-                 int64_t ldb, bool accumulate, T* c, int64_t ldc) {
+                 int64_t ldb, bool accumulate, T* c, int64_t ldc, const T* const* b_rows = nullptr,
+                 T* gathered = nullptr) {
   if (own) {
-    cpu::own_gemm_tn<T>(m, n, k, a, lda, b, ldb, accumulate, c, ldc);
-  } else {
-    cpu::gemm_tn(m, n, k, a, lda, b, ldb, T(accumulate ? 1 : 0), c, ldc);
+    cpu::own_gemm_tn<T>(m, n, k, a, lda, b, ldb, accumulate, c, ldc, b_rows);
+    return;
   }
+  if (b_rows != nullptr) {
+    for (int64_t q = 0; q < k; ++q) {
+      T* dst = gathered + q * n;
+      if (b_rows[q] != nullptr) {
+        std::memcpy(dst, b_rows[q], n * sizeof(T));
+      } else {
+        std::fill(dst, dst + n, T(0));
+      }
+    }
+    b = gathered;
+    ldb = n;
+  }
+  cpu::gemm_tn(m, n, k, a, lda, b, ldb, T(accumulate ? 1 : 0), c, ldc);
 }
 
 // Runs worker(take) once per thread over the batch rows, in parallel when the plan says so;
@@ -575,19 +590,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
         std::vector<const T*> prev(N);
         make_recurrence<T>(g, hx.has_value() ? &h0 : nullptr, relu, reverse)
             .prev_rows(o, prev.data());
-        if (own) {
-          cpu::own_gemm_tn<T>(H, H, N, dp, H, nullptr, H, false, gw, H, prev.data());
-        } else {
-          T* hp = scratch.take(N, H, dtype).data_ptr<T>();
-          for (int64_t r = 0; r < N; ++r) {
-            if (prev[r] != nullptr) {
-              std::memcpy(hp + r * H, prev[r], H * sizeof(T));
-            } else {
-              std::fill(hp + r * H, hp + (r + 1) * H, T(0));
-            }
-          }
-          cpu::gemm_tn(H, H, N, dp, H, hp, H, T(0), gw, H);
-        }
+        T* gathered = own ? nullptr : scratch.take(N, H, dtype).data_ptr<T>();
+        weight_gemm<T>(own, H, H, N, dp, H, nullptr, H, false, gw, H, prev.data(), gathered);
       }
     }
   });
