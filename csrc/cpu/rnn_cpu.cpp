@@ -590,8 +590,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
         std::vector<const T*> prev(N);
         make_recurrence<T>(g, hx.has_value() ? &h0 : nullptr, relu, reverse)
             .prev_rows(o, prev.data());
-        T* gathered = own ? nullptr : scratch.take(N, H, dtype).data_ptr<T>();
-        weight_gemm<T>(own, H, H, N, dp, H, nullptr, H, false, gw, H, prev.data(), gathered);
+        // (the tensor kept alive to the end: without kept memory, take() returns a fresh one)
+        Tensor gathered = own ? Tensor() : scratch.take(N, H, dtype);
+        weight_gemm<T>(own, H, H, N, dp, H, nullptr, H, false, gw, H, prev.data(),
+                       own ? nullptr : gathered.data_ptr<T>());
       }
     }
   });
