@@ -49,7 +49,9 @@ class Scratch {
   static constexpr int64_t kKeepBytes = int64_t{64} << 20;
   explicit Scratch(int64_t bytes) {
     Kept& k = kept();
-    if (k.busy || bytes > kKeepBytes) return;
+    // (Nothing to keep for an empty call: holding the kept memory without any would leave it busy
+    // for good, as the destructor releases only what it took.)
+    if (bytes <= 0 || k.busy || bytes > kKeepBytes) return;
     if (k.bytes < bytes) {
       k.data.reset();
       k.data.reset(static_cast<char*>(::operator new(static_cast<size_t>(bytes), kAlign)));
