@@ -462,6 +462,25 @@ def test_each_cpu_path_matches_reference(monkeypatch, path, size, packed, revers
         torch.set_num_threads(prev)
 
 
+def test_ragged_w_hh_gradient_beyond_kept_memory(monkeypatch):
+    # A packed batch of varying lengths with the weight gradients in the BLAS gathers each row's
+    # h_prev into a buffer next to dpre. Here the two (2 x N x H float64, N ~ 9000, H = 512: over
+    # 64 MB) are more than the backward keeps between calls, so both are fresh tensors, and the
+    # gathered rows' buffer must live until the GEMM has read them (9bc2bd9: it was freed first,
+    # and the gather wrote into unmapped memory). Every gradient against the float64 reference.
+    from test_ops import reference
+
+    monkeypatch.setenv("RNNEXT_CPU_GEMM", "blas")
+    x, bs, hx, w_ih, w_hh, _, _ = _op_case(True, False, False, True, False, torch.float64,
+                                           T=100, B=120, n_in=4, H=512, seed=5)
+    assert 2 * x.shape[0] * 512 * 8 > 64 << 20
+    args = (x, bs, hx, w_ih, w_hh, None, None)
+    got = _grads(lambda *a: torch.ops.rnnext.rnn_forward(*a, False, False), args)
+    want = _grads(lambda *a: reference(*a, False, False), args)
+    for name, a, b in zip(["output", "h_n", "input", "hx", "w_ih", "w_hh"], got, want):
+        torch.testing.assert_close(a, b, **TOL[torch.float64], msg=lambda m, n=name: f"{n}: {m}")
+
+
 @pytest.mark.parametrize("path", CPU_PATHS)
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
