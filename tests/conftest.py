@@ -47,6 +47,15 @@ def still_works():
     return check
 
 
+@pytest.fixture
+def set_threads():
+    """torch.set_num_threads for one test: call it with a count (as often as the test needs); the
+    count from before the test is put back after it, whatever the test did."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 _NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 
 

@@ -147,7 +147,7 @@ def test_mismatch_is_reported_and_not_timed(tmp_path: Path, monkeypatch: pytest.
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_timed_block_runs_on_the_reported_threads(threads: int) -> None:
+def test_timed_block_runs_on_the_reported_threads(threads: int, set_threads) -> None:
     """torch.utils.benchmark.Timer sets torch's thread count around each block (to 1 unless told):
     every block the suite times must see the thread count the results report."""
     import torch
@@ -159,17 +159,13 @@ def test_timed_block_runs_on_the_reported_threads(threads: int) -> None:
     def fn() -> None:
         seen.append(torch.get_num_threads())
 
-    before = torch.get_num_threads()
     other = 2 if threads == 1 else 1
-    try:
-        torch.set_num_threads(threads)  # the run's count, taken by default
-        timing.interleaved({"a": fn, "b": fn}, timing.TimingConfig.quick())
-        torch.set_num_threads(other)  # a count given explicitly wins over the current one
-        timing.interleaved({"a": fn}, timing.TimingConfig.quick(), threads=threads)
-        assert torch.get_num_threads() == other
-        timing.gemm_gflops(torch.float32, torch.device("cpu"), 0.01, threads=threads)
-    finally:
-        torch.set_num_threads(before)
+    set_threads(threads)  # the run's count, taken by default
+    timing.interleaved({"a": fn, "b": fn}, timing.TimingConfig.quick())
+    set_threads(other)  # a count given explicitly wins over the current one
+    timing.interleaved({"a": fn}, timing.TimingConfig.quick(), threads=threads)
+    assert torch.get_num_threads() == other
+    timing.gemm_gflops(torch.float32, torch.device("cpu"), 0.01, threads=threads)
     assert seen and set(seen) == {threads}
 
 
@@ -200,7 +196,7 @@ def test_fma_peak_is_measured_on_the_run_threads(threads: int, dtype: str) -> No
         _C._fma_peak("float32", "sse9")
 
 
-def test_run_config_from_the_command_line() -> None:
+def test_run_config_from_the_command_line(set_threads) -> None:
     import dataclasses
 
     import torch
@@ -208,14 +204,11 @@ def test_run_config_from_the_command_line() -> None:
     from benchmarks import cases
     from benchmarks.config import parse
 
-    before = torch.get_num_threads()
-    try:
-        argv = ["--quick", "--cases", "edges,edge-3l,tutorial", "--dtypes", "float32,bfloat16",
-                "--devices", "cpu", "--threads", "1", "--no-onnx"]
-        cfg, list_only = parse(argv, lambda d, t: f"m-{t}t")
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    # (parse sets torch's thread count to the run's; the set_threads fixture puts it back after)
+    argv = ["--quick", "--cases", "edges,edge-3l,tutorial", "--dtypes", "float32,bfloat16",
+            "--devices", "cpu", "--threads", "1", "--no-onnx"]
+    cfg, list_only = parse(argv, lambda d, t: f"m-{t}t")
+    assert torch.get_num_threads() == 1
     assert not list_only and cfg is not None
     assert [c.name for c in cfg.cases] == cases.GROUPS["edges"] + ["tutorial"]  # each case once
     assert cfg.pairs() == [("cpu", "float32")] and cfg.threads == 1 and cfg.machine == "m-1t-quick"
@@ -322,7 +315,8 @@ def test_tolerance_allows_cudnn_tf32_only_on_cuda() -> None:
 
 
 def test_driver_times_every_call_on_the_threads_it_reports(tmp_path: Path,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           set_threads) -> None:
     """End to end through ``python -m benchmarks --threads 2``: every call the driver makes of an
     implementation (the check before timing, the warm-up, calibration and the timed blocks) sees
     the thread count the results report."""
@@ -345,14 +339,10 @@ def test_driver_times_every_call_on_the_threads_it_reports(tmp_path: Path,
         return built, skipped
 
     monkeypatch.setattr(impls, "build_impls", with_probe)
-    before = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        argv = ["--quick", "--cases", "tutorial", "--no-onnx", "--devices", "cpu", "--threads", "2",
-                "--out", str(tmp_path), "--machine", "m"]
-        assert cli.main(argv) == 0
-    finally:
-        torch.set_num_threads(before)
+    set_threads(1)
+    argv = ["--quick", "--cases", "tutorial", "--no-onnx", "--devices", "cpu", "--threads", "2",
+            "--out", str(tmp_path), "--machine", "m"]
+    assert cli.main(argv) == 0
     res = json.loads((tmp_path / "m.json").read_text())
     assert res["threads"] == 2 and {r["threads"] for r in res["rows"]} == {2}
     assert res["fma_peak_gflops"]["cpu/float32"]["threads"] == 2

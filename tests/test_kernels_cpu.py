@@ -71,21 +71,17 @@ def test_hidden_and_batch_sizes(dtype, H, B):
 @pytest.mark.parametrize("gemm", ["own", "blas"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("B", [*range(1, 15), 16, 17, 20, 23, 25, 31, 37])
-def test_register_blocks_of_every_row_count(monkeypatch, B, threads, gemm):
+def test_register_blocks_of_every_row_count(monkeypatch, B, threads, gemm, set_threads):
     # The kernel cuts a step's rows (a thread's slice) into register blocks of at most 6 rows (AVX-512;
     # 4 on AVX2), as equal as they come: every count up to 2 x 6 + 2, and a few beyond, on 1 and 2
     # threads (slices of B / 2 rows), with the weight gradients in the own GEMM (whose A^T rows are
     # H = 70, cut the same way) and in the BLAS. T and H large enough for the fused path and a split.
     monkeypatch.setenv("RNNEXT_CPU_GEMM", gemm)
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        ref, new = _pair(24, 70, 1, "tanh", True, False, torch.float64, seed=B)
-        x = torch.randn(40, B, 24, dtype=torch.float64)
-        h0 = torch.randn(1, B, 70, dtype=torch.float64)
-        _check(ref, new, x, h0, torch.float64)
-    finally:
-        torch.set_num_threads(prev)
+    set_threads(threads)
+    ref, new = _pair(24, 70, 1, "tanh", True, False, torch.float64, seed=B)
+    x = torch.randn(40, B, 24, dtype=torch.float64)
+    h0 = torch.randn(1, B, 70, dtype=torch.float64)
+    _check(ref, new, x, h0, torch.float64)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -243,24 +239,20 @@ def test_large_hidden(dtype, packed):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_rows_split_between_threads_packed(dtype, threads):
+def test_rows_split_between_threads_packed(dtype, threads, set_threads):
     # Large enough for the batch rows to be split between threads (by work, for packed input);
     # 3 threads on this shape also exercises uneven slices. The answer must not depend on it.
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        ref, new = _pair(5, 70, 1, "tanh", True, True, dtype, seed=threads)
-        torch.manual_seed(0)
-        lengths = torch.randint(1, 31, (41,))
-        lengths[3] = 30
-        x = torch.randn(30, 41, 5, dtype=dtype)
-        h0 = torch.randn(2, 41, 70, dtype=dtype)
-        # Weight gradients here sum ~600 rows: float32 rounding reaches ~2e-5 absolute.
-        tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else None
-        _check(ref, new, x, h0, dtype, packed_lengths=lengths, tol=tol)
-        _check(ref, new, x, h0, dtype, tol=tol)
-    finally:
-        torch.set_num_threads(prev)
+    set_threads(threads)
+    ref, new = _pair(5, 70, 1, "tanh", True, True, dtype, seed=threads)
+    torch.manual_seed(0)
+    lengths = torch.randint(1, 31, (41,))
+    lengths[3] = 30
+    x = torch.randn(30, 41, 5, dtype=dtype)
+    h0 = torch.randn(2, 41, 70, dtype=dtype)
+    # Weight gradients here sum ~600 rows: float32 rounding reaches ~2e-5 absolute.
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else None
+    _check(ref, new, x, h0, dtype, packed_lengths=lengths, tol=tol)
+    _check(ref, new, x, h0, dtype, tol=tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -429,7 +421,9 @@ OWN_GEMM_PATHS = [p + "+own-gemm" for p in ("fused", "kernel", "columns", "blas"
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_each_cpu_path_matches_reference(monkeypatch, path, size, packed, reverse, threads, dtype):
+def test_each_cpu_path_matches_reference(
+    monkeypatch, path, size, packed, reverse, threads, dtype, set_threads
+):
     # RNNEXT_CPU_PATH forces the path for rnn_forward and rnn_backward alike; the answer (output,
     # h_n, every gradient) must be the float64 reference's, whatever the path and thread count.
     # small: H = 75 leaves partial vectors, B = 17 partial row blocks and uneven thread slices; at
@@ -442,24 +436,20 @@ def test_each_cpu_path_matches_reference(monkeypatch, path, size, packed, revers
     path, own = path.split("+")[0], path.endswith("+own-gemm")
     monkeypatch.setenv("RNNEXT_CPU_PATH", path)
     monkeypatch.setenv("RNNEXT_CPU_GEMM", "own" if own else "blas")
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for k, (relu, has_hx, bias) in enumerate([(False, True, True), (True, False, False)]):
-            T, B, n_in, H = (10, 17, 6, 75) if size == "small" else (5, 9, 140, 150)
-            args = _op_case(packed, reverse, relu, has_hx, bias, dtype, T, B, n_in, H, seed=k + 3 * packed)
-            assert rnnext._C._cpu_plan(T, B, n_in, H, dtype, packed, False).startswith(path + ":")
-            assert rnnext._C._cpu_plan(T, B, n_in, H, dtype, packed, True).startswith(path + ":")
-            got = _grads(lambda *a, r=relu: torch.ops.rnnext.rnn_forward(*a, r, reverse), args)
-            ref_args = [a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-                        for a in args]
-            want = _grads(lambda *a, r=relu: reference(*a, r, reverse), ref_args)
-            tol = TOL[torch.float64] if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
-            for name, a, b in zip(["output", "h_n", "input", "hx", "w_ih", "w_hh", "b_ih", "b_hh"]
-                                  if has_hx else ["output", "h_n", "input", "w_ih", "w_hh"], got, want):
-                torch.testing.assert_close(a.double(), b, **tol, msg=lambda m, n=name: f"{n}: {m}")
-    finally:
-        torch.set_num_threads(prev)
+    set_threads(threads)
+    for k, (relu, has_hx, bias) in enumerate([(False, True, True), (True, False, False)]):
+        T, B, n_in, H = (10, 17, 6, 75) if size == "small" else (5, 9, 140, 150)
+        args = _op_case(packed, reverse, relu, has_hx, bias, dtype, T, B, n_in, H, seed=k + 3 * packed)
+        assert rnnext._C._cpu_plan(T, B, n_in, H, dtype, packed, False).startswith(path + ":")
+        assert rnnext._C._cpu_plan(T, B, n_in, H, dtype, packed, True).startswith(path + ":")
+        got = _grads(lambda *a, r=relu: torch.ops.rnnext.rnn_forward(*a, r, reverse), args)
+        ref_args = [a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                    for a in args]
+        want = _grads(lambda *a, r=relu: reference(*a, r, reverse), ref_args)
+        tol = TOL[torch.float64] if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+        for name, a, b in zip(["output", "h_n", "input", "hx", "w_ih", "w_hh", "b_ih", "b_hh"]
+                              if has_hx else ["output", "h_n", "input", "w_ih", "w_hh"], got, want):
+            torch.testing.assert_close(a.double(), b, **tol, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_ragged_w_hh_gradient_beyond_kept_memory(monkeypatch):
@@ -485,48 +475,44 @@ def test_ragged_w_hh_gradient_beyond_kept_memory(monkeypatch):
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_backward_reads_strided_grad_output(monkeypatch, path, packed, threads, dtype):
+def test_backward_reads_strided_grad_output(monkeypatch, path, packed, threads, dtype, set_threads):
     # rnn_backward reads grad_output in place where its rows are a uniform stride apart (an expanded
     # row: stride 0; a direction's half of a [T, B, 2H] gradient: 2H), one row of it where all rows
     # are one (the expanded element of output.sum()'s gradient), and copies it otherwise
     # (batch_first's transpose, an expand along T only). Every layout gives exactly the gradients
     # of the same values made contiguous, on every path.
     monkeypatch.setenv("RNNEXT_CPU_PATH", path)
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        T, B, n_in, H = 10, 17, 6, 75
-        x, bs, hx, w_ih, w_hh, _, _ = _op_case(packed, False, False, True, False, dtype, T, B, n_in, H)
-        out, _ = torch.ops.rnnext.rnn_forward(x, bs, hx, w_ih, w_hh, None, None, False, False)
-        g = torch.Generator().manual_seed(7)
+    set_threads(threads)
+    T, B, n_in, H = 10, 17, 6, 75
+    x, bs, hx, w_ih, w_hh, _, _ = _op_case(packed, False, False, True, False, dtype, T, B, n_in, H)
+    out, _ = torch.ops.rnnext.rnn_forward(x, bs, hx, w_ih, w_hh, None, None, False, False)
+    g = torch.Generator().manual_seed(7)
 
-        def rand(*shape):
-            return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
 
-        grads = {
-            "expanded element": rand(()).expand(out.shape),
-            "expanded row": rand(H).expand(out.shape),
-            "half of 2H": rand(*out.shape[:-1], 2 * H)[..., H:],
-            "contiguous": rand(*out.shape),
-        }
-        if not packed:
-            grads["batch_first"] = rand(B, T, H).transpose(0, 1)
-            grads["expanded along T"] = rand(B, H).expand(out.shape)
-        gh = rand(*hx.shape)
-        mask = [True] * 5
-        for name, go in grads.items():
-            got = torch.ops.rnnext.rnn_backward(go, gh, x, bs, hx, w_ih, w_hh, out, False, False, mask)
-            want = torch.ops.rnnext.rnn_backward(go.contiguous(), gh, x, bs, hx, w_ih, w_hh, out, False,
-                                                 False, mask)
-            for a, b in zip(got, want):
-                assert torch.equal(a, b), name
-    finally:
-        torch.set_num_threads(prev)
+    grads = {
+        "expanded element": rand(()).expand(out.shape),
+        "expanded row": rand(H).expand(out.shape),
+        "half of 2H": rand(*out.shape[:-1], 2 * H)[..., H:],
+        "contiguous": rand(*out.shape),
+    }
+    if not packed:
+        grads["batch_first"] = rand(B, T, H).transpose(0, 1)
+        grads["expanded along T"] = rand(B, H).expand(out.shape)
+    gh = rand(*hx.shape)
+    mask = [True] * 5
+    for name, go in grads.items():
+        got = torch.ops.rnnext.rnn_backward(go, gh, x, bs, hx, w_ih, w_hh, out, False, False, mask)
+        want = torch.ops.rnnext.rnn_backward(go.contiguous(), gh, x, bs, hx, w_ih, w_hh, out, False,
+                                             False, mask)
+        for a, b in zip(got, want):
+            assert torch.equal(a, b), name
 
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_weight_gradient_gemm(dtype, threads):
+def test_weight_gradient_gemm(dtype, threads, set_threads):
     # The weight gradients' C = A^T B (A [k, m], B [k, n]) in the micro-kernel against float64:
     # k across the 128-row chunks and in slices a thread (k >= 512 at 2 threads: 700 x 20 x 70,
     # 1100 x 130 x 150), m across the 16-row task shares, n a narrow panel, one panel, and whole
@@ -535,26 +521,22 @@ def test_weight_gradient_gemm(dtype, threads):
     # last chunk); strided rows; accumulation into C; k = 0 (C = 0, or C kept when
     # accumulating). The BLAS route gives the same.
     g = torch.Generator().manual_seed(5)
-    prev = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        for k, m, n in [(1, 1, 1), (129, 37, 5), (300, 75, 64), (257, 130, 150), (0, 9, 70), (64, 300, 16),
-                        (200, 12, 140), (700, 20, 70), (1100, 130, 150), (300, 37, 520)]:
-            a = torch.randn(k, m + 3, generator=g, dtype=torch.float64)[:, :m].to(dtype)
-            b = torch.randn(k, n + 5, generator=g, dtype=torch.float64)[:, :n].to(dtype)
-            c0 = torch.randn(m, n + 2, generator=g, dtype=torch.float64)[:, :n].to(dtype)
-            want = a.double().t() @ b.double()
-            tol = (TOL[torch.float64] if dtype == torch.float64
-                   else dict(rtol=1e-5, atol=1e-5 * max(k, 1) ** 0.5))
-            for own in (True, False):
-                for accumulate in (False, True):
-                    c = c0.clone()
-                    rnnext._C._cpu_gemm_tn(a, b, c, accumulate, own)
-                    expect = want + c0.double() if accumulate else want
-                    torch.testing.assert_close(c.double(), expect, **tol,
-                                               msg=lambda s, x=(k, m, n, own, accumulate): f"{x}: {s}")
-    finally:
-        torch.set_num_threads(prev)
+    set_threads(threads)
+    for k, m, n in [(1, 1, 1), (129, 37, 5), (300, 75, 64), (257, 130, 150), (0, 9, 70), (64, 300, 16),
+                    (200, 12, 140), (700, 20, 70), (1100, 130, 150), (300, 37, 520)]:
+        a = torch.randn(k, m + 3, generator=g, dtype=torch.float64)[:, :m].to(dtype)
+        b = torch.randn(k, n + 5, generator=g, dtype=torch.float64)[:, :n].to(dtype)
+        c0 = torch.randn(m, n + 2, generator=g, dtype=torch.float64)[:, :n].to(dtype)
+        want = a.double().t() @ b.double()
+        tol = (TOL[torch.float64] if dtype == torch.float64
+               else dict(rtol=1e-5, atol=1e-5 * max(k, 1) ** 0.5))
+        for own in (True, False):
+            for accumulate in (False, True):
+                c = c0.clone()
+                rnnext._C._cpu_gemm_tn(a, b, c, accumulate, own)
+                expect = want + c0.double() if accumulate else want
+                torch.testing.assert_close(c.double(), expect, **tol,
+                                           msg=lambda s, x=(k, m, n, own, accumulate): f"{x}: {s}")
     with pytest.raises(RuntimeError, match="sizes do not match"):
         rnnext._C._cpu_gemm_tn(torch.randn(3, 2), torch.randn(4, 2), torch.empty(2, 2), False, True)
 
@@ -588,36 +570,32 @@ def test_cpu_plan_names_a_path_and_a_reason(monkeypatch):
         rnnext._C._cpu_plan(3, 2, 4, 5, "float32", False, False)
 
 
-def test_float64_forward_past_24mb_of_w_hh(monkeypatch):
+def test_float64_forward_past_24mb_of_w_hh(monkeypatch, set_threads):
     # A float64 W_hh over 24 MB takes whole BLAS steps on all threads where MKL runs on an Intel CPU
     # (plan.cpp, kWholeBlasStepMinWeightBytes), the column split elsewhere: either way, on 2
     # threads, the forward and its final state equal torch.nn.RNN's.
     monkeypatch.delenv("RNNEXT_CPU_PATH", raising=False)
     monkeypatch.delenv("RNNEXT_CPU_GEMM", raising=False)
     T, B, n_in, H = 6, 5, 8, 1800  # 1800^2 doubles: 24.7 MB
-    prev = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        path = rnnext._C._cpu_plan(T, B, n_in, H, torch.float64, False, False).split(":")[0]
-        assert path in ("blas", "columns")
-        ref, new = _pair(n_in, H, 1, "tanh", True, False, torch.float64, seed=11)
-        torch.manual_seed(12)
-        x = torch.randn(T, B, n_in, dtype=torch.float64)
-        h0 = torch.randn(1, B, H, dtype=torch.float64)
-        with torch.no_grad():
-            y0, h0r = ref(x, h0)
-            y1, h1r = new(x, h0)
-        torch.testing.assert_close(y1, y0, **TOL[torch.float64])
-        torch.testing.assert_close(h1r, h0r, **TOL[torch.float64])
-    finally:
-        torch.set_num_threads(prev)
+    set_threads(2)
+    path = rnnext._C._cpu_plan(T, B, n_in, H, torch.float64, False, False).split(":")[0]
+    assert path in ("blas", "columns")
+    ref, new = _pair(n_in, H, 1, "tanh", True, False, torch.float64, seed=11)
+    torch.manual_seed(12)
+    x = torch.randn(T, B, n_in, dtype=torch.float64)
+    h0 = torch.randn(1, B, H, dtype=torch.float64)
+    with torch.no_grad():
+        y0, h0r = ref(x, h0)
+        y1, h1r = new(x, h0)
+    torch.testing.assert_close(y1, y0, **TOL[torch.float64])
+    torch.testing.assert_close(h1r, h0r, **TOL[torch.float64])
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("context", ["no_grad", "inference_mode"])
 @pytest.mark.parametrize("path", ["auto", *CPU_PATHS, "kernel+own-gemm"])
-def test_bidirectional_directions_at_once(dtype, packed, context, path, monkeypatch):
+def test_bidirectional_directions_at_once(dtype, packed, context, path, monkeypatch, set_threads):
     # On 2 threads, a call that records no graph runs a bidirectional layer's two directions at
     # once, one thread each (csrc/stack.cpp; cpu::concurrent_directions), each writing its half of
     # the layer's output in place (rows 2H apart): this shape is above the size rule in both
@@ -626,40 +604,32 @@ def test_bidirectional_directions_at_once(dtype, packed, context, path, monkeypa
     monkeypatch.setenv("RNNEXT_CPU_PATH", path.split("+")[0])
     if path.endswith("+own-gemm"):
         monkeypatch.setenv("RNNEXT_CPU_GEMM", "own")
-    prev = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        ref, new = _pair(24, 96, 2, "tanh", True, True, dtype, seed=7)
-        torch.manual_seed(1)
-        x = torch.randn(40, 16, 24, dtype=dtype)
-        h0 = torch.randn(4, 16, 96, dtype=dtype)
-        lengths = torch.randint(1, 41, (16,))
-        lengths[5] = 40
-        mode = torch.no_grad() if context == "no_grad" else torch.inference_mode()
-        with mode:
-            inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
-            y0, h0r = ref(inp, h0)
-            y1, h1r = new(inp, h0)
-            if packed:
-                y0, y1 = y0.data, y1.data
-        torch.testing.assert_close(y1, y0, **TOL[dtype])
-        torch.testing.assert_close(h1r, h0r, **TOL[dtype])
-    finally:
-        torch.set_num_threads(prev)
+    set_threads(2)
+    ref, new = _pair(24, 96, 2, "tanh", True, True, dtype, seed=7)
+    torch.manual_seed(1)
+    x = torch.randn(40, 16, 24, dtype=dtype)
+    h0 = torch.randn(4, 16, 96, dtype=dtype)
+    lengths = torch.randint(1, 41, (16,))
+    lengths[5] = 40
+    mode = torch.no_grad() if context == "no_grad" else torch.inference_mode()
+    with mode:
+        inp = pack_padded_sequence(x, lengths, enforce_sorted=False) if packed else x
+        y0, h0r = ref(inp, h0)
+        y1, h1r = new(inp, h0)
+        if packed:
+            y0, y1 = y0.data, y1.data
+    torch.testing.assert_close(y1, y0, **TOL[dtype])
+    torch.testing.assert_close(h1r, h0r, **TOL[dtype])
 
 
-def test_directions_at_once_rule():
+def test_directions_at_once_rule(set_threads):
     # The rule the stack follows, as the benchmark reports it: only on exactly two threads, and only
     # for a direction of at least the row split's threshold (2^19 multiply-adds).
-    prev = torch.get_num_threads()
-    try:
-        torch.set_num_threads(2)
-        assert rnnext._C._cpu_directions_at_once(40 * 16, 24, 96)
-        assert not rnnext._C._cpu_directions_at_once(10 * 3, 100, 20)  # the tutorial stack
-        torch.set_num_threads(1)
-        assert not rnnext._C._cpu_directions_at_once(40 * 16, 24, 96)
-    finally:
-        torch.set_num_threads(prev)
+    set_threads(2)
+    assert rnnext._C._cpu_directions_at_once(40 * 16, 24, 96)
+    assert not rnnext._C._cpu_directions_at_once(10 * 3, 100, 20)  # the tutorial stack
+    set_threads(1)
+    assert not rnnext._C._cpu_directions_at_once(40 * 16, 24, 96)
 
 
 @pytest.mark.parametrize("isa", ["avx2", "base"])

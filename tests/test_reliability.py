@@ -97,13 +97,10 @@ def test_the_loaded_extension_is_the_expected_build() -> None:
 
 
 @pytest.fixture
-def one_thread():
+def one_thread(set_threads):
     """One intra-op thread: memory does not depend on it, and on a busy machine OpenMP's spinning
     threads make each step erratically slow."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    set_threads(1)
 
 
 def _rss_bytes() -> int:
