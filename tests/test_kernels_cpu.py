@@ -412,6 +412,23 @@ def _grads(fn, args):
     return [out.detach(), h_n.detach(), *grads]
 
 
+def _matches_reference(args, relu, reverse, tol):
+    # The op's output, h_n and every gradient (_grads) against the float64 reference's on the same
+    # values; each named by its argument (bs, the integer batch sizes, takes no gradient).
+    from test_ops import reference
+
+    got = _grads(lambda *a: torch.ops.rnnext.rnn_forward(*a, relu, reverse), args)
+    ref_args = [a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                for a in args]
+    want = _grads(lambda *a: reference(*a, relu, reverse), ref_args)
+    arg_names = ["input", "bs", "hx", "w_ih", "w_hh", "b_ih", "b_hh"]
+    names = ["output", "h_n"] + [n for n, a in zip(arg_names, args)
+                                 if isinstance(a, torch.Tensor) and a.is_floating_point()]
+    assert len(names) == len(got) == len(want)
+    for name, a, b in zip(names, got, want):
+        torch.testing.assert_close(a.double(), b, **tol, msg=lambda m, n=name: f"{n}: {m}")
+
+
 OWN_GEMM_PATHS = [p + "+own-gemm" for p in ("fused", "kernel", "columns", "blas")]
 
 
@@ -431,8 +448,6 @@ def test_each_cpu_path_matches_reference(
     # H = 150 run the micro-kernel's k in two chunks (128 + rest) over three column panels.
     # "+own-gemm": RNNEXT_CPU_GEMM=own runs the GEMMs over all rows (projection, grad_input, the
     # weight gradients) in the micro-kernel instead of the BLAS (the default off Intel CPUs).
-    from test_ops import reference
-
     path, own = path.split("+")[0], path.endswith("+own-gemm")
     monkeypatch.setenv("RNNEXT_CPU_PATH", path)
     monkeypatch.setenv("RNNEXT_CPU_GEMM", "own" if own else "blas")
@@ -442,14 +457,8 @@ def test_each_cpu_path_matches_reference(
         args = _op_case(packed, reverse, relu, has_hx, bias, dtype, T, B, n_in, H, seed=k + 3 * packed)
         assert rnnext._C._cpu_plan(T, B, n_in, H, dtype, packed, False).startswith(path + ":")
         assert rnnext._C._cpu_plan(T, B, n_in, H, dtype, packed, True).startswith(path + ":")
-        got = _grads(lambda *a, r=relu: torch.ops.rnnext.rnn_forward(*a, r, reverse), args)
-        ref_args = [a.double() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
-                    for a in args]
-        want = _grads(lambda *a, r=relu: reference(*a, r, reverse), ref_args)
         tol = TOL[torch.float64] if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
-        for name, a, b in zip(["output", "h_n", "input", "hx", "w_ih", "w_hh", "b_ih", "b_hh"]
-                              if has_hx else ["output", "h_n", "input", "w_ih", "w_hh"], got, want):
-            torch.testing.assert_close(a.double(), b, **tol, msg=lambda m, n=name: f"{n}: {m}")
+        _matches_reference(args, relu, reverse, tol)
 
 
 def test_ragged_w_hh_gradient_beyond_kept_memory(monkeypatch):
@@ -458,17 +467,11 @@ def test_ragged_w_hh_gradient_beyond_kept_memory(monkeypatch):
     # 64 MB) are more than the backward keeps between calls, so both are fresh tensors, and the
     # gathered rows' buffer must live until the GEMM has read them (9bc2bd9: it was freed first,
     # and the gather wrote into unmapped memory). Every gradient against the float64 reference.
-    from test_ops import reference
-
     monkeypatch.setenv("RNNEXT_CPU_GEMM", "blas")
     x, bs, hx, w_ih, w_hh, _, _ = _op_case(True, False, False, True, False, torch.float64,
                                            T=100, B=120, n_in=4, H=512, seed=5)
     assert 2 * x.shape[0] * 512 * 8 > 64 << 20
-    args = (x, bs, hx, w_ih, w_hh, None, None)
-    got = _grads(lambda *a: torch.ops.rnnext.rnn_forward(*a, False, False), args)
-    want = _grads(lambda *a: reference(*a, False, False), args)
-    for name, a, b in zip(["output", "h_n", "input", "hx", "w_ih", "w_hh"], got, want):
-        torch.testing.assert_close(a, b, **TOL[torch.float64], msg=lambda m, n=name: f"{n}: {m}")
+    _matches_reference((x, bs, hx, w_ih, w_hh, None, None), False, False, TOL[torch.float64])
 
 
 @pytest.mark.parametrize("path", CPU_PATHS)
