@@ -433,7 +433,7 @@ OWN_GEMM_PATHS = [p + "+own-gemm" for p in ("fused", "kernel", "columns", "blas"
 
 
 @pytest.mark.parametrize("path", CPU_PATHS + OWN_GEMM_PATHS)
-@pytest.mark.parametrize("size", ["small", "chunked"])
+@pytest.mark.parametrize("size", ["small", "chunked", "streamed"])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("threads", [1, 2])
@@ -446,6 +446,9 @@ def test_each_cpu_path_matches_reference(
     # small: H = 75 leaves partial vectors, B = 17 partial row blocks and uneven thread slices; at
     # 2 threads the recurrence is large enough (N H^2 >= 2^19) to be split. chunked: I = 140 and
     # H = 150 run the micro-kernel's k in two chunks (128 + rest) over three column panels.
+    # streamed: H = 730, so every call's packed weights are over the 1 MB from which the kernel
+    # prefetches the next chunk's rows of P as it goes (kStreamWeightBytes; a column split's
+    # thread: 6 of the 12 panels, 1.1 MB in float32), the last panel partial.
     # "+own-gemm": RNNEXT_CPU_GEMM=own runs the GEMMs over all rows (projection, grad_input, the
     # weight gradients) in the micro-kernel instead of the BLAS (the default off Intel CPUs).
     path, own = path.split("+")[0], path.endswith("+own-gemm")
@@ -453,7 +456,8 @@ def test_each_cpu_path_matches_reference(
     monkeypatch.setenv("RNNEXT_CPU_GEMM", "own" if own else "blas")
     set_threads(threads)
     for k, (relu, has_hx, bias) in enumerate([(False, True, True), (True, False, False)]):
-        T, B, n_in, H = (10, 17, 6, 75) if size == "small" else (5, 9, 140, 150)
+        T, B, n_in, H = {"small": (10, 17, 6, 75), "chunked": (5, 9, 140, 150),
+                         "streamed": (3, 5, 40, 730)}[size]
         args = _op_case(packed, reverse, relu, has_hx, bias, dtype, T, B, n_in, H, seed=k + 3 * packed)
         assert rnnext._C._cpu_plan(T, B, n_in, H, dtype, packed, False).startswith(path + ":")
         assert rnnext._C._cpu_plan(T, B, n_in, H, dtype, packed, True).startswith(path + ":")

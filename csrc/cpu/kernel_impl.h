@@ -152,8 +152,8 @@ static __attribute__((noinline)) void finish(int m, int nv, int last, typename V
   }
 }
 
-// Lines to prefetch (StepArgs::prefetch), handed out a block at a time: up to `per` lines of the
-// current range, one per k iteration of the block's first product.
+// Lines to prefetch (StepArgs::prefetch, or the next chunk of P: step_impl), handed out a block at
+// a time: up to `per` lines of the current range, one per k iteration of the block's first product.
 struct Prefetcher {
   const char* p[2];
   const char* end[2];
@@ -226,12 +226,28 @@ static void step_impl(const StepArgs<typename V::T>& s) {
     pf.p[i] = static_cast<const char*>(s.prefetch[i]);
     pf.end[i] = pf.p[i] + (s.prefetch[i] != nullptr ? s.prefetch_bytes[i] : 0);
   }
+  const int64_t row_blocks = (rows + V::MR - 1) / V::MR;
   if (pf.end[0] > pf.p[0] || pf.end[1] > pf.p[1]) {
     const int64_t lines = (pf.end[0] - pf.p[0] + pf.end[1] - pf.p[1]) / 64 + 2;
     const int64_t chunks = k > 0 ? (k + kChunkRows - 1) / kChunkRows : 1;
-    const int64_t blocks = ((n + NR * W - 1) / (NR * W)) * chunks * ((rows + V::MR - 1) / V::MR);
+    const int64_t blocks = ((n + NR * W - 1) / (NR * W)) * chunks * row_blocks;
     pf.per = (lines + blocks - 1) / blocks;
   }
+  // The chunk [q0, q0 + kc) of the two products' k laid end to end, panel p0.
+  const auto chunk = [&](int64_t p0, int64_t q0, int64_t kc, Part<T>(&part)[2]) {
+    for (int i = 0, base = 0; i < 2; base += prod[i]->k, ++i) {
+      const Product<T>& pr = *prod[i];
+      const int64_t lo = q0 - base < 0 ? 0 : (q0 - base > pr.k ? pr.k : q0 - base);
+      const int64_t hi = q0 + kc - base < 0 ? 0 : (q0 + kc - base > pr.k ? pr.k : q0 + kc - base);
+      part[i] = {hi > lo ? pr.a + a_at<ACM>(0, lo, pr.lda) : pr.a, pr.lda,
+                 hi > lo ? pr.p + (p0 / PC) * pr.kp * PC + lo * PC : pr.p, hi - lo};
+    }
+  };
+  // Weights past a core's L2 stream from L3 at every call: each chunk brings the next one's rows
+  // of P into L2 while it computes (when the caller asked for no other prefetch).
+  const bool stream = s.prefetch[0] == nullptr && s.prefetch[1] == nullptr &&
+                      k * ((n + PC - 1) / PC) * PC * static_cast<int64_t>(sizeof(T)) >
+                          kStreamWeightBytes;
   for (int64_t p0 = 0; p0 < n; p0 += PC) {  // one panel of columns
     const int64_t pn = n - p0 < PC ? n - p0 : PC;
     int64_t q0 = 0;
@@ -245,14 +261,26 @@ static void step_impl(const StepArgs<typename V::T>& s) {
       T* copy = final ? s.copy : nullptr;
       T* sums = final ? s.sums : nullptr;
       const int64_t ld_copy = s.ld_copy != 0 ? s.ld_copy : s.ldc;
-      // The chunk [q0, q0 + kc) of the two products' k laid end to end.
       Part<T> part[2];
-      for (int i = 0, base = 0; i < 2; base += prod[i]->k, ++i) {
-        const Product<T>& pr = *prod[i];
-        const int64_t lo = q0 - base < 0 ? 0 : (q0 - base > pr.k ? pr.k : q0 - base);
-        const int64_t hi = q0 + kc - base < 0 ? 0 : (q0 + kc - base > pr.k ? pr.k : q0 + kc - base);
-        part[i] = {hi > lo ? pr.a + a_at<ACM>(0, lo, pr.lda) : pr.a, pr.lda,
-                   hi > lo ? pr.p + (p0 / PC) * pr.kp * PC + lo * PC : pr.p, hi - lo};
+      chunk(p0, q0, kc, part);
+      if (stream) {
+        // A chunk of the second product alone goes first: the same sums, and block() issues its
+        // prefetches from the first part's loop.
+        if (part[0].k == 0) std::swap(part[0], part[1]);
+        const int64_t np0 = final ? p0 + PC : p0, nq0 = final ? 0 : q0 + kc;
+        pf = Prefetcher{};
+        if (np0 < n) {
+          Part<T> next[2];
+          chunk(np0, nq0, k - nq0 < kChunkRows ? k - nq0 : kChunkRows, next);
+          int64_t lines = 0;
+          for (int i = 0; i < 2; ++i) {
+            pf.p[i] = reinterpret_cast<const char*>(next[i].p);
+            pf.end[i] = pf.p[i] + next[i].k * PC * static_cast<int64_t>(sizeof(T));
+            lines += (pf.end[i] - pf.p[i]) / 64;
+          }
+          const int64_t blocks = ((pn + NR * W - 1) / (NR * W)) * row_blocks;
+          pf.per = (lines + blocks - 1) / blocks;
+        }
       }
       for (int64_t j0 = 0; j0 < pn; j0 += NR * W) {
         const int64_t cols = pn - j0 < NR * W ? pn - j0 : NR * W;

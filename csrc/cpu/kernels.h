@@ -29,6 +29,9 @@ namespace cpu {
 constexpr int64_t kPanelBytes = 256;  // one packed panel row: 64 float / 32 double columns
 constexpr int64_t kPackAlign = 16;     // narrower weights: one panel, width a multiple of this
 constexpr int64_t kChunkRows = 128;   // rows of a panel per k chunk: 32 KB, within L1
+// A call's packed weights over this many bytes come from L3 at every step: the kernel then
+// prefetches the next chunk's rows of P into L2 while a chunk computes (kernel_impl.h).
+constexpr int64_t kStreamWeightBytes = int64_t{1} << 20;
 template <typename T>
 constexpr int64_t panel_cols() {
   return kPanelBytes / static_cast<int64_t>(sizeof(T));
