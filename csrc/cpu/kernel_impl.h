@@ -248,6 +248,7 @@ static void step_impl(const StepArgs<typename V::T>& s) {
   const bool stream = s.prefetch[0] == nullptr && s.prefetch[1] == nullptr &&
                       k * ((n + PC - 1) / PC) * PC * static_cast<int64_t>(sizeof(T)) >
                           kStreamWeightBytes;
+  const bool fetch = stream || pf.end[0] > pf.p[0] || pf.end[1] > pf.p[1];
   for (int64_t p0 = 0; p0 < n; p0 += PC) {  // one panel of columns
     const int64_t pn = n - p0 < PC ? n - p0 : PC;
     int64_t q0 = 0;
@@ -263,10 +264,10 @@ static void step_impl(const StepArgs<typename V::T>& s) {
       const int64_t ld_copy = s.ld_copy != 0 ? s.ld_copy : s.ldc;
       Part<T> part[2];
       chunk(p0, q0, kc, part);
+      // A chunk of the second product alone goes first where there is something to prefetch: the
+      // same sums, and block() issues the prefetches from the first part's loop.
+      if (fetch && part[0].k == 0) std::swap(part[0], part[1]);
       if (stream) {
-        // A chunk of the second product alone goes first: the same sums, and block() issues its
-        // prefetches from the first part's loop.
-        if (part[0].k == 0) std::swap(part[0], part[1]);
         const int64_t np0 = final ? p0 + PC : p0, nq0 = final ? 0 : q0 + kc;
         pf = Prefetcher{};
         if (np0 < n) {

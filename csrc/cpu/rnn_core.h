@@ -201,8 +201,18 @@ struct Recurrence {
         const T* fed_rows = ring != nullptr ? ring + ((i + 1) % 2) * (row_end - r0) * H
                             : fed > r0      ? rows(static_cast<const T*>(dpre), next) + r0 * H
                                             : nullptr;
+        // The next step's rows of h and (where contiguous) grad_out, brought into L2 during this
+        // step: they come from L3, and each row block's start and epilogue wait on them (NOTES.md
+        // section 73). Whole rows only (not a column share).
+        const int64_t t_next = reverse ? t + 1 : t - 1, n_next = clip(bs(t_next));
+        Fetch ahead;
+        if (w == H && n_next > r0) {
+          const int64_t bytes = (n_next - r0) * H * static_cast<int64_t>(sizeof(T));
+          ahead = {{rows(out, t_next) + r0 * H, grad_out + (offsets[t_next] + r0) * ld_grad},
+                   {bytes, ld_grad == H ? bytes : 0}};
+        }
         // dpre_t = (grad_out_t + dpre_next W_hh) * act'(h_t), started from grad_out's rows.
-        if (fed > r0) run(false, fed - r0, {}, H, fed_rows, g, ld_grad, cur, copy, h, ep);
+        if (fed > r0) run(false, fed - r0, {}, H, fed_rows, g, ld_grad, cur, copy, h, ep, 0, ahead);
         // The other rows hold their final state here and receive grad_h_n (fed is r0 or n in
         // reverse).
         const int64_t final_from = fed > r0 ? fed : r0;
@@ -247,15 +257,21 @@ struct Recurrence {
     }
   }
 
+  // Memory a step call prefetches into L2 as it goes (StepArgs::prefetch; 0 bytes: none).
+  struct Fetch {
+    const T* at[2] = {nullptr, nullptr};
+    int64_t bytes[2] = {0, 0};
+  };
+
   // Rows of c (row stride H), this thread's columns: c = ep(S + first + a op(W_hh)), the
   // recurrent product with k = H (0: none); S = init's rows (row stride ld_init; 0: one row) when
   // set, zero with kZero, else c itself; the result stored to copy too when set (row stride
   // ld_copy; 0 for H). op = transpose (forward: W_hh^T) or identity (backward). One micro-kernel
-  // call; with w_blas, the recurrent product in BLAS between a kernel call for the start and first
-  // product and one for the epilogue.
+  // call, which prefetches `ahead` into L2 as it goes; with w_blas, the recurrent product in BLAS
+  // between a kernel call for the start and first product and one for the epilogue.
   void run(bool transpose, int64_t nrows, const Product<T>& first, int64_t k, const T* a,
            const T* init, int64_t ld_init, T* c, T* copy, const T* aux, Epilogue ep,
-           int64_t ld_copy = 0) const {
+           int64_t ld_copy = 0, const Fetch& ahead = {}) const {
     const int64_t H = hidden, c_0 = c0(), w = c1() - c0();
     StepArgs<T> s;
     s.rows = nrows;
@@ -292,6 +308,10 @@ struct Recurrence {
       return;
     }
     s.second = {a, H, w_packed ? w_packed + panel_offset(c_0, H, H) : w_packed, H, k};
+    for (int i = 0; i < 2; ++i) {
+      s.prefetch[i] = ahead.bytes[i] > 0 ? ahead.at[i] : nullptr;
+      s.prefetch_bytes[i] = ahead.bytes[i];
+    }
     kernel(s);
   }
 
