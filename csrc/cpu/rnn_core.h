@@ -201,14 +201,14 @@ struct Recurrence {
         const T* fed_rows = ring != nullptr ? ring + ((i + 1) % 2) * (row_end - r0) * H
                             : fed > r0      ? rows(static_cast<const T*>(dpre), next) + r0 * H
                                             : nullptr;
-        // The next step's rows of h and (where contiguous) grad_out, brought into L2 during this
-        // step: they come from L3, and each row block's start and epilogue wait on them (NOTES.md
-        // section 73). Whole rows only (not a column share).
-        const int64_t t_next = reverse ? t + 1 : t - 1, n_next = clip(bs(t_next));
+        // The rows of h and (where contiguous) grad_out of the step processed after this one,
+        // brought into L2 during this step: they come from L3, and each row block's start and
+        // epilogue wait on them (NOTES.md section 73). Whole rows only (not a column share).
+        const int64_t t_after = reverse ? t + 1 : t - 1, n_after = clip(bs(t_after));
         Fetch ahead;
-        if (w == H && n_next > r0) {
-          const int64_t bytes = (n_next - r0) * H * static_cast<int64_t>(sizeof(T));
-          ahead = {{rows(out, t_next) + r0 * H, grad_out + (offsets[t_next] + r0) * ld_grad},
+        if (w == H && n_after > r0) {
+          const int64_t bytes = (n_after - r0) * H * static_cast<int64_t>(sizeof(T));
+          ahead = {{rows(out, t_after) + r0 * H, grad_out + (offsets[t_after] + r0) * ld_grad},
                    {bytes, ld_grad == H ? bytes : 0}};
         }
         // dpre_t = (grad_out_t + dpre_next W_hh) * act'(h_t), started from grad_out's rows.
