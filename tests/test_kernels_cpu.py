@@ -639,6 +639,24 @@ def test_directions_at_once_rule(set_threads):
     assert not rnnext._C._cpu_directions_at_once(40 * 16, 24, 96)
 
 
+def test_no_entry_read_before_written():
+    # The CPU path allocates its packed weights, rings, scratch rows and outputs uninitialised:
+    # every entry it reads must have been written first (else a result would depend on what the
+    # memory held, often the same values from the call before). RNNEXT_CPU_POISON fills all of
+    # that memory with NaN first; the equivalence tests of every path, row count, packed batch,
+    # strided gradient and the weight-gradient GEMM then run in a process of their own.
+    env = {**os.environ, "RNNEXT_CPU_POISON": "1"}
+    selection = ("test_register_blocks_of_every_row_count or test_each_cpu_path_matches_reference "
+                 "or test_weight_gradient_gemm or test_backward_reads_strided_grad_output or "
+                 "test_packed_bidirectional or test_large_hidden or test_options or "
+                 "test_extreme_lengths or test_few_steps or test_rows_split_between_threads_packed")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          __file__, "-k", selection], env=env, capture_output=True, text=True,
+                         timeout=900, cwd=os.path.dirname(__file__))
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]
+
+
 @pytest.mark.parametrize("isa", ["avx2", "base"])
 def test_every_instruction_set(isa):
     # The kernels are chosen once a process, the widest the CPU runs (RNNEXT_CPU_ISA may only lower

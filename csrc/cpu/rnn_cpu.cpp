@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -33,9 +34,12 @@ namespace {
 using at::Tensor;
 using c10::optional;
 
-// Uninitialised CPU memory without a dispatcher round trip (~0.3 us each at the tutorial shape).
+// Uninitialised CPU memory without a dispatcher round trip (~0.3 us each at the tutorial shape);
+// NaN with RNNEXT_CPU_POISON (cpu::poison_memory).
 Tensor empty(at::IntArrayRef sizes, at::ScalarType dtype) {
-  return Tensor(at::detail::empty_cpu(sizes, dtype));
+  Tensor t(at::detail::empty_cpu(sizes, dtype));
+  if (cpu::poison_memory()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  return t;
 }
 
 // The backward's internal rows (dpre, and h_prev for a ragged batch's W_hh gradient) in memory this
@@ -74,7 +78,9 @@ class Scratch {
     if (base_ == nullptr) return empty({rows, cols}, dtype);
     char* at = base_ + used_;
     used_ += bytes_for(rows * cols, dtype);
-    return at::from_blob(at, {rows, cols}, at::TensorOptions().dtype(dtype));
+    Tensor t = at::from_blob(at, {rows, cols}, at::TensorOptions().dtype(dtype));
+    if (cpu::poison_memory()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+    return t;
   }
 
  private:
