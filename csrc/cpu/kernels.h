@@ -51,8 +51,8 @@ constexpr int64_t packed_size(int64_t n, int64_t k) {
 }
 
 // RNNEXT_CPU_POISON set (read once): the CPU path fills the memory it allocates uninitialised
-// (AlignedBuffer, its scratch and its outputs) with NaN first, so that a test sees any entry read
-// before it is written (tests/test_kernels_cpu.py).
+// (AlignedBuffer, its scratch, its outputs and a bidirectional layer's, stack.cpp) with NaN first,
+// so that a test sees any entry read before it is written (tests/test_kernels_cpu.py).
 inline bool poison_memory() {
   static const bool on = std::getenv("RNNEXT_CPU_POISON") != nullptr;
   return on;
