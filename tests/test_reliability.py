@@ -147,10 +147,14 @@ def test_training_steps_do_not_grow_resident_memory(one_thread) -> None:
         if i % 50 == 49:
             gc.collect()
             samples.append(_rss_bytes() - start)
-    # One leaked layer output per step would be 64*256*8*4 B = 512 KiB, 75 MiB over 150 steps.
-    # The bound leaves room for allocator noise (arenas, mmap thresholds) but not for that.
-    limit = 16 * 2**20
-    assert max(samples) < limit, f"RSS grew by {[s // 1024 for s in samples]} KiB over 150 steps"
+    # One leaked layer output per step would be 64*256*8*4 B = 512 KiB: 50 MiB from the first
+    # sample to the last (100 steps), 75 MiB over all 150. A leak grows with the steps; the
+    # allocator (arenas, mmap thresholds) may take a few MiB once, early: a CI run saw 16.0, 18.7
+    # and 18.8 MiB at steps 50, 100 and 150, flat after the first sample. So the growth from the
+    # first sample to the last is bounded tightly (8 MiB: 80 KiB a step), the total loosely.
+    grown = f"RSS grew by {[s // 1024 for s in samples]} KiB at steps 50, 100 and 150"
+    assert samples[-1] - samples[0] < 8 * 2**20, grown
+    assert max(samples) < 48 * 2**20, grown
 
 
 @pytest.mark.parametrize("packed", [False, True])
