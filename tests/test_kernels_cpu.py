@@ -639,6 +639,16 @@ def test_directions_at_once_rule(set_threads):
     assert not rnnext._C._cpu_directions_at_once(40 * 16, 24, 96)
 
 
+def _run_in_child(selection, env):
+    # This file's tests matching `selection` (pytest -k), in a process of its own with `env`: they
+    # must run and all pass.
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                          __file__, "-k", selection], env=env, capture_output=True, text=True,
+                         timeout=900, cwd=os.path.dirname(__file__))
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]
+
+
 def test_no_entry_read_before_written():
     # The CPU path allocates its packed weights, rings, scratch rows and outputs uninitialised:
     # every entry it reads must have been written first (else a result would depend on what the
@@ -652,11 +662,7 @@ def test_no_entry_read_before_written():
                  "test_packed_bidirectional or test_large_hidden or test_options or "
                  "test_extreme_lengths or test_few_steps or test_rows_split_between_threads_packed "
                  "or test_bidirectional_directions_at_once")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                          __file__, "-k", selection], env=env, capture_output=True, text=True,
-                         timeout=900, cwd=os.path.dirname(__file__))
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]
+    _run_in_child(selection, env)
 
 
 @pytest.mark.parametrize("isa", ["avx2", "base"])
@@ -677,8 +683,4 @@ def test_every_instruction_set(isa):
     selection = ("test_hidden_and_batch_sizes or test_register_blocks_of_every_row_count or "
                  "test_each_cpu_path_matches_reference or test_weight_gradient_gemm or "
                  "test_tanh_accuracy or test_tanh_saturates")
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                          __file__, "-k", selection], env=env, capture_output=True, text=True,
-                         timeout=900, cwd=os.path.dirname(__file__))
-    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
-    assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-2000:]
+    _run_in_child(selection, env)
