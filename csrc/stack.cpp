@@ -17,14 +17,12 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
-#include "cpu/kernels.h"
 #include "cpu/plan.h"
 #include "cpu/rnn_cpu.h"
 #include "op_handles.h"
 
 #include <c10/util/SmallVector.h>
 
-#include <limits>
 #include <optional>
 #include <vector>
 
@@ -138,7 +136,7 @@ std::tuple<Tensor, Tensor> rnn_stack(const Tensor& input, const optional<Tensor>
       std::vector<int64_t> shape = x.sizes().vec();
       shape.back() = 2 * h;
       y = at::empty(shape, x.options());
-      if (cpu::poison_memory()) y.fill_(std::numeric_limits<double>::quiet_NaN());
+      cpu::poison(y);
       // h_n here, on the calling thread: allocated by the workers (in their glibc arenas), the
       // stack's layer outputs were faulted in again at every call in 11 processes of 11, against
       // 6 of 11 when allocated here (benchmarks/NOTES.md section 55).
@@ -147,7 +145,7 @@ std::tuple<Tensor, Tensor> rnn_stack(const Tensor& input, const optional<Tensor>
                                                        : 0;
       for (Tensor& hn : h_ns) {
         hn = at::empty({batch, h}, x.options());
-        if (cpu::poison_memory()) hn.fill_(std::numeric_limits<double>::quiet_NaN());
+        cpu::poison(hn);
       }
       const at::ThreadLocalState state;  // grad mode, dispatch state, ... for the other thread
       at::parallel_for(0, 2, 1, [&](int64_t begin, int64_t end) {

@@ -38,7 +38,7 @@ using c10::optional;
 // NaN with RNNEXT_CPU_POISON (cpu::poison_memory).
 Tensor empty(at::IntArrayRef sizes, at::ScalarType dtype) {
   Tensor t(at::detail::empty_cpu(sizes, dtype));
-  if (cpu::poison_memory()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+  cpu::poison(t);
   return t;
 }
 
@@ -79,7 +79,7 @@ class Scratch {
     char* at = base_ + used_;
     used_ += bytes_for(rows * cols, dtype);
     Tensor t = at::from_blob(at, {rows, cols}, at::TensorOptions().dtype(dtype));
-    if (cpu::poison_memory()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+    cpu::poison(t);
     return t;
   }
 
@@ -609,6 +609,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
 }
 
 }  // namespace
+
+void cpu::poison(const Tensor& t) {
+  if (poison_memory()) t.fill_(std::numeric_limits<double>::quiet_NaN());
+}
 
 void cpu::rnn_forward_into(const Tensor& input, const optional<Tensor>& batch_sizes,
                            const optional<Tensor>& hx, const Tensor& w_ih, const Tensor& w_hh,

@@ -21,5 +21,9 @@ void rnn_forward_into(const at::Tensor& input, const std::optional<at::Tensor>& 
                       const std::optional<at::Tensor>& b_hh, bool relu, bool reverse,
                       const at::Tensor& out, const at::Tensor& h_n);
 
+// With RNNEXT_CPU_POISON (cpu::poison_memory), t filled with NaN: memory the CPU path allocates
+// uninitialised and must write before it reads; nothing otherwise.
+void poison(const at::Tensor& t);
+
 }  // namespace cpu
 }  // namespace rnnext
