@@ -455,9 +455,9 @@ def test_each_cpu_path_matches_reference(
     monkeypatch.setenv("RNNEXT_CPU_PATH", path)
     monkeypatch.setenv("RNNEXT_CPU_GEMM", "own" if own else "blas")
     set_threads(threads)
+    T, B, n_in, H = {"small": (10, 17, 6, 75), "chunked": (5, 9, 140, 150),
+                     "streamed": (3, 5, 40, 730)}[size]
     for k, (relu, has_hx, bias) in enumerate([(False, True, True), (True, False, False)]):
-        T, B, n_in, H = {"small": (10, 17, 6, 75), "chunked": (5, 9, 140, 150),
-                         "streamed": (3, 5, 40, 730)}[size]
         args = _op_case(packed, reverse, relu, has_hx, bias, dtype, T, B, n_in, H, seed=k + 3 * packed)
         assert rnnext._C._cpu_plan(T, B, n_in, H, dtype, packed, False).startswith(path + ":")
         assert rnnext._C._cpu_plan(T, B, n_in, H, dtype, packed, True).startswith(path + ":")
