@@ -313,6 +313,7 @@ class RNN(_script.ScriptRNN, nn.RNNBase):
             # One op call, the op's checks standing for torch.nn's. Anything it refuses or does not
             # take (None: autocast, a subclass, a torch-function mode) takes the general path,
             # which raises torch.nn's error in its order or handles the case.
+            # (Written out here, not through _run_op: the call is ~3% of a tutorial-sized one.)
             ret = _call(
                 _C.rnn, data, None, hx, weights, bias, layers, self.dropout, self.training,
                 bidirectional, batch_first, self.mode == "RNN_RELU",
@@ -354,9 +355,42 @@ class RNN(_script.ScriptRNN, nn.RNNBase):
         if hx is not None:
             # Each batch entry of hx belongs to the sequence the user passed at that position.
             hx = self.permute_hidden(hx, sorted_indices)
+        compiling = torch.compiler.is_compiling()
+        plain = not compiling and _plain_arg_types(self)
+        # One op call first, its checks standing for torch.nn's (as for padded input): what it
+        # refuses (an error, or rows past sum(batch_sizes), which ATen ignores) or runs on meta
+        # tensors (a mix of meta and real ones passes the op, not always torch.nn) takes torch.nn's
+        # and ATen's checks below, in their order, which raise their error or handle the case.
+        ret = self._run_op(data, batch_sizes, hx, weights) if plain else None
+        if ret is None or ret[0].is_meta:
+            data = self._check_packed_call(data, batch_sizes, hx, weights, compiling)
+            if plain:  # on the rows ATen reads
+                ret = self._run_op(data, batch_sizes, hx, weights)
+        output, hidden = ret if ret is not None else self._functional(data, batch_sizes, hx, weights)
+        return (
+            PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
+            self.permute_hidden(hidden, unsorted_indices),
+        )
+
+    def _run_op(
+        self, data: Tensor, batch_sizes: Optional[Tensor], hx: Optional[Tensor], weights: list[Tensor]
+    ) -> Optional[tuple[Tensor, Tensor]]:
+        """The whole stack as one op call (rnnext::rnn through the binding), or None where the op
+        refuses the call or does not take it."""
+        return _call(
+            _C.rnn, data, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout,
+            self.training, self.bidirectional, self.batch_first, self.mode == "RNN_RELU",
+        )  # fmt: skip
+
+    def _check_packed_call(
+        self, data: Tensor, batch_sizes: Tensor, hx: Optional[Tensor], weights: list[Tensor],
+        compiling: bool,
+    ) -> Tensor:
+        """torch.nn's checks of a packed call, then ATen's, in their order and words; returns the
+        rows ATen reads."""
         if hx is None:
             self.check_input(data, batch_sizes)
-        elif torch.compiler.is_compiling():
+        elif compiling:
             # The batch, batch_sizes[0], is a data-dependent value under tracing: check it at run
             # time (torch._check) rather than guard on it.
             self.check_input(data, batch_sizes)
@@ -366,21 +400,7 @@ class RNN(_script.ScriptRNN, nn.RNNBase):
             torch._check(hx.size(1) == expected[1])
         else:
             self.check_forward_args(data, hx, batch_sizes)
-        data = _check_packed(data, batch_sizes, hx, weights, self.bias)
-        ret = None
-        if not torch.compiler.is_compiling() and _plain_arg_types(self):
-            try:  # the op through the binding; what it refuses or does not take, as for padded input
-                ret = _C.rnn(
-                    data, batch_sizes, hx, weights, self.bias, self.num_layers, self.dropout,
-                    self.training, self.bidirectional, self.batch_first, self.mode == "RNN_RELU",
-                )  # fmt: skip
-            except _CALL_ERRORS:
-                pass
-        output, hidden = ret if ret is not None else self._functional(data, batch_sizes, hx, weights)
-        return (
-            PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices),
-            self.permute_hidden(hidden, unsorted_indices),
-        )
+        return _check_packed(data, batch_sizes, hx, weights, self.bias)
 
 
 def _mismatch(input: Tensor, hx: Optional[Tensor], weight: Tensor) -> bool:
