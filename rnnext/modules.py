@@ -313,7 +313,8 @@ class RNN(_script.ScriptRNN, nn.RNNBase):
             # One op call, the op's checks standing for torch.nn's. Anything it refuses or does not
             # take (None: autocast, a subclass, a torch-function mode) takes the general path,
             # which raises torch.nn's error in its order or handles the case.
-            # (Written out here, not through _run_op: the call is ~3% of a tutorial-sized one.)
+            # (Written out, not through _run_op: that method call measured ~0.2 us, ~3% of a
+            # tutorial-sized call; benchmarks/NOTES.md section 78.)
             ret = _call(
                 _C.rnn, data, None, hx, weights, bias, layers, self.dropout, self.training,
                 bidirectional, batch_first, self.mode == "RNN_RELU",
