@@ -1,4 +1,6 @@
-// The micro-kernel for AVX2 + FMA: 8 float / 4 double lanes, 4 x 2 register blocks (16 ymm).
+// The micro-kernel for AVX2 + FMA: 8 float / 4 double lanes, 4 x 3 register blocks (12 of the 16
+// ymm registers accumulate: with 8, two FMA units of 4-5 cycles latency wait on them; NOTES.md
+// section 80).
 // Compiled for that target by pragma; called only when the CPU reports AVX2 and FMA (kernels.cpp).
 #include <immintrin.h>
 
@@ -26,7 +28,7 @@ alignas(64) const int64_t kMaskTable64[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
 struct F32 {
   using T = float;
   using reg = __m256;
-  static constexpr int W = 8, MR = 4, NR = 2;
+  static constexpr int W = 8, MR = 4, NR = 3;
   static __m256i mask(int m) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMaskTable + 8 - m));
   }
@@ -73,7 +75,7 @@ struct F32 {
 struct F64 {
   using T = double;
   using reg = __m256d;
-  static constexpr int W = 4, MR = 4, NR = 2;
+  static constexpr int W = 4, MR = 4, NR = 3;
   static __m256i mask(int m) {
     return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(kMaskTable64 + 4 - m));
   }
