@@ -331,11 +331,13 @@ static void pack_t_impl(const typename V::T* w, int64_t ldw, int64_t n, int64_t 
   const int64_t PC = packed_width<T>(n);
   for (int64_t j0 = col_begin; j0 < n && j0 < col_end; j0 += PC) {
     T* panel = p + (j0 / PC) * k * PC;
-    for (int64_t q0 = 0; q0 < k; q0 += W) {
-      const int qn = static_cast<int>(k - q0 < W ? k - q0 : W);
-      for (int64_t jj = 0; jj < PC; jj += W) {
-        const int64_t j = j0 + jj;
-        const int64_t rows = n - j < 0 ? 0 : (n - j < W ? n - j : W);
+    // W rows of W at a time, each read from start to end: W streams, which the hardware
+    // prefetchers follow; a panel's PC rows at once (64 streams) packed 10-30% slower.
+    for (int64_t jj = 0; jj < PC; jj += W) {
+      const int64_t j = j0 + jj;
+      const int64_t rows = n - j < 0 ? 0 : (n - j < W ? n - j : W);
+      for (int64_t q0 = 0; q0 < k; q0 += W) {
+        const int qn = static_cast<int>(k - q0 < W ? k - q0 : W);
         reg r[W];
         for (int i = 0; i < W; ++i) {
           const T* src = w + (j + i) * ldw + q0;
