@@ -465,6 +465,54 @@ def test_each_cpu_path_matches_reference(
         _matches_reference(args, relu, reverse, tol)
 
 
+@pytest.mark.parametrize("H", [75, 130, 421])
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_matrix_vector_steps(monkeypatch, H, packed, reverse, threads, dtype, set_threads):
+    # One row a step on the blas path with rnnext's own GEMMs: the forward's steps run the
+    # matrix-vector kernel on W_hh as it lies (kernels.h, gemv_kernel; Plan::own_matvec), the hidden
+    # columns split between the threads where the call is large enough (H = 421 on 2 or 3 threads:
+    # uneven shares of whole panels). H = 75 and 421 leave partial vectors of k and a partial group
+    # of W's rows, 130 two groups and a row. Output, h_n and every gradient against the float64
+    # reference.
+    monkeypatch.setenv("RNNEXT_CPU_PATH", "blas")
+    monkeypatch.setenv("RNNEXT_CPU_GEMM", "own")
+    set_threads(threads)
+    T, B, n_in = 10, 1, 19
+    for k, (relu, has_hx, bias) in enumerate([(False, True, True), (True, False, False)]):
+        args = _op_case(packed, reverse, relu, has_hx, bias, dtype, T, B, n_in, H, seed=k + 5 * H)
+        tol = TOL[torch.float64] if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+        _matches_reference(args, relu, reverse, tol)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_planner_takes_matrix_vector_steps(monkeypatch, threads, dtype, set_threads):
+    # The planner's own choice of those steps: a forward of one row whose W_hh is over 512 KB (H = 400
+    # float32: 640 KB; H = 300 float64: 720 KB), where the GEMMs are rnnext's (RNNEXT_CPU_GEMM=own,
+    # as on any CPU but an Intel one with MKL). Two rows keep the packed micro-kernel. The module's
+    # output and final state equal torch.nn.RNN's.
+    if rnnext._C._cpu_isa() == "base":
+        pytest.skip("no vector micro-kernel on this CPU: the planner takes BLAS steps throughout")
+    monkeypatch.delenv("RNNEXT_CPU_PATH", raising=False)
+    monkeypatch.setenv("RNNEXT_CPU_GEMM", "own")
+    set_threads(threads)
+    H = 400 if dtype == torch.float32 else 300
+    assert "rnnext's kernel" in rnnext._C._cpu_plan(20, 1, 32, H, dtype, False, False)
+    assert not rnnext._C._cpu_plan(20, 2, 32, H, dtype, False, False).startswith("blas")
+    ref, new = _pair(32, H, 1, "tanh", True, False, dtype, seed=3)
+    torch.manual_seed(4)
+    x = torch.randn(20, 1, 32, dtype=dtype)
+    h0 = torch.randn(1, 1, H, dtype=dtype)
+    with torch.no_grad():
+        y0, h0r = ref(x, h0)
+        y1, h1r = new(x, h0)
+    torch.testing.assert_close(y1, y0, **TOL[dtype])
+    torch.testing.assert_close(h1r, h0r, **TOL[dtype])
+
+
 def test_ragged_w_hh_gradient_beyond_kept_memory(monkeypatch):
     # A packed batch of varying lengths with the weight gradients in the BLAS gathers each row's
     # h_prev into a buffer next to dpre. Here the two (2 x N x H float64, N ~ 9000, H = 512: over
@@ -682,5 +730,5 @@ def test_every_instruction_set(isa):
     assert chosen.stdout.strip() == isa, chosen.stderr
     selection = ("test_hidden_and_batch_sizes or test_register_blocks_of_every_row_count or "
                  "test_each_cpu_path_matches_reference or test_weight_gradient_gemm or "
-                 "test_tanh_accuracy or test_tanh_saturates")
+                 "test_matrix_vector_steps or test_tanh_accuracy or test_tanh_saturates")
     _run_in_child(selection, env)

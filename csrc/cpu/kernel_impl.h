@@ -319,6 +319,73 @@ static void step_impl(const StepArgs<typename V::T>& s) {
   }
 }
 
+// The matrix-vector form of a forward step's recurrent product, on W itself (kernels.h, gemv_t):
+// for one row x of A, the dot products of x with JR rows of W ([*, k] row-major, row stride ldw),
+// each row read from start to end (JR streams, which the hardware prefetchers follow), two vectors
+// of partial sums a row; out[j] = their sum, still a vector (gemv_t_impl sums its lanes).
+template <class V, int JR>
+static inline __attribute__((always_inline)) void gemv_block(int64_t k, const typename V::T* x,
+                                                            const typename V::T* w, int64_t ldw,
+                                                            typename V::reg* out) {
+  using reg = typename V::reg;
+  constexpr int W = V::W;
+  reg s[JR][2];
+#pragma GCC unroll 8
+  for (int j = 0; j < JR; ++j) s[j][0] = s[j][1] = V::zero();
+  int64_t q = 0;
+  for (; q + 2 * W <= k; q += 2 * W) {
+    const reg x0 = V::load(x + q), x1 = V::load(x + q + W);
+#pragma GCC unroll 8
+    for (int j = 0; j < JR; ++j) {
+      s[j][0] = V::fma(x0, V::load(w + j * ldw + q), s[j][0]);
+      s[j][1] = V::fma(x1, V::load(w + j * ldw + q + W), s[j][1]);
+    }
+  }
+  if (q + W <= k) {
+    const reg x0 = V::load(x + q);
+    for (int j = 0; j < JR; ++j) s[j][0] = V::fma(x0, V::load(w + j * ldw + q), s[j][0]);
+    q += W;
+  }
+  if (q < k) {  // the last k % W entries (masked loads give zero lanes past them)
+    const int left = static_cast<int>(k - q);
+    const reg x0 = V::loadn(x + q, left);
+    for (int j = 0; j < JR; ++j) s[j][1] = V::fma(x0, V::loadn(w + j * ldw + q, left), s[j][1]);
+  }
+#pragma GCC unroll 8
+  for (int j = 0; j < JR; ++j) out[j] = V::add(s[j][0], s[j][1]);
+}
+
+// C[r, j] = (C[r, j] +) sum_q A[r, q] W[j, q]: one row of A at a time (W read once a row), W's
+// rows in blocks of 4 (8 vectors of sums); the sums of W rows at a time have their lanes added
+// at once, transposed (V::transpose) and summed as vectors (a scalar loop over the lanes cost ~20
+// instructions a sum, a third of the time at k = 1024).
+template <class V>
+static void gemv_t_impl(int64_t rows, int64_t n, int64_t k, const typename V::T* a, int64_t lda,
+                        const typename V::T* w, int64_t ldw, bool accumulate, typename V::T* c,
+                        int64_t ldc) {
+  using T = typename V::T;
+  using reg = typename V::reg;
+  constexpr int W = V::W, J = 4;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* x = a + r * lda;
+    T* cr = c + r * ldc;
+    for (int64_t j0 = 0; j0 < n; j0 += W) {
+      const int jn = static_cast<int>(n - j0 < W ? n - j0 : W);
+      reg tot[W];
+      int j = 0;
+      for (; j + J <= jn; j += J) gemv_block<V, J>(k, x, w + (j0 + j) * ldw, ldw, tot + j);
+      for (; j < jn; ++j) gemv_block<V, 1>(k, x, w + (j0 + j) * ldw, ldw, tot + j);
+      for (; j < W; ++j) tot[j] = V::zero();
+      V::transpose(tot);
+      reg sum = tot[0];
+      for (int i = 1; i < W; ++i) sum = V::add(sum, tot[i]);
+      alignas(64) T sums[W];
+      V::store(sums, sum);
+      for (int i = 0; i < jn; ++i) cr[j0 + i] = accumulate ? cr[j0 + i] + sums[i] : sums[i];
+    }
+  }
+}
+
 // pack_weight's transposing case (kernels.h): P[q, j] = W[j, q], W [n, k] with row stride ldw,
 // panels holding columns [col_begin, col_end). Tiles of V::W x V::W: W rows of W loaded as vectors,
 // transposed in registers (V::transpose), stored as W rows of P; rows past n give zero columns.

@@ -104,6 +104,21 @@ template void pack_transposed<float>(const float*, int64_t, int64_t, int64_t, fl
 template void pack_transposed<double>(const double*, int64_t, int64_t, int64_t, double*, int64_t,
                                       int64_t);
 
+template <typename T>
+GemvKernel<T> gemv_kernel() {
+  using Fn = GemvKernel<T>;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  switch (isa()) {
+    case Isa::kAvx512: return static_cast<Fn>(&avx512::gemv_t);
+    case Isa::kAvx2: return static_cast<Fn>(&avx2::gemv_t);
+    default: break;
+  }
+#endif
+  return static_cast<Fn>(&base::gemv_t);
+}
+template GemvKernel<float> gemv_kernel<float>();
+template GemvKernel<double> gemv_kernel<double>();
+
 const char* step_kernel_isa() {
   switch (isa()) {
     case Isa::kAvx512: return "avx512";

@@ -160,6 +160,10 @@ const char* step_kernel_isa();
   void step_cm(const StepArgs<double>&);                                                     \
   void pack_t(const float*, int64_t, int64_t, int64_t, float*, int64_t, int64_t);             \
   void pack_t(const double*, int64_t, int64_t, int64_t, double*, int64_t, int64_t);           \
+  void gemv_t(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, bool,   \
+              float*, int64_t);                                                                \
+  void gemv_t(int64_t, int64_t, int64_t, const double*, int64_t, const double*, int64_t, bool, \
+              double*, int64_t);                                                               \
   }
 RNNEXT_DECLARE_ISA(base)
 RNNEXT_DECLARE_ISA(avx2)
@@ -175,13 +179,31 @@ RNNEXT_DECLARE_ISA(avx512)
               int64_t col_end) {                                                              \
     pack_t_impl<V>(w, ldw, n, k, p, col_begin, col_end);                                      \
   }
+#define RNNEXT_DEFINE_GEMV_T(V)                                                               \
+  void gemv_t(int64_t rows, int64_t n, int64_t k, const V::T* a, int64_t lda, const V::T* w,     \
+              int64_t ldw, bool accumulate, V::T* c, int64_t ldc) {                             \
+    gemv_t_impl<V>(rows, n, k, a, lda, w, ldw, accumulate, c, ldc);                             \
+  }
 #define RNNEXT_DEFINE_ISA(F32, F64)         \
   RNNEXT_DEFINE_ISA_ONE(step, F32, false)    \
   RNNEXT_DEFINE_ISA_ONE(step, F64, false)    \
   RNNEXT_DEFINE_ISA_ONE(step_cm, F32, true)  \
   RNNEXT_DEFINE_ISA_ONE(step_cm, F64, true)  \
   RNNEXT_DEFINE_PACK_T(F32)                  \
-  RNNEXT_DEFINE_PACK_T(F64)
+  RNNEXT_DEFINE_PACK_T(F64)                  \
+  RNNEXT_DEFINE_GEMV_T(F32)                  \
+  RNNEXT_DEFINE_GEMV_T(F64)
+
+// The matrix-vector kernel of the chosen instruction set: C[r, j] = (C[r, j] +) sum_q A[r, q] W[j, q]
+// for r < rows, j < n (accumulate: add to C, else overwrite it); A [rows, k] and W [n, k]
+// row-major with row strides lda and ldw, C with ldc. A forward step's recurrent product h W_hh^T
+// on W_hh itself, for the few rows where packing W_hh each call costs more than the packed
+// micro-kernel saves (Plan::own_matvec, plan.h). One row at a time: W is read once a row.
+template <typename T>
+using GemvKernel = void (*)(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda,
+                            const T* w, int64_t ldw, bool accumulate, T* c, int64_t ldc);
+template <typename T>
+GemvKernel<T> gemv_kernel();
 
 // The transposing case of pack_weight, in the chosen instruction set (a tile transposed in
 // registers at a time).

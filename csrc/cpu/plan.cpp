@@ -59,11 +59,18 @@ constexpr int64_t kColumnsMinWeightBytes = int64_t{1} << 20;
 constexpr int64_t kColumnsMinStepWork = int64_t{1} << 18;
 // Matrix-vector steps: with under this many rows a step and packed W_hh over kGemvMinWeightBytes,
 // the micro-kernel's register block (1-3 rows) gets few FMAs from each load of W_hh, which every
-// step streams from L2 / L3; MKL's per-step product streams it faster. Forward, B = 1-3, H = 512
-// and 1024, float32 and float64, 1 and 2 threads: BLAS steps 0.62-0.91x the micro-kernel's time
-// (NOTES.md section 28). Measured with MKL on an Intel CPU only (trust_blas): elsewhere the
-// micro-kernel stays.
+// step streams from L2 / L3, and packing W_hh^T (a transposing copy, every call) costs a large
+// share of a short call. Forward, B = 1-3, H = 512 and 1024, float32 and float64, 1 and 2
+// threads, MKL on an Intel CPU: BLAS steps 0.62-0.91x the micro-kernel's time (NOTES.md section
+// 28). Elsewhere (MKL's per-step product on AMD was 1.2-3x slower than the micro-kernel) the
+// steps of one row run in rnnext's matrix-vector kernel on W_hh as it lies (Plan::own_matvec),
+// which reads W_hh as fast as the packed kernel reads its packing (H = 512-2048, float32 and
+// float64, AMD EPYC Zen 4) and packs nothing. It takes one row at a time: a version with 2-3 rows
+// of h in a block (against 4-8 rows of W_hh, all H entries apart: 4 KB at H = 1024 float32, the
+// same L1 sets) ran 1.1-2.2x slower a step than the packed kernel (NOTES.md section 81), so 2 and
+// 3 rows keep the packed kernel.
 constexpr int64_t kGemvMaxRows = 4;
+constexpr int64_t kOwnGemvMaxRows = 1;
 constexpr int64_t kGemvMinWeightBytes = int64_t{512} << 10;
 // The weight gradients run in the micro-kernel beside a trusted BLAS (MKL on an Intel CPU) when
 // both their Cs have at most this many entries. A C = A^T B over k = 3200-6400 rows, 2 threads,
@@ -190,13 +197,19 @@ Plan make_plan(const Shape& s, bool vector_kernel) {
                         "rows a thread); one GEMM for the input product";
     }
   }
-  // The two forward rules that hand the steps to a trusted BLAS (MKL on an Intel CPU).
-  const bool blas_steps_may_lead =
-      !p.forced && !s.backward && vector_kernel && s.T > kFewStepsForward && trust_blas();
+  // The two forward rules that take the steps off the packed micro-kernel: matrix-vector steps
+  // (in a trusted BLAS, MKL on an Intel CPU, or else in rnnext's matrix-vector kernel), and whole
+  // BLAS steps (a trusted BLAS only).
+  const bool steps_may_move = !p.forced && !s.backward && vector_kernel && s.T > kFewStepsForward;
+  const bool blas_steps_may_lead = steps_may_move && trust_blas();
   const int64_t w_hh_bytes = s.H * s.H * s.elem_size;
-  if (blas_steps_may_lead && s.B < kGemvMaxRows && w_hh_bytes > kGemvMinWeightBytes) {
+  if (steps_may_move && s.B <= (trust_blas() ? kGemvMaxRows - 1 : kOwnGemvMaxRows) &&
+      w_hh_bytes > kGemvMinWeightBytes) {
     p.path = Path::kBlas;
-    p.reason = "matrix-vector steps (under 4 rows, W_hh over 512 KB): BLAS steps stream W_hh faster";
+    p.reason = trust_blas() ? "matrix-vector steps (under 4 rows, W_hh over 512 KB): BLAS steps "
+                              "stream W_hh faster"
+                            : "matrix-vector steps (one row, W_hh over 512 KB) in rnnext's kernel "
+                              "on W_hh as it lies: no packing (threads split the hidden columns)";
   }
   const bool whole_blas_steps = blas_steps_may_lead && s.B >= kGemvMaxRows &&
                                 s.elem_size == 8 && w_hh_bytes > kWholeBlasStepMinWeightBytes;
@@ -204,12 +217,6 @@ Plan make_plan(const Shape& s, bool vector_kernel) {
     p.path = Path::kBlas;
     p.reason = "float64 W_hh over 24 MB: each step's product one BLAS call on every thread "
                "(streams W_hh from L3 faster than the column split)";
-  }
-  const bool parallel = s.threads >= 2 && s.N * s.H * s.H >= kMinParallelWork;
-  if (p.path == Path::kColumns) {
-    p.split = parallel && s.H > kPanelBytes / s.elem_size ? Split::kColumns : Split::kNone;
-  } else {
-    p.split = parallel && s.B >= 2 && !whole_blas_steps ? Split::kRows : Split::kNone;
   }
   p.own_gemm = vector_kernel && !trust_blas();
   const int64_t c_entries = s.H * std::max(s.I, s.H);
@@ -221,6 +228,13 @@ Plan make_plan(const Shape& s, bool vector_kernel) {
                 "rnnext: RNNEXT_CPU_GEMM=", gemm, " is not a choice; expected own or blas");
     p.own_gemm = std::strcmp(gemm, "own") == 0;
     p.own_weight_gemm = p.own_gemm;
+  }
+  p.own_matvec = p.path == Path::kBlas && p.own_gemm && !s.backward && s.B <= kOwnGemvMaxRows;
+  const bool parallel = s.threads >= 2 && s.N * s.H * s.H >= kMinParallelWork;
+  if (p.path == Path::kColumns || p.own_matvec) {
+    p.split = parallel && s.H > kPanelBytes / s.elem_size ? Split::kColumns : Split::kNone;
+  } else {
+    p.split = parallel && s.B >= 2 && !whole_blas_steps ? Split::kRows : Split::kNone;
   }
   return p;
 }

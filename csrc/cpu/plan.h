@@ -20,8 +20,9 @@ enum class Path : int {
   // Recurrent product in the micro-kernel; the input product as one GEMM over all rows (before
   // the recurrence in the forward, after it in the backward).
   kKernel = 1,
-  // Recurrent product in BLAS per step (then the micro-kernel's epilogue alone); the input
-  // product as one GEMM over all rows.
+  // Recurrent product in BLAS per step (then the micro-kernel's epilogue alone), or, where
+  // Plan::own_matvec, in the matrix-vector kernel (kernels.h, gemv_kernel); either way on W_hh
+  // itself, unpacked. The input product as one GEMM over all rows.
   kBlas = 2,
   // Recurrent product in BLAS per step on the unpacked weights; the input product per step
   // (forward: micro-kernel; backward: BLAS on the unpacked W_ih). Packs nothing.
@@ -67,6 +68,10 @@ struct Plan {
   // and the micro-kernel is the AVX-512 one (kOwnWeightGemmMaxEntries, plan.cpp).
   // RNNEXT_CPU_GEMM=own|blas overrides this one too.
   bool own_weight_gemm = false;
+  // kBlas forward with own_gemm and one row (kOwnGemvMaxRows, plan.cpp): each step's recurrent
+  // product in the matrix-vector kernel on W_hh as it lies (no BLAS, no packing); with two or more
+  // threads, the hidden columns split between them (Split::kColumns).
+  bool own_matvec = false;
 
   bool blas_recurrence() const { return path == Path::kBlas || path == Path::kBlasFused; }
   bool input_per_step() const { return path == Path::kFused || path == Path::kBlasFused; }

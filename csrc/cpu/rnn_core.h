@@ -63,6 +63,8 @@ struct Recurrence {
   bool reverse;
   StepKernel<T> kernel;
   const T* w_blas = nullptr;     // [H, H] W_hh itself: when set, the products run in BLAS (large H)
+  // With w_blas, the forward's products in this matrix-vector kernel instead (Plan::own_matvec).
+  GemvKernel<T> gemv = nullptr;
   // When x is set, forward() computes each step's input projection itself (else `out` holds it on
   // entry): x [N, inputs] with row stride ldx; w_ih_packed: W_ih^T packed (k = inputs); bias:
   // b_ih + b_hh [H].
@@ -268,7 +270,8 @@ struct Recurrence {
   // set, zero with kZero, else c itself; the result stored to copy too when set (row stride
   // ld_copy; 0 for H). op = transpose (forward: W_hh^T) or identity (backward). One micro-kernel
   // call, which prefetches `ahead` into L2 as it goes; with w_blas, the recurrent product in BLAS
-  // between a kernel call for the start and first product and one for the epilogue.
+  // (or the forward's in gemv) between a kernel call for the start and first product and one for
+  // the epilogue.
   void run(bool transpose, int64_t nrows, const Product<T>& first, int64_t k, const T* a,
            const T* init, int64_t ld_init, T* c, T* copy, const T* aux, Epilogue ep,
            int64_t ld_copy = 0, const Fetch& ahead = {}) const {
@@ -298,8 +301,12 @@ struct Recurrence {
         kernel(pre);
       }
       // op(W)'s columns c_0.. are W's rows c_0.. (forward, W^T) or its columns (backward).
-      gemm_rows(transpose, nrows, w, H, a, H, w_blas + (transpose ? c_0 * H : c_0), H,
-                zero ? T(0) : T(1), c + c_0, H);
+      if (gemv != nullptr && transpose) {
+        gemv(nrows, w, H, a, H, w_blas + c_0 * H, H, !zero, c + c_0, H);
+      } else {
+        gemm_rows(transpose, nrows, w, H, a, H, w_blas + (transpose ? c_0 * H : c_0), H,
+                  zero ? T(0) : T(1), c + c_0, H);
+      }
       if ((ep == Epilogue::kZero || ep == Epilogue::kNone) && copy == nullptr) return;
       s.first = {};
       s.init = nullptr;

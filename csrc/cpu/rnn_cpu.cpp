@@ -403,6 +403,7 @@ void forward_into(const Geometry& g, const Tensor& input, const optional<Tensor>
     using T = scalar_t;
     auto rec = make_recurrence<T>(g, hx.has_value() ? &h0 : nullptr, relu, reverse, w_blas);
     rec.ld_out = ld_out;
+    if (plan.own_matvec) rec.gemv = cpu::gemv_kernel<T>();
     if (fused) {
       rec.x = xc.data_ptr<T>();
       rec.ldx = ldx;
