@@ -25,16 +25,20 @@ constexpr int64_t kSmallProjection = int64_t{1} << 18;
 // fewer, each step reuses every packed W_ih^T row for too few rows, and one GEMM over all steps
 // was faster at every shape measured (B = 1 to 4, H = 20 to 256; NOTES.md section 16).
 constexpr int64_t kFusedMinRows = 8;
-// ...and packed W_ih^T and W_hh^T together within half of a core's L2 (sysconf; 1 MB when the
-// system does not say): both are read at every step, and must stay in L2 with the step's rows. At
-// I = H = 512 (2 MB) the fused projection ran at 141 GFLOP/s against 161 for one GEMM before the
-// recurrence (Sapphire Rapids, 2 MB of L2, 1 thread, CPU time; NOTES.md section 21); at I = H =
-// 256 (512 KB) both ran at 150. At I = 512, H = 256 (768 KB; an Intel VM with 2 MB of L2, section
-// 52) fused 310 against 282 forward, 262 against 248 training (2 threads), 155 against 148 (1).
+// ...and packed W_ih^T and W_hh^T together within a core's L2 (sysconf), and at most 1 MB (512 KB
+// when the system does not say): both are read at every step, and must stay in L2 with the step's
+// rows. At I = H = 512 (2 MB) the fused projection ran at 141 GFLOP/s against 161 for one GEMM
+// before the recurrence (Sapphire Rapids, 2 MB of L2, 1 thread, CPU time; NOTES.md section 21); at
+// I = H = 256 (512 KB) both ran at 150. At I = 512, H = 256 (768 KB; an Intel VM with 2 MB of L2,
+// section 52) fused 310 against 282 forward, 262 against 248 training (2 threads), 155 against
+// 148 (1). With 1 MB of L2 (AMD EPYC Zen 4, 2 threads, section 81) fused still led at 768 KB (the
+// 2-layer bidirectional stack's second layer, float32: 83-88% of the peak against 77-84%
+// forward, 72-78% against 66-78% training) and at 1 MB (I = H = 256 float64 forward: 79-86%
+// against 70-75%; training level), where half the L2 had sent both to one projection GEMM.
 int64_t fused_max_weight_bytes() {
   static const int64_t bytes = [] {
     const long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    return (l2 > 0 ? static_cast<int64_t>(l2) : int64_t{1} << 20) / 2;
+    return l2 > 0 ? std::min(static_cast<int64_t>(l2), int64_t{1} << 20) : int64_t{512} << 10;
   }();
   return bytes;
 }
@@ -110,12 +114,12 @@ Plan automatic(const Shape& s, bool vector_kernel) {
     } else if (many_rows && (tiny_projection || fits)) {
       p.path = Path::kFused;
       p.reason = "micro-kernel steps with each step's projection fused (>= 8 rows a step, "
-                 "W_ih and W_hh within half a core's L2)";
+                 "W_ih and W_hh within a core's L2 and 1 MB)";
     } else {
       p.path = Path::kKernel;
       p.reason = many_rows
-                     ? "micro-kernel steps; W_ih and W_hh over half a core's L2: one projection "
-                       "GEMM"
+                     ? "micro-kernel steps; W_ih and W_hh over a core's L2 or 1 MB: one "
+                       "projection GEMM"
                      : "micro-kernel steps; < 8 rows a step: one projection GEMM";
     }
   } else {
@@ -130,11 +134,12 @@ Plan automatic(const Shape& s, bool vector_kernel) {
       p.reason = "no vector micro-kernel: BLAS steps";
     } else if (tiny_projection || fits) {
       p.path = Path::kFused;
-      p.reason = "micro-kernel steps with grad_input fused per step (W_ih and W_hh within half a "
-                 "core's L2)";
+      p.reason = "micro-kernel steps with grad_input fused per step (W_ih and W_hh within a core's "
+                 "L2 and 1 MB)";
     } else {
       p.path = Path::kKernel;
-      p.reason = "micro-kernel steps; W_ih and W_hh over half a core's L2: grad_input as one GEMM";
+      p.reason = "micro-kernel steps; W_ih and W_hh over a core's L2 or 1 MB: grad_input as one "
+                 "GEMM";
     }
   }
   return p;
