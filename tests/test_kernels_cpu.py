@@ -474,8 +474,9 @@ def test_matrix_vector_steps(monkeypatch, H, packed, reverse, threads, dtype, se
     # One row a step on the blas path with rnnext's own GEMMs: the forward's steps run the
     # matrix-vector kernel on W_hh as it lies (kernels.h, gemv_kernel; Plan::own_matvec), the hidden
     # columns split between the threads where the call is large enough (H = 421 on 2 or 3 threads:
-    # uneven shares of whole panels). H = 75 and 421 leave partial vectors of k and a partial group
-    # of W's rows, 130 two groups and a row. Output, h_n and every gradient against the float64
+    # uneven shares of whole panels). H = 75 and 421 leave a partial vector of k (float32 and
+    # float64) and rows of W past the last block of 4 and the last group of a vector's lanes; 130
+    # has whole groups and 2 rows more. Output, h_n and every gradient against the float64
     # reference.
     monkeypatch.setenv("RNNEXT_CPU_PATH", "blas")
     monkeypatch.setenv("RNNEXT_CPU_GEMM", "own")
