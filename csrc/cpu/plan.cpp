@@ -72,9 +72,9 @@ constexpr int64_t kColumnsMinStepWork = int64_t{1} << 18;
 // float64, AMD EPYC Zen 4) and packs nothing. It takes one row at a time: a version with 2-3 rows
 // of h in a block (against 4-8 rows of W_hh, all H entries apart: 4 KB at H = 1024 float32, the
 // same L1 sets) ran 1.1-2.2x slower a step than the packed kernel (NOTES.md section 81), so 2 and
-// 3 rows keep the packed kernel.
+// 3 rows keep the packed kernel. Both bounds: under this many rows.
 constexpr int64_t kGemvMaxRows = 4;
-constexpr int64_t kOwnGemvMaxRows = 1;
+constexpr int64_t kOwnGemvMaxRows = 2;
 constexpr int64_t kGemvMinWeightBytes = int64_t{512} << 10;
 // The weight gradients run in the micro-kernel beside a trusted BLAS (MKL on an Intel CPU) when
 // both their Cs have at most this many entries. A C = A^T B over k = 3200-6400 rows, 2 threads,
@@ -208,8 +208,8 @@ Plan make_plan(const Shape& s, bool vector_kernel) {
   const bool steps_may_move = !p.forced && !s.backward && vector_kernel && s.T > kFewStepsForward;
   const bool blas_steps_may_lead = steps_may_move && trust_blas();
   const int64_t w_hh_bytes = s.H * s.H * s.elem_size;
-  if (steps_may_move && s.B <= (trust_blas() ? kGemvMaxRows - 1 : kOwnGemvMaxRows) &&
-      w_hh_bytes > kGemvMinWeightBytes) {
+  const int64_t matvec_rows = trust_blas() ? kGemvMaxRows : kOwnGemvMaxRows;
+  if (steps_may_move && s.B < matvec_rows && w_hh_bytes > kGemvMinWeightBytes) {
     p.path = Path::kBlas;
     p.reason = trust_blas() ? "matrix-vector steps (under 4 rows, W_hh over 512 KB): BLAS steps "
                               "stream W_hh faster"
@@ -234,7 +234,7 @@ Plan make_plan(const Shape& s, bool vector_kernel) {
     p.own_gemm = std::strcmp(gemm, "own") == 0;
     p.own_weight_gemm = p.own_gemm;
   }
-  p.own_matvec = p.path == Path::kBlas && p.own_gemm && !s.backward && s.B <= kOwnGemvMaxRows;
+  p.own_matvec = p.path == Path::kBlas && p.own_gemm && !s.backward && s.B < kOwnGemvMaxRows;
   const bool parallel = s.threads >= 2 && s.N * s.H * s.H >= kMinParallelWork;
   if (p.path == Path::kColumns || p.own_matvec) {
     p.split = parallel && s.H > kPanelBytes / s.elem_size ? Split::kColumns : Split::kNone;

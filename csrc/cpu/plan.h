@@ -68,9 +68,9 @@ struct Plan {
   // and the micro-kernel is the AVX-512 one (kOwnWeightGemmMaxEntries, plan.cpp).
   // RNNEXT_CPU_GEMM=own|blas overrides this one too.
   bool own_weight_gemm = false;
-  // kBlas forward with own_gemm and one row (kOwnGemvMaxRows, plan.cpp): each step's recurrent
-  // product in the matrix-vector kernel on W_hh as it lies (no BLAS, no packing); with two or more
-  // threads, the hidden columns split between them (Split::kColumns).
+  // kBlas forward with own_gemm and one row (under kOwnGemvMaxRows, plan.cpp): each step's
+  // recurrent product in the matrix-vector kernel on W_hh as it lies (no BLAS, no packing); with
+  // two or more threads, the hidden columns split between them (Split::kColumns).
   bool own_matvec = false;
 
   bool blas_recurrence() const { return path == Path::kBlas || path == Path::kBlasFused; }
