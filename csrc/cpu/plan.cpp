@@ -209,13 +209,9 @@ Plan make_plan(const Shape& s, bool vector_kernel) {
   const bool blas_steps_may_lead = steps_may_move && trust_blas();
   const int64_t w_hh_bytes = s.H * s.H * s.elem_size;
   const int64_t matvec_rows = trust_blas() ? kGemvMaxRows : kOwnGemvMaxRows;
-  if (steps_may_move && s.B < matvec_rows && w_hh_bytes > kGemvMinWeightBytes) {
-    p.path = Path::kBlas;
-    p.reason = trust_blas() ? "matrix-vector steps (under 4 rows, W_hh over 512 KB): BLAS steps "
-                              "stream W_hh faster"
-                            : "matrix-vector steps (one row, W_hh over 512 KB) in rnnext's kernel "
-                              "on W_hh as it lies: no packing (threads split the hidden columns)";
-  }
+  // (Its reason is given below, once own_matvec says which kernel takes the steps.)
+  const bool matvec = steps_may_move && s.B < matvec_rows && w_hh_bytes > kGemvMinWeightBytes;
+  if (matvec) p.path = Path::kBlas;
   const bool whole_blas_steps = blas_steps_may_lead && s.B >= kGemvMaxRows &&
                                 s.elem_size == 8 && w_hh_bytes > kWholeBlasStepMinWeightBytes;
   if (whole_blas_steps) {
@@ -235,6 +231,12 @@ Plan make_plan(const Shape& s, bool vector_kernel) {
     p.own_weight_gemm = p.own_gemm;
   }
   p.own_matvec = p.path == Path::kBlas && p.own_gemm && !s.backward && s.B < kOwnGemvMaxRows;
+  if (matvec) {
+    p.reason = p.own_matvec ? "matrix-vector steps (one row, W_hh over 512 KB) in rnnext's kernel "
+                              "on W_hh as it lies: no packing (threads split the hidden columns)"
+                            : "matrix-vector steps (few rows, W_hh over 512 KB): BLAS steps stream "
+                              "W_hh faster";
+  }
   const bool parallel = s.threads >= 2 && s.N * s.H * s.H >= kMinParallelWork;
   if (p.path == Path::kColumns || p.own_matvec) {
     p.split = parallel && s.H > kPanelBytes / s.elem_size ? Split::kColumns : Split::kNone;
