@@ -574,12 +574,14 @@ def test_weight_gradient_gemm(dtype, threads, set_threads):
     # 1100 x 130 x 150), m across the 16-row task shares, n a narrow panel, one panel, and whole
     # panels plus a partial one (in groups of panels a thread where m is one share: 12 x 140 at 2
     # threads; 8 panels or more a task, A's chunks transposed: 37 x 520 with k = 300, a partial
-    # last chunk); strided rows; accumulation into C; k = 0 (C = 0, or C kept when
+    # last chunk; a task's part of C over 1 MB, k in 512-row chunks: 1000 x 530 with k = 600, on
+    # either thread count); strided rows; accumulation into C; k = 0 (C = 0, or C kept when
     # accumulating). The BLAS route gives the same.
     g = torch.Generator().manual_seed(5)
     set_threads(threads)
     for k, m, n in [(1, 1, 1), (129, 37, 5), (300, 75, 64), (257, 130, 150), (0, 9, 70), (64, 300, 16),
-                    (200, 12, 140), (700, 20, 70), (1100, 130, 150), (300, 37, 520)]:
+                    (200, 12, 140), (700, 20, 70), (1100, 130, 150), (300, 37, 520),
+                    (600, 1000, 530)]:
         a = torch.randn(k, m + 3, generator=g, dtype=torch.float64)[:, :m].to(dtype)
         b = torch.randn(k, n + 5, generator=g, dtype=torch.float64)[:, :n].to(dtype)
         c0 = torch.randn(m, n + 2, generator=g, dtype=torch.float64)[:, :n].to(dtype)
@@ -712,6 +714,14 @@ def test_no_entry_read_before_written():
                  "test_extreme_lengths or test_few_steps or test_rows_split_between_threads_packed "
                  "or test_bidirectional_directions_at_once")
     _run_in_child(selection, env)
+
+
+@pytest.mark.parametrize("long_chunks", ["0", "1"])
+def test_gemm_chunk_lengths(long_chunks):
+    # Where a task's part of C is past L2, the weight-gradient GEMM takes k in chunks of 512 rows
+    # on the CPUs measured to gain from it and of 128 elsewhere (kernels.cpp, long_chunk_rows):
+    # RNNEXT_CPU_LONG_CHUNKS sets either, so that both run its equivalence test on any CPU.
+    _run_in_child("test_weight_gradient_gemm", {**os.environ, "RNNEXT_CPU_LONG_CHUNKS": long_chunks})
 
 
 @pytest.mark.parametrize("isa", ["avx2", "base"])

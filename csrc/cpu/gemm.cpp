@@ -25,6 +25,11 @@ constexpr int64_t kMaxPartialBytes = int64_t{1} << 20;
 // own_gemm_tn: a task over at least this many panels of C transposes each chunk of A once for
 // all of them and reads it row-major (NOTES.md section 54: 1024 x 1024 +12-18%, 128 x 128 -15%).
 constexpr int64_t kTransposeAPanels = 8;
+// own_gemm_tn: where a task's part of C is over this many bytes (past a core's L2), k chunks of
+// long_chunk_rows() rows: C is loaded and stored once a chunk (from L3 or memory, at every block's
+// start and end), and where that is four times fewer such trips they pay for reading the chunk of
+// B from L2 rather than L1 (NOTES.md section 84).
+constexpr int64_t kLongChunkC = int64_t{1} << 20;
 
 }  // namespace
 
@@ -63,13 +68,15 @@ void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
   const auto run = [&](int64_t k0, int64_t k1, int64_t r0, int64_t r1, int64_t p0, int64_t p1,
                        T* cc, int64_t ldcc, bool acc) {
     const int64_t rows = r1 - r0;
-    // Over many panels, A's chunk transposed once (pack_weight: rows r, k in panels of wa
-    // columns) and read row-major by every panel, as two products of one A panel each (so a
-    // chunk is two A panels); else A read in place, column-major.
+    // Over many panels, A's chunk transposed once into rows (row r: its k entries, lda_t apart)
+    // and read row-major by every panel; else A read in place, column-major.
     const bool transpose_a = p1 - p0 >= kTransposeAPanels;
-    const int64_t step = transpose_a ? std::min(kChunkRows, 2 * panel_cols<T>()) : kChunkRows;
+    const int64_t c_part = rows * std::min(n - p0 * pc, (p1 - p0) * pc) * int64_t{sizeof(T)};
+    const bool long_chunks = transpose_a && c_part > kLongChunkC;
+    const int64_t step = long_chunks ? long_chunk_rows() : kChunkRows;
+    const int64_t lda_t = (step + kPackAlign - 1) / kPackAlign * kPackAlign;
     AlignedBuffer<T> buf(step * pc * (p1 - p0));
-    AlignedBuffer<T> at(transpose_a ? packed_size<T>(step, rows) : 0);
+    AlignedBuffer<T> at(transpose_a ? lda_t * rows : 0);
     // k in chunks, the outer loop: a chunk of B's rows packed for all the task's panels, then
     // every panel over the task's rows, A's chunk staying in L2 between the panels.
     for (int64_t q0 = k0; q0 < k1; q0 += step) {
@@ -89,20 +96,17 @@ void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
           std::fill(d + (src != nullptr ? cols : 0), d + ldp, T(0));
         }
       }
-      if (transpose_a) {
-        pack_weight<T>(a + q0 * lda + r0, lda, kc, rows, /*transpose=*/true, at.data());
-      }
-      const int64_t wa = packed_width<T>(kc), first = transpose_a ? std::min(wa, kc) : kc;
+      if (transpose_a) transpose_rows<T>(a + q0 * lda + r0, lda, kc, rows, at.data(), lda_t);
       const Epilogue ep = q0 == k0 && !acc ? Epilogue::kZero : Epilogue::kNone;
       for (int64_t pi = p0; pi < p1; ++pi) {
         const int64_t j0 = pi * pc, cols = std::min(pc, n - j0), ldp = packed_width<T>(cols);
         const T* bp = buf.data() + (pi - p0) * step * pc;
         StepArgs<T> st = StepArgs<T>::one(
             rows, cols, ldp,
-            transpose_a ? Product<T>{at.data(), wa, bp, kc, first}
+            transpose_a ? Product<T>{at.data(), lda_t, bp, kc, kc}
                         : Product<T>{a + q0 * lda + r0, lda, bp, kc, kc},
             cc + r0 * ldcc + j0, ldcc, ep);
-        if (kc > first) st.second = {at.data() + wa * rows, wa, bp + first * ldp, kc, kc - first};
+        st.chunk_rows = step;
         // The next chunk's rows of A and B, a share of them a panel, brought into L2 while this
         // chunk computes (they come from L3 or memory: the hardware prefetchers leave the kernel
         // waiting on them, ~10% at m = n = 128; NOTES.md section 62).

@@ -221,6 +221,7 @@ static void step_impl(const StepArgs<typename V::T>& s) {
   if (rows <= 0 || n <= 0) return;
   const Product<T>* prod[2] = {&s.first, &s.second};
   const int64_t k = s.first.k + s.second.k;
+  const int64_t ck = s.chunk_rows > 0 ? s.chunk_rows : kChunkRows;
   Prefetcher pf{};
   for (int i = 0; i < 2; ++i) {
     pf.p[i] = static_cast<const char*>(s.prefetch[i]);
@@ -229,7 +230,7 @@ static void step_impl(const StepArgs<typename V::T>& s) {
   const int64_t row_blocks = (rows + V::MR - 1) / V::MR;
   if (pf.end[0] > pf.p[0] || pf.end[1] > pf.p[1]) {
     const int64_t lines = (pf.end[0] - pf.p[0] + pf.end[1] - pf.p[1]) / 64 + 2;
-    const int64_t chunks = k > 0 ? (k + kChunkRows - 1) / kChunkRows : 1;
+    const int64_t chunks = k > 0 ? (k + ck - 1) / ck : 1;
     const int64_t blocks = ((n + NR * W - 1) / (NR * W)) * chunks * row_blocks;
     pf.per = (lines + blocks - 1) / blocks;
   }
@@ -253,7 +254,7 @@ static void step_impl(const StepArgs<typename V::T>& s) {
     const int64_t pn = n - p0 < PC ? n - p0 : PC;
     int64_t q0 = 0;
     do {  // k in chunks; C holds the partial sums between chunks, the epilogue after the last
-      const int64_t kc = k - q0 < kChunkRows ? k - q0 : kChunkRows;
+      const int64_t kc = k - q0 < ck ? k - q0 : ck;
       const bool first = q0 == 0, final = q0 + kc >= k;
       const Start start = !first ? Start::kC
                           : s.init != nullptr ? Start::kInit
@@ -272,7 +273,7 @@ static void step_impl(const StepArgs<typename V::T>& s) {
         pf = Prefetcher{};
         if (np0 < n) {
           Part<T> next[2];
-          chunk(np0, nq0, k - nq0 < kChunkRows ? k - nq0 : kChunkRows, next);
+          chunk(np0, nq0, k - nq0 < ck ? k - nq0 : ck, next);
           int64_t lines = 0;
           for (int i = 0; i < 2; ++i) {
             pf.p[i] = reinterpret_cast<const char*>(next[i].p);
@@ -387,15 +388,15 @@ static void gemv_t_impl(int64_t rows, int64_t n, int64_t k, const typename V::T*
 }
 
 // pack_weight's transposing case (kernels.h): P[q, j] = W[j, q], W [n, k] with row stride ldw,
-// panels holding columns [col_begin, col_end). Tiles of V::W x V::W: W rows of W loaded as vectors,
-// transposed in registers (V::transpose), stored as W rows of P; rows past n give zero columns.
+// panels of PC columns (a multiple of V::W) holding columns [col_begin, col_end). Tiles of V::W x
+// V::W: W rows of W loaded as vectors, transposed in registers (V::transpose), stored as W rows of
+// P; rows past n give zero columns.
 template <class V>
 static void pack_t_impl(const typename V::T* w, int64_t ldw, int64_t n, int64_t k,
-                        typename V::T* p, int64_t col_begin, int64_t col_end) {
+                        typename V::T* p, int64_t col_begin, int64_t col_end, int64_t PC) {
   using T = typename V::T;
   using reg = typename V::reg;
   constexpr int W = V::W;
-  const int64_t PC = packed_width<T>(n);
   for (int64_t j0 = col_begin; j0 < n && j0 < col_end; j0 += PC) {
     T* panel = p + (j0 / PC) * k * PC;
     // W rows of W at a time, each read from start to end: W streams, which the hardware

@@ -5,6 +5,10 @@
 #include <cstdlib>
 #include <cstring>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
+
 namespace rnnext {
 namespace cpu {
 
@@ -89,20 +93,20 @@ template StepKernel<double> step_kernel<double>(bool);
 
 template <typename T>
 void pack_transposed(const T* w, int64_t ldw, int64_t n, int64_t k, T* p, int64_t col_begin,
-                     int64_t col_end) {
+                     int64_t col_end, int64_t pc) {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
   switch (isa()) {
-    case Isa::kAvx512: return avx512::pack_t(w, ldw, n, k, p, col_begin, col_end);
-    case Isa::kAvx2: return avx2::pack_t(w, ldw, n, k, p, col_begin, col_end);
+    case Isa::kAvx512: return avx512::pack_t(w, ldw, n, k, p, col_begin, col_end, pc);
+    case Isa::kAvx2: return avx2::pack_t(w, ldw, n, k, p, col_begin, col_end, pc);
     default: break;
   }
 #endif
-  base::pack_t(w, ldw, n, k, p, col_begin, col_end);
+  base::pack_t(w, ldw, n, k, p, col_begin, col_end, pc);
 }
 template void pack_transposed<float>(const float*, int64_t, int64_t, int64_t, float*, int64_t,
-                                     int64_t);
+                                     int64_t, int64_t);
 template void pack_transposed<double>(const double*, int64_t, int64_t, int64_t, double*, int64_t,
-                                      int64_t);
+                                      int64_t, int64_t);
 
 template <typename T>
 GemvKernel<T> gemv_kernel() {
@@ -118,6 +122,30 @@ GemvKernel<T> gemv_kernel() {
 }
 template GemvKernel<float> gemv_kernel<float>();
 template GemvKernel<double> gemv_kernel<double>();
+
+// The AVX-512 kernels on AMD family 19h (Zen 4, which runs each 512-bit FMA as two 256-bit
+// halves: a 6 x 64 block's k row, 256 bytes of P, takes 24 cycles, ~11 bytes a cycle from L2;
+// benchmarks/NOTES.md section 84). Its AVX2 kernels (16 bytes a cycle) gained at 2048 x 2048 but
+// lost 3-5% at 1024 x 1024; an Intel Xeon VM's kernel lost 4-12% of its rate with P from L2
+// (sections 42 and 47); other CPUs are unmeasured. Those keep kChunkRows.
+int64_t long_chunk_rows() {
+  static const int64_t rows = [] {
+    if (const char* want = std::getenv("RNNEXT_CPU_LONG_CHUNKS")) {
+      if (std::strcmp(want, "0") == 0) return kChunkRows;
+      if (std::strcmp(want, "1") == 0) return 4 * kChunkRows;
+    }
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (__get_cpuid(0, &a, &b, &c, &d) && b == 0x68747541 && d == 0x69746e65 &&
+        c == 0x444d4163 && __get_cpuid(1, &a, &b, &c, &d)) {  // "AuthenticAMD"
+      const unsigned family = ((a >> 8) & 0xf) + (((a >> 8) & 0xf) == 0xf ? (a >> 20) & 0xff : 0);
+      if (family == 0x19 && isa() == Isa::kAvx512) return 4 * kChunkRows;
+    }
+#endif
+    return kChunkRows;
+  }();
+  return rows;
+}
 
 const char* step_kernel_isa() {
   switch (isa()) {

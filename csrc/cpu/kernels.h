@@ -121,6 +121,9 @@ struct StepArgs {
   // gradient, summed where the backward's dpre rows are made.
   T* sums = nullptr;
   Epilogue ep = Epilogue::kNone;
+  // k rows of P a pass over the row blocks (0: kChunkRows). Longer chunks read P from L2 rather
+  // than L1 but load and store C that many times fewer: for a C past L2 (own_gemm_tn).
+  int64_t chunk_rows = 0;
   // Memory the call prefetches into L2 as it goes (a line every k iteration of a block's first
   // product, spread over all its blocks): the next call's operands, while this one computes.
   const void* prefetch[2] = {nullptr, nullptr};
@@ -150,6 +153,11 @@ template <typename T>
 StepKernel<T> step_kernel(bool a_col_major = false);
 const char* step_kernel_isa();
 
+// The k chunk of a weight-gradient GEMM whose task's C is past L2 (own_gemm_tn): 4 x kChunkRows
+// on CPUs whose L2 feeds P's chunk to the kernel at its FMA rate, else kChunkRows (kernels.cpp);
+// RNNEXT_CPU_LONG_CHUNKS=1 or 0 in the environment sets it either way (tests).
+int64_t long_chunk_rows();
+
 // Each instruction set's entry points (absent ones are never called: see kernels.cpp): step reads
 // A row-major, step_cm column-major (A[r, q] = a[q * lda + r]; the weight gradients' dpre^T).
 #define RNNEXT_DECLARE_ISA(isa)                                                              \
@@ -158,8 +166,8 @@ const char* step_kernel_isa();
   void step(const StepArgs<double>&);                                                        \
   void step_cm(const StepArgs<float>&);                                                      \
   void step_cm(const StepArgs<double>&);                                                     \
-  void pack_t(const float*, int64_t, int64_t, int64_t, float*, int64_t, int64_t);             \
-  void pack_t(const double*, int64_t, int64_t, int64_t, double*, int64_t, int64_t);           \
+  void pack_t(const float*, int64_t, int64_t, int64_t, float*, int64_t, int64_t, int64_t);    \
+  void pack_t(const double*, int64_t, int64_t, int64_t, double*, int64_t, int64_t, int64_t);  \
   void gemv_t(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t, bool,   \
               float*, int64_t);                                                                \
   void gemv_t(int64_t, int64_t, int64_t, const double*, int64_t, const double*, int64_t, bool, \
@@ -176,8 +184,8 @@ RNNEXT_DECLARE_ISA(avx512)
   void name(const StepArgs<V::T>& s) { step_impl<V, ACM>(s); }
 #define RNNEXT_DEFINE_PACK_T(V)                                                             \
   void pack_t(const V::T* w, int64_t ldw, int64_t n, int64_t k, V::T* p, int64_t col_begin,   \
-              int64_t col_end) {                                                              \
-    pack_t_impl<V>(w, ldw, n, k, p, col_begin, col_end);                                      \
+              int64_t col_end, int64_t pc) {                                                  \
+    pack_t_impl<V>(w, ldw, n, k, p, col_begin, col_end, pc);                                  \
   }
 #define RNNEXT_DEFINE_GEMV_T(V)                                                               \
   void gemv_t(int64_t rows, int64_t n, int64_t k, const V::T* a, int64_t lda, const V::T* w,     \
@@ -206,10 +214,17 @@ template <typename T>
 GemvKernel<T> gemv_kernel();
 
 // The transposing case of pack_weight, in the chosen instruction set (a tile transposed in
-// registers at a time).
+// registers at a time), with panels of pc columns (a multiple of kPackAlign).
 template <typename T>
 void pack_transposed(const T* w, int64_t ldw, int64_t n, int64_t k, T* p, int64_t col_begin,
-                     int64_t col_end);
+                     int64_t col_end, int64_t pc);
+
+// A transposed into rows: out[r * ld + q] = a[q * lda + r] for r < rows and q < k, zero for
+// k <= q < ld (ld a multiple of kPackAlign, at least k): pack_transposed's one panel of ld columns.
+template <typename T>
+void transpose_rows(const T* a, int64_t lda, int64_t k, int64_t rows, T* out, int64_t ld) {
+  pack_transposed<T>(a, lda, k, rows, out, 0, k, ld);
+}
 
 // Packs W for the kernel into p (packed_size<T>(n, k) entries): P[q, j] = W[j, q] (transpose; W is
 // [n, k]) or W[q, j] (W is [k, n]) for j < n, zero for the padding columns of the last panel.
@@ -218,7 +233,9 @@ void pack_transposed(const T* w, int64_t ldw, int64_t n, int64_t k, T* p, int64_
 template <typename T>
 void pack_weight(const T* w, int64_t ldw, int64_t n, int64_t k, bool transpose, T* p,
                  int64_t col_begin = 0, int64_t col_end = INT64_MAX) {
-  if (transpose) return pack_transposed<T>(w, ldw, n, k, p, col_begin, col_end);
+  if (transpose) {
+    return pack_transposed<T>(w, ldw, n, k, p, col_begin, col_end, packed_width<T>(n));
+  }
   const int64_t PC = packed_width<T>(n);
   for (int64_t j0 = col_begin; j0 < n && j0 < col_end; j0 += PC) {
     const int64_t cols = n - j0 < PC ? n - j0 : PC;
