@@ -574,9 +574,10 @@ def test_weight_gradient_gemm(dtype, threads, set_threads):
     # 1100 x 130 x 150), m across the 16-row task shares, n a narrow panel, one panel, and whole
     # panels plus a partial one (in groups of panels a thread where m is one share: 12 x 140 at 2
     # threads; 8 panels or more a task, A's chunks transposed: 37 x 520 with k = 300, a partial
-    # last chunk; a task's part of C over 1 MB, k in 512-row chunks: 1000 x 530 with k = 600, on
-    # either thread count); strided rows; accumulation into C; k = 0 (C = 0, or C kept when
-    # accumulating). The BLAS route gives the same.
+    # last chunk; a task's part of C over 1 MB on either thread count, k in 512-row chunks where
+    # the CPU takes them, test_gemm_chunk_lengths: 1000 x 530 with k = 600); strided rows;
+    # accumulation into C; k = 0 (C = 0, or C kept when accumulating). The BLAS route gives the
+    # same.
     g = torch.Generator().manual_seed(5)
     set_threads(threads)
     for k, m, n in [(1, 1, 1), (129, 37, 5), (300, 75, 64), (257, 130, 150), (0, 9, 70), (64, 300, 16),

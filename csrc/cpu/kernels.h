@@ -14,8 +14,9 @@
 // rows one after the other (kp * ldp entries), zero past column n, so every vector load of P is
 // whole and one panel's rows stream contiguously. The kernel walks the two products' k as one,
 // in chunks of kChunkRows rows (a chunk of a panel, 32 KB, stays in L1 while every row block of C
-// passes over it), keeps the partial sums in C between chunks, and applies the epilogue after the
-// last chunk. k1 + k2 = 0 applies only the start and the epilogue. Row-major A and C.
+// passes over it; StepArgs::chunk_rows asks for longer), keeps the partial sums in C between
+// chunks, and applies the epilogue after the last chunk. k1 + k2 = 0 applies only the start and
+// the epilogue. Row-major A and C.
 #pragma once
 
 #include <algorithm>
