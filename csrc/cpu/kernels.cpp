@@ -123,11 +123,11 @@ GemvKernel<T> gemv_kernel() {
 template GemvKernel<float> gemv_kernel<float>();
 template GemvKernel<double> gemv_kernel<double>();
 
-// The AVX-512 kernels on AMD family 19h (Zen 4, which runs each 512-bit FMA as two 256-bit
-// halves: a 6 x 64 block's k row, 256 bytes of P, takes 24 cycles, ~11 bytes a cycle from L2;
-// benchmarks/NOTES.md section 84). Its AVX2 kernels (16 bytes a cycle) gained at 2048 x 2048 but
-// lost 3-5% at 1024 x 1024; an Intel Xeon VM's kernel lost 4-12% of its rate with P from L2
-// (sections 42 and 47); other CPUs are unmeasured. Those keep kChunkRows.
+// The AVX-512 kernels on AMD family 19h (Zen 4, which runs each 512-bit FMA as two 256-bit halves:
+// a 6 x 64 block's k row, 256 bytes of P, takes 24 cycles, ~11 bytes a cycle from L2;
+// benchmarks/NOTES.md sections 84 and 85). Its AVX2 kernels (16 bytes a cycle) gained at 2048 x
+// 2048 but lost 3-5% at 1024 x 1024; an Intel Xeon VM's kernel lost 4-12% of its rate with P from
+// L2 (sections 42 and 47); other CPUs are unmeasured. Those keep kChunkRows.
 int64_t long_chunk_rows() {
   static const int64_t rows = [] {
     if (const char* want = std::getenv("RNNEXT_CPU_LONG_CHUNKS")) {
