@@ -719,11 +719,11 @@ def test_no_entry_read_before_written():
 
 @pytest.mark.parametrize("long_chunks", ["0", "1"])
 def test_gemm_chunk_lengths(long_chunks):
-    # The GEMMs over all rows take k in chunks of 512 rows (the weight gradients where a task's
-    # part of C is past L2) on the CPUs measured to gain from it and of 128 elsewhere (kernels.cpp,
-    # long_chunk_rows): RNNEXT_CPU_LONG_CHUNKS sets either, so that both run the weight-gradient
-    # GEMM's test and every path's (their "+own-gemm" cases: projection and grad_input over k = 140
-    # and 730) on any CPU.
+    # The GEMMs over all rows (the weight gradients where a task's part of C is past L2) and the
+    # steps whose W_hh is past L2 take k in chunks of 512 rows on the CPUs measured to gain from it
+    # and of 128 elsewhere (kernels.cpp, long_chunk_rows): RNNEXT_CPU_LONG_CHUNKS sets either, so
+    # that both run the weight-gradient GEMM's test and every path's (H = 730 steps; the "+own-gemm"
+    # cases' projection and grad_input over k = 140 and 730) on any CPU.
     _run_in_child("test_weight_gradient_gemm or test_each_cpu_path_matches_reference",
                   {**os.environ, "RNNEXT_CPU_LONG_CHUNKS": long_chunks})
 

@@ -123,7 +123,7 @@ struct StepArgs {
   T* sums = nullptr;
   Epilogue ep = Epilogue::kNone;
   // k rows of P a pass over the row blocks (0: kChunkRows). Longer chunks read P from L2 rather
-  // than L1 but load and store C that many times fewer (the GEMMs over all rows, gemm.cpp).
+  // than L1 but load and store C that many times fewer (long_chunk_rows below).
   int64_t chunk_rows = 0;
   // Memory the call prefetches into L2 as it goes (a line every k iteration of a block's first
   // product, spread over all its blocks): the next call's operands, while this one computes.
@@ -155,9 +155,9 @@ StepKernel<T> step_kernel(bool a_col_major = false);
 const char* step_kernel_isa();
 
 // The k chunk of the GEMMs over all rows (gemm.cpp: own_gemm_rows, and own_gemm_tn where a task's
-// C is past L2): 4 x kChunkRows on CPUs whose L2 feeds P's chunk to the kernel at its FMA rate,
-// else kChunkRows (kernels.cpp); RNNEXT_CPU_LONG_CHUNKS=1 or 0 in the environment sets it either
-// way (tests).
+// C is past L2) and of the steps whose W_hh is past L2 (rnn_core.h): 4 x kChunkRows on CPUs whose
+// L2 feeds P's chunk to the kernel at its FMA rate, else kChunkRows (kernels.cpp);
+// RNNEXT_CPU_LONG_CHUNKS=1 or 0 in the environment sets it either way (tests).
 int64_t long_chunk_rows();
 
 // Each instruction set's entry points (absent ones are never called: see kernels.cpp): step reads

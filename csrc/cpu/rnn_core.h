@@ -319,6 +319,11 @@ struct Recurrence {
       s.prefetch[i] = ahead.bytes[i] > 0 ? ahead.at[i] : nullptr;
       s.prefetch_bytes[i] = ahead.bytes[i];
     }
+    // W_hh past L2 comes from L3 at every step anyway: long k chunks, where the CPU takes them,
+    // load and store the step's rows of C a quarter as often (NOTES.md section 87).
+    if (H * H * static_cast<int64_t>(sizeof(T)) > kStreamWeightBytes) {
+      s.chunk_rows = long_chunk_rows();
+    }
     kernel(s);
   }
 
