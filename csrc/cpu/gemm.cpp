@@ -38,15 +38,16 @@ void own_gemm_rows(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, 
                    int64_t ldc, Epilogue ep) {
   const auto kernel = step_kernel<T>();
   const int64_t ldp = packed_width<T>(n);
+  // A task's rows of C come back from L2 at every chunk of k: long chunks, where the CPU takes
+  // them, make a quarter of those trips (NOTES.md section 85).
+  const int64_t chunk_rows = long_chunk_rows();
   const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
       StepArgs<T> st =
           StepArgs<T>::one(r1 - r0, n, ldp, {a + r0 * lda, lda, p, k, k}, c + r0 * ldc, ldc, ep);
-      // The task's rows of C come back from L2 at every chunk of k: long chunks, where the CPU
-      // takes them, make a quarter of those trips (NOTES.md section 85).
-      st.chunk_rows = long_chunk_rows();
+      st.chunk_rows = chunk_rows;
       kernel(st);
     }
   });
