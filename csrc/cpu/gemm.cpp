@@ -25,10 +25,11 @@ constexpr int64_t kMaxPartialBytes = int64_t{1} << 20;
 // own_gemm_tn: a task over at least this many panels of C transposes each chunk of A once for
 // all of them and reads it row-major (NOTES.md section 54: 1024 x 1024 +12-18%, 128 x 128 -15%).
 constexpr int64_t kTransposeAPanels = 8;
-// own_gemm_tn: where a task's part of C is over this many bytes (past a core's L2), k chunks of
-// long_chunk_rows() rows: C is loaded and stored once a chunk (from L3 or memory, at every block's
-// start and end), and where that is four times fewer such trips they pay for reading the chunk of
-// B from L2 rather than L1 (NOTES.md section 84).
+// own_gemm_tn: where a task's part of C is over this many bytes (past a core's L2), C is loaded and
+// stored once a k chunk from L3 or memory, at every block's start and end: each block asks for
+// the next block's rows of C as it starts (StepArgs::c_far; NOTES.md section 89), and k comes in
+// chunks of long_chunk_rows() rows, where four times fewer such trips pay for reading the chunk of
+// B from L2 rather than L1 (section 84).
 constexpr int64_t kLongChunkC = int64_t{1} << 20;
 
 }  // namespace
@@ -77,7 +78,8 @@ void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
     // and read row-major by every panel; else A read in place, column-major.
     const bool transpose_a = p1 - p0 >= kTransposeAPanels;
     const int64_t c_part = rows * std::min(n - p0 * pc, (p1 - p0) * pc) * int64_t{sizeof(T)};
-    const bool long_chunks = transpose_a && c_part > kLongChunkC;
+    const bool c_far = c_part > kLongChunkC;
+    const bool long_chunks = transpose_a && c_far;
     const int64_t step = long_chunks ? long_chunk_rows() : kChunkRows;
     const int64_t lda_t = (step + kPackAlign - 1) / kPackAlign * kPackAlign;
     AlignedBuffer<T> buf(step * pc * (p1 - p0));
@@ -112,6 +114,7 @@ void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
                         : Product<T>{a + q0 * lda + r0, lda, bp, kc, kc},
             cc + r0 * ldcc + j0, ldcc, ep);
         st.chunk_rows = step;
+        st.c_far = c_far;
         // The next chunk's rows of A and B, a share of them a panel, brought into L2 while this
         // chunk computes (they come from L3 or memory: the hardware prefetchers leave the kernel
         // waiting on them, ~10% at m = n = 128; NOTES.md section 62).

@@ -184,19 +184,31 @@ static inline __attribute__((always_inline)) void block_m(int m, const Part<type
 
 // Rows in blocks of at most MR, as equal as they come (16 rows: 6, 5, 5; 8 rows: 4, 4), columns in
 // blocks of NR vectors: no remainder block of one or two rows (unless the step has only those),
-// which would reload P for a few FMAs.
+// which would reload P for a few FMAs. With c_ahead, each block that starts from C first asks for
+// the next block's rows of C (StepArgs::c_far).
 template <class V, int NR, bool ACM>
 static inline __attribute__((always_inline)) void column_block(
     int64_t rows, const Part<typename V::T>* part, int64_t ldp, typename V::T* c, int64_t ldc,
     Start start, const typename V::T* init, int64_t ld_init, typename V::T* copy,
     int64_t ld_copy, const typename V::T* aux, typename V::T* sums, int last, Epilogue ep,
-    Prefetcher& pf) {
+    Prefetcher& pf, bool c_ahead) {
   using T = typename V::T;
   const int64_t blocks = (rows + V::MR - 1) / V::MR;
   if (blocks == 0) return;
   const int64_t base = rows / blocks, extra = rows % blocks;
+  c_ahead = c_ahead && start == Start::kC;
   for (int64_t i = 0, r = 0; i < blocks; ++i) {
     const int m = static_cast<int>(base + (i < extra ? 1 : 0));
+    if (c_ahead && i + 1 < blocks) {
+      const int64_t next = base + (i + 1 < extra ? 1 : 0);
+      for (int64_t q = r + m; q < r + m + next; ++q) {
+        const auto row = reinterpret_cast<std::uintptr_t>(c + q * ldc);
+        const std::uintptr_t end = row + NR * V::W * sizeof(T);
+        for (std::uintptr_t line = row & ~std::uintptr_t{63}; line < end; line += 64) {
+          __builtin_prefetch(reinterpret_cast<const char*>(line), 1, 3);
+        }
+      }
+    }
     Part<T> at[2] = {part[0], part[1]};
     for (Part<T>& pt : at) {
       if (pt.k > 0) pt.a += a_at<ACM>(r, 0, pt.lda);
@@ -299,18 +311,18 @@ static void step_impl(const StepArgs<typename V::T>& s) {
         T* sumsj = sums ? sums + p0 + j0 : sums;
         if (nv == NR) {
           column_block<V, NR, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj,
-                                   ld_copy, auxj, sumsj, last, e, pf);
+                                   ld_copy, auxj, sumsj, last, e, pf, s.c_far);
         } else if (nv == 1) {
           column_block<V, 1, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj,
-                                  ld_copy, auxj, sumsj, last, e, pf);
+                                  ld_copy, auxj, sumsj, last, e, pf, s.c_far);
         } else if constexpr (NR > 2) {
           if (nv == 2) {
             column_block<V, 2, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj,
-                                    ld_copy, auxj, sumsj, last, e, pf);
+                                    ld_copy, auxj, sumsj, last, e, pf, s.c_far);
           } else if constexpr (NR > 3) {
             if (nv == 3) {
               column_block<V, 3, ACM>(rows, pj, PC, cj, s.ldc, start, ij, s.ld_init, copyj,
-                                      ld_copy, auxj, sumsj, last, e, pf);
+                                      ld_copy, auxj, sumsj, last, e, pf, s.c_far);
             }
           }
         }

@@ -125,6 +125,9 @@ struct StepArgs {
   // k rows of P a pass over the row blocks (0: kChunkRows). Longer chunks read P from L2 rather
   // than L1 but load and store C that many times fewer (long_chunk_rows below).
   int64_t chunk_rows = 0;
+  // C's rows lie past L2 (a large GEMM's): each row block asks for the next one's rows of C while
+  // it computes, so that their trips at every k chunk do not wait on memory.
+  bool c_far = false;
   // Memory the call prefetches into L2 as it goes (a line every k iteration of a block's first
   // product, spread over all its blocks): the next call's operands, while this one computes.
   const void* prefetch[2] = {nullptr, nullptr};
