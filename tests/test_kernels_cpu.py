@@ -576,9 +576,8 @@ def test_weight_gradient_gemm(dtype, threads, set_threads):
     # threads; 8 panels or more a task, A's chunks transposed: 37 x 520 with k = 300, a partial
     # last chunk; a task's part of C over 1 MB on either thread count, k in 512-row chunks where
     # the CPU takes them, test_gemm_chunk_lengths, and each block asking for the next one's rows
-    # of C: 1000 x 530 with k = 600); strided rows;
-    # accumulation into C; k = 0 (C = 0, or C kept when accumulating). The BLAS route gives the
-    # same.
+    # of C: 1000 x 530 with k = 600); strided rows; accumulation into C; k = 0 (C = 0, or C kept
+    # when accumulating). The BLAS route gives the same.
     g = torch.Generator().manual_seed(5)
     set_threads(threads)
     for k, m, n in [(1, 1, 1), (129, 37, 5), (300, 75, 64), (257, 130, 150), (0, 9, 70), (64, 300, 16),

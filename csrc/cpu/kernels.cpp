@@ -5,10 +5,6 @@
 #include <cstdlib>
 #include <cstring>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <cpuid.h>
-#endif
-
 namespace rnnext {
 namespace cpu {
 
@@ -135,12 +131,8 @@ int64_t long_chunk_rows() {
       if (std::strcmp(want, "1") == 0) return 4 * kChunkRows;
     }
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    unsigned a = 0, b = 0, c = 0, d = 0;
-    if (__get_cpuid(0, &a, &b, &c, &d) && b == 0x68747541 && d == 0x69746e65 &&
-        c == 0x444d4163 && __get_cpuid(1, &a, &b, &c, &d)) {  // "AuthenticAMD"
-      const unsigned family = ((a >> 8) & 0xf) + (((a >> 8) & 0xf) == 0xf ? (a >> 20) & 0xff : 0);
-      if (family == 0x19 && isa() == Isa::kAvx512) return 4 * kChunkRows;
-    }
+    __builtin_cpu_init();
+    if (__builtin_cpu_is("amdfam19h") && isa() == Isa::kAvx512) return 4 * kChunkRows;
 #endif
     return kChunkRows;
   }();
