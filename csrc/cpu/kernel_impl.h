@@ -184,8 +184,12 @@ static inline __attribute__((always_inline)) void block_m(int m, const Part<type
 
 // Rows in blocks of at most MR, as equal as they come (16 rows: 6, 5, 5; 8 rows: 4, 4), columns in
 // blocks of NR vectors: no remainder block of one or two rows (unless the step has only those),
-// which would reload P for a few FMAs. With c_ahead, each block that starts from C first asks for
-// the next block's rows of C (StepArgs::c_far).
+// which would reload P for a few FMAs. Each block first asks for the rows the next block will load
+// before its first FMA or in its epilogue: init's (a step's projection or grad_out, read once and
+// so from L3 or memory), aux's (the backward's h), and C's where they start from C and c_ahead
+// is set (StepArgs::c_far). A 4 x 3 AVX2 block spends ~770 cycles a chunk, a quarter of a 6 x 4
+// AVX-512 block's, so its start's trip to memory was a larger share (benchmarks/NOTES.md
+// sections 89 and 91).
 template <class V, int NR, bool ACM>
 static inline __attribute__((always_inline)) void column_block(
     int64_t rows, const Part<typename V::T>* part, int64_t ldp, typename V::T* c, int64_t ldc,
@@ -197,17 +201,30 @@ static inline __attribute__((always_inline)) void column_block(
   if (blocks == 0) return;
   const int64_t base = rows / blocks, extra = rows % blocks;
   c_ahead = c_ahead && start == Start::kC;
-  for (int64_t i = 0, r = 0; i < blocks; ++i) {
-    const int m = static_cast<int>(base + (i < extra ? 1 : 0));
-    if (c_ahead && i + 1 < blocks) {
-      const int64_t next = base + (i + 1 < extra ? 1 : 0);
-      for (int64_t q = r + m; q < r + m + next; ++q) {
-        const auto row = reinterpret_cast<std::uintptr_t>(c + q * ldc);
-        const std::uintptr_t end = row + NR * V::W * sizeof(T);
-        for (std::uintptr_t line = row & ~std::uintptr_t{63}; line < end; line += 64) {
-          __builtin_prefetch(reinterpret_cast<const char*>(line), 1, 3);
+  const bool init_ahead = start == Start::kInit && ld_init != 0;
+  const bool aux_ahead = ep == Epilogue::kTanhBwd || ep == Epilogue::kReluBwd;
+  // Prefetches the lines of rows [from, from + count) of m (row stride ld), this block's columns.
+  const auto ahead = [](const T* m, int64_t ld, int64_t from, int64_t count, bool write) {
+    for (int64_t q = from; q < from + count; ++q) {
+      const auto row = reinterpret_cast<std::uintptr_t>(m + q * ld);
+      const std::uintptr_t end = row + NR * V::W * sizeof(T);
+      for (std::uintptr_t line = row & ~std::uintptr_t{63}; line < end; line += 64) {
+        const char* at = reinterpret_cast<const char*>(line);
+        if (write) {
+          __builtin_prefetch(at, 1, 3);
+        } else {
+          __builtin_prefetch(at, 0, 3);
         }
       }
+    }
+  };
+  for (int64_t i = 0, r = 0; i < blocks; ++i) {
+    const int m = static_cast<int>(base + (i < extra ? 1 : 0));
+    if (i + 1 < blocks) {
+      const int64_t next = base + (i + 1 < extra ? 1 : 0);
+      if (c_ahead) ahead(c, ldc, r + m, next, true);
+      if (init_ahead) ahead(init, ld_init, r + m, next, false);
+      if (aux_ahead) ahead(aux, ldc, r + m, next, false);
     }
     Part<T> at[2] = {part[0], part[1]};
     for (Part<T>& pt : at) {
