@@ -36,8 +36,7 @@ static inline __attribute__((always_inline)) void fmas(typename V::reg (&acc)[MR
   const typename V::T* a = part.a;
   const typename V::T* p = part.p;
   const int64_t lda = part.lda;
-  for (int64_t q = 0; q < part.k; ++q) {
-    if (q < npf) __builtin_prefetch(pf + 64 * q, 0, 2);
+  const auto row = [&](int64_t q) __attribute__((always_inline)) {
     reg w[NR];
 #pragma GCC unroll 8
     for (int j = 0; j < NR; ++j) w[j] = V::load(p + q * ldp + j * W);
@@ -47,7 +46,18 @@ static inline __attribute__((always_inline)) void fmas(typename V::reg (&acc)[MR
 #pragma GCC unroll 8
       for (int j = 0; j < NR; ++j) acc[r][j] = V::fma(x, w[j], acc[r][j]);
     }
+  };
+  // The k iterations that prefetch a line first, then the rest with no test and half the loop
+  // counting: an AVX2 4 x 3 iteration is ~20 instructions for 12 FMAs, and those two cost it
+  // 3-7% in its GEMMs (benchmarks/NOTES.md section 94).
+  const int64_t np = npf < part.k ? npf : part.k;
+  int64_t q = 0;
+  for (; q < np; ++q) {
+    __builtin_prefetch(pf + 64 * q, 0, 2);
+    row(q);
   }
+#pragma GCC unroll 2
+  for (; q < part.k; ++q) row(q);
 }
 
 // Where a block's accumulators start: C's rows, zero, or init's rows (row stride ld_init, 0 for
