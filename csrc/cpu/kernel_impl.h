@@ -48,8 +48,8 @@ static inline __attribute__((always_inline)) void fmas(typename V::reg (&acc)[MR
     }
   };
   // The k iterations that prefetch a line first, then the rest with no test and half the loop
-  // counting: an AVX2 4 x 3 iteration is ~20 instructions for 12 FMAs, and those two cost it
-  // 3-7% in its GEMMs (benchmarks/NOTES.md section 94).
+  // counting: an AVX2 4 x 3 iteration was ~25 instructions for its 12 FMAs with the test and the
+  // counting in each, ~21 without, and its GEMMs run 3-7% faster (benchmarks/NOTES.md section 94).
   const int64_t np = npf < part.k ? npf : part.k;
   int64_t q = 0;
   for (; q < np; ++q) {
