@@ -36,7 +36,7 @@ constexpr int64_t kLongChunkC = int64_t{1} << 20;
 
 template <typename T>
 void own_gemm_rows(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* p, T* c,
-                   int64_t ldc, Epilogue ep) {
+                   int64_t ldc, Epilogue ep, const T* start) {
   const auto kernel = step_kernel<T>();
   const int64_t ldp = packed_width<T>(n);
   // A task's rows of C come back from L2 at every chunk of k: long chunks, where the CPU takes
@@ -49,6 +49,7 @@ void own_gemm_rows(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, 
       StepArgs<T> st =
           StepArgs<T>::one(r1 - r0, n, ldp, {a + r0 * lda, lda, p, k, k}, c + r0 * ldc, ldc, ep);
       st.chunk_rows = chunk_rows;
+      st.init = start;
       kernel(st);
     }
   });
@@ -195,9 +196,9 @@ void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
 }
 
 template void own_gemm_rows<float>(int64_t, int64_t, int64_t, const float*, int64_t, const float*,
-                                   float*, int64_t, Epilogue);
+                                   float*, int64_t, Epilogue, const float*);
 template void own_gemm_rows<double>(int64_t, int64_t, int64_t, const double*, int64_t,
-                                    const double*, double*, int64_t, Epilogue);
+                                    const double*, double*, int64_t, Epilogue, const double*);
 template void own_gemm_tn<float>(int64_t, int64_t, int64_t, const float*, int64_t, const float*,
                                  int64_t, bool, float*, int64_t, const float* const*);
 template void own_gemm_tn<double>(int64_t, int64_t, int64_t, const double*, int64_t, const double*,

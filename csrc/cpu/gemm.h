@@ -11,11 +11,13 @@
 namespace rnnext {
 namespace cpu {
 
-// C[rows, n] = epilogue(C + A P): A row-major [rows, k] (row stride lda), P packed (pack_weight:
-// n columns, k rows), C row stride ldc. Blocks of rows split between threads.
+// C[rows, n] = epilogue(S + A P): A row-major [rows, k] (row stride lda), P packed (pack_weight:
+// n columns, k rows), C row stride ldc; S is every row's start where start is set (n entries: a
+// bias; C is then not read), else zero with Epilogue::kZero, else C. Blocks of rows split between
+// threads.
 template <typename T>
 void own_gemm_rows(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* p, T* c,
-                   int64_t ldc, Epilogue ep);
+                   int64_t ldc, Epilogue ep, const T* start = nullptr);
 
 // C[m, n] = A^T B (+ C when accumulate): A [k, m] and B [k, n] row-major (row strides lda, ldb),
 // C [m, n] row stride ldc; the weight gradients dpre^T x and dpre^T h_prev. A is read in place

@@ -386,15 +386,17 @@ void forward_into(const Geometry& g, const Tensor& input, const optional<Tensor>
     T* o = out.data_ptr<T>();
     std::vector<T> bias(static_cast<size_t>(g.H));
     pack_bias<T>(b_ih, b_hh, g.H, bias.data());
-    for (int64_t r = 0; r < g.N; ++r) std::memcpy(o + r * ld_out, bias.data(), g.H * sizeof(T));
     if (plan.own_gemm) {
+      // Each row block starts from the bias row itself: no pass writing it into every row first,
+      // which the GEMM then read back from L3 or memory (NOTES.md section 95).
       Tensor wp = empty({packed_entries(g.H, g.I, dtype)}, dtype);
       cpu::pack_weight<T>(wc.data_ptr<T>(), wc.stride(0), g.H, g.I, /*transpose=*/true,
                           wp.data_ptr<T>());
       cpu::own_gemm_rows<T>(g.N, g.H, g.I, xc.data_ptr<T>(), ldx, wp.data_ptr<T>(), o, ld_out,
-                            cpu::Epilogue::kNone);
+                            cpu::Epilogue::kNone, bias.data());
       return;
     }
+    for (int64_t r = 0; r < g.N; ++r) std::memcpy(o + r * ld_out, bias.data(), g.H * sizeof(T));
     cpu::gemm_rows(true, g.N, g.H, g.I, xc.data_ptr<T>(), ldx, wc.data_ptr<T>(), wc.stride(0), T(1),
                    o, ld_out);
   });
