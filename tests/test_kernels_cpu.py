@@ -465,7 +465,7 @@ def test_each_cpu_path_matches_reference(
         _matches_reference(args, relu, reverse, tol)
 
 
-@pytest.mark.parametrize("H", [75, 130, 421])
+@pytest.mark.parametrize("H", [75, 130, 421, 450])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("threads", [1, 2, 3])
@@ -476,8 +476,9 @@ def test_matrix_vector_steps(monkeypatch, H, packed, reverse, threads, dtype, se
     # columns split between the threads where the call is large enough (H = 421 on 2 or 3 threads:
     # uneven shares of whole panels). H = 75 and 421 leave a partial vector of k (float32 and
     # float64) and rows of W past the last block of 4 and the last group of a vector's lanes; 130
-    # has whole groups and 2 rows more. Output, h_n and every gradient against the float64
-    # reference.
+    # has whole groups and 2 rows more; 450 float64 on one thread (a W_hh of 1.6 MB) reads W's rows
+    # one at a time, the form for a W past 1.5 MB (gemv_t_impl). Output, h_n and every gradient
+    # against the float64 reference.
     monkeypatch.setenv("RNNEXT_CPU_PATH", "blas")
     monkeypatch.setenv("RNNEXT_CPU_GEMM", "own")
     set_threads(threads)

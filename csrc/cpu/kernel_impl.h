@@ -396,9 +396,11 @@ static inline __attribute__((always_inline)) void gemv_block(int64_t k, const ty
 }
 
 // C[r, j] = (C[r, j] +) sum_q A[r, q] W[j, q]: one row of A at a time (W read once a row), W's
-// rows in blocks of 4 (8 vectors of sums); the sums of W rows at a time have their lanes added
-// at once, transposed (V::transpose) and summed as vectors (a scalar loop over the lanes cost ~20
-// instructions a sum, a third of the time at k = 1024).
+// rows in blocks of 4 (8 vectors of sums), or one at a time where W is too large to stay in L2
+// between calls (it streams from L3: one row's stream at a time ran 5-20% faster there, 4 rows'
+// ~5% faster where W stays in L2; benchmarks/NOTES.md section 96); the sums of W rows at a time
+// have their lanes added at once, transposed (V::transpose) and summed as vectors (a scalar loop
+// over the lanes cost ~20 instructions a sum, a third of the time at k = 1024).
 template <class V>
 static void gemv_t_impl(int64_t rows, int64_t n, int64_t k, const typename V::T* a, int64_t lda,
                         const typename V::T* w, int64_t ldw, bool accumulate, typename V::T* c,
@@ -406,6 +408,7 @@ static void gemv_t_impl(int64_t rows, int64_t n, int64_t k, const typename V::T*
   using T = typename V::T;
   using reg = typename V::reg;
   constexpr int W = V::W, J = 4;
+  const bool streams = n * k * static_cast<int64_t>(sizeof(T)) > 3 * kStreamWeightBytes / 2;
   for (int64_t r = 0; r < rows; ++r) {
     const T* x = a + r * lda;
     T* cr = c + r * ldc;
@@ -413,7 +416,9 @@ static void gemv_t_impl(int64_t rows, int64_t n, int64_t k, const typename V::T*
       const int jn = static_cast<int>(n - j0 < W ? n - j0 : W);
       reg tot[W];
       int j = 0;
-      for (; j + J <= jn; j += J) gemv_block<V, J>(k, x, w + (j0 + j) * ldw, ldw, tot + j);
+      if (!streams) {
+        for (; j + J <= jn; j += J) gemv_block<V, J>(k, x, w + (j0 + j) * ldw, ldw, tot + j);
+      }
       for (; j < jn; ++j) gemv_block<V, 1>(k, x, w + (j0 + j) * ldw, ldw, tot + j);
       for (; j < W; ++j) tot[j] = V::zero();
       V::transpose(tot);
