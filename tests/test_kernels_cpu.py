@@ -477,8 +477,8 @@ def test_matrix_vector_steps(monkeypatch, H, packed, reverse, threads, dtype, se
     # uneven shares of whole panels). H = 75 and 421 leave a partial vector of k (float32 and
     # float64) and rows of W past the last block of 4 and the last group of a vector's lanes; 130
     # has whole groups and 2 rows more; 450 float64 on one thread (a W_hh of 1.6 MB) reads W's rows
-    # one at a time, the form for a W past 1.5 MB (gemv_t_impl). Output, h_n and every gradient
-    # against the float64 reference.
+    # one at a time under the AVX-512 kernels, their form for a W past 1.5 MB (gemv_t_impl). Output,
+    # h_n and every gradient against the float64 reference.
     monkeypatch.setenv("RNNEXT_CPU_PATH", "blas")
     monkeypatch.setenv("RNNEXT_CPU_GEMM", "own")
     set_threads(threads)

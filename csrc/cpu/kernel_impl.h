@@ -396,11 +396,12 @@ static inline __attribute__((always_inline)) void gemv_block(int64_t k, const ty
 }
 
 // C[r, j] = (C[r, j] +) sum_q A[r, q] W[j, q]: one row of A at a time (W read once a row), W's
-// rows in blocks of 4 (8 vectors of sums), or one at a time where W is too large to stay in L2
-// between calls (it streams from L3: one row's stream at a time ran 5-20% faster there, 4 rows'
-// ~5% faster where W stays in L2; benchmarks/NOTES.md section 96); the sums of W rows at a time
-// have their lanes added at once, transposed (V::transpose) and summed as vectors (a scalar loop
-// over the lanes cost ~20 instructions a sum, a third of the time at k = 1024).
+// rows in blocks of 4 (8 vectors of sums), or, with 64-byte vectors, one at a time where W is
+// too large to stay in L2 between calls: from L3 one row's stream at a time ran 8-20% faster
+// there, and 2-6% slower where W is about L2's size; with 32-byte vectors (AVX2), whose one-row
+// iterations cover a line each, mostly slower (benchmarks/NOTES.md section 96). The sums of W
+// rows at a time have their lanes added at once, transposed (V::transpose) and summed as vectors
+// (a scalar loop over the lanes cost ~20 instructions a sum, a third of the time at k = 1024).
 template <class V>
 static void gemv_t_impl(int64_t rows, int64_t n, int64_t k, const typename V::T* a, int64_t lda,
                         const typename V::T* w, int64_t ldw, bool accumulate, typename V::T* c,
@@ -408,7 +409,8 @@ static void gemv_t_impl(int64_t rows, int64_t n, int64_t k, const typename V::T*
   using T = typename V::T;
   using reg = typename V::reg;
   constexpr int W = V::W, J = 4;
-  const bool streams = n * k * static_cast<int64_t>(sizeof(T)) > 3 * kStreamWeightBytes / 2;
+  const bool streams = W * sizeof(T) >= 64 &&
+                       n * k * static_cast<int64_t>(sizeof(T)) > 3 * kStreamWeightBytes / 2;
   for (int64_t r = 0; r < rows; ++r) {
     const T* x = a + r * lda;
     T* cr = c + r * ldc;
