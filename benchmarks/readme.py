@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from . import report
+from . import report, targets
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -34,6 +34,10 @@ def section(results: list[Path]) -> str:
         out.append("")
         for note in r.get("notes", []):
             out.append(f"> {note}")
+            out.append("")
+        goals = targets.summary(r)
+        if goals:
+            out.append(goals)
             out.append("")
         for dev in r["devices"]:
             for dt in r["dtypes"]:

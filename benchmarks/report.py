@@ -11,6 +11,8 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
+from . import targets
+
 __all__ = ["markdown", "write_json", "plot", "COLUMNS"]
 
 # Implementations in table order: the four of issue 5, then the extras.
@@ -136,6 +138,9 @@ def markdown(result: dict) -> str:
                 cells.append(_ratio(impls.get("torch.nn.RNNCell loop"), impls.get("rnnext.RNNCell loop")))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+    goals = targets.markdown(result)
+    if goals:
+        lines.append(goals)
     if result.get("skipped"):
         lines.append("Not measured (implementation: reason: where):")
         lines.append("")

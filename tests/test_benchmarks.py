@@ -116,6 +116,55 @@ def test_flop_count_and_tokens() -> None:
     assert cases.tokens(packed) == sum(lengths) < cases.tokens(padded) == packed.T * packed.B
 
 
+def test_targets_are_read_off_the_rows(tmp_path: Path) -> None:
+    """benchmarks.targets flags exactly the rows that miss issue 11's targets (made-up rows, no
+    timing): a share under its floor at a GEMM-bound shape, rnnext slower than torch.nn.RNN or than
+    ONNX Runtime; rows outside a target's scope are not counted."""
+    from benchmarks import report, targets
+
+    def row(impl, case, mode, dtype, B, H, ms, share=None):
+        return dict(case=case, mode=mode, impl=impl, median_ms=ms, iqr_ms=0.0, shape="s", T=10, B=B,
+                    I=H, H=H, layers=1, bidirectional=False, packed=False, dtype=dtype, device="cpu",
+                    threads=2, peak_share=share, gflops=1.0, gemm_share=0.5, floor_ms=0.1, path="p")
+
+    rows = [
+        row("rnnext.RNN", "ok", "inference", "float32", 16, 128, 1.0, 0.70),
+        row("torch.nn.RNN", "ok", "inference", "float32", 16, 128, 2.0),
+        row("onnxruntime", "ok", "inference", "float32", 16, 128, 1.5),
+        row("rnnext.RNN", "low", "inference", "float32", 32, 256, 1.0, 0.6999),
+        row("torch.nn.RNN", "low", "inference", "float32", 32, 256, 0.9),  # rnnext slower
+        row("onnxruntime", "low", "inference", "float32", 32, 256, 1.0),  # a tie is not faster
+        row("rnnext.RNN", "small", "inference", "float32", 8, 128, 1.0, 0.10),  # B < 16: no share
+        row("rnnext.RNN", "narrow", "training", "float32", 64, 64, 1.0, 0.10),  # H < 128: no share
+        row("rnnext.RNN", "ok", "training", "float32", 16, 128, 1.0, 0.59),
+        row("rnnext.RNN", "ok", "inference", "float64", 16, 128, 1.0, 0.61),
+        row("rnnext.RNN", "ok", "training", "float64", 16, 128, 1.0, 0.30),  # no float64 training target
+    ]
+    result = dict(rows=rows, threads=2, device="d", commit="c", cpu_isa="avx512")
+    got = {c.target.split(" >=")[0]: (c.rows, c.misses) for c in targets.check(result)}
+    assert got == {
+        "float32 forward": (2, ["low 69.9%"]),
+        "float32 forward + backward": (1, ["ok 59.0%"]),
+        "float64 forward": (1, []),
+        "faster than torch.nn.RNN": (2, ["float32 low inference 0.90x"]),
+        "faster than onnxruntime (inference)": (2, ["float32 low inference 1.00x"]),
+    }
+    assert "low 69.9%" in targets.summary(result) and "low 69.9%" in targets.markdown(result)
+    assert "Issue 11's targets" in report.markdown(dict(
+        result, machine="m", torch="t", rnnext="r", python="p", command="c", started="s",
+        duration_s=1.0, loadavg_start=None, loadavg_end=None, gemm_gflops={}))
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(result))
+    assert targets.main([str(path)]) == 1
+    for r in rows:  # every row meets every target
+        r["peak_share"] = None if r["peak_share"] is None else 0.9
+        r["median_ms"] = 0.5 if r["impl"] == "rnnext.RNN" else 2.0
+    path.write_text(json.dumps(result))
+    assert targets.main([str(path)]) == 0
+    assert targets.summary(result).startswith("Issue 11's targets: met by every row they cover (8 checks)")
+    assert targets.check(dict(result, rows=[dict(r, device="cuda") for r in rows])) == []
+
+
 def test_stats() -> None:
     from benchmarks.timing import stats
 
