@@ -465,6 +465,24 @@ def test_each_cpu_path_matches_reference(
         _matches_reference(args, relu, reverse, tol)
 
 
+@pytest.mark.parametrize("path", ["kernel", "columns"])
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gemms_over_all_rows_of_a_few_rows(monkeypatch, path, threads, dtype, set_threads):
+    # The projection and grad_input GEMMs (own_gemm_rows) of a call with one or three row blocks of
+    # 128: at 2 threads each block's panels are split between the threads too (columns 0-255 and
+    # 256-529, the last panel partial), and W_ih (I x H = 520 x 530, over 2^18 entries) is packed
+    # by all the threads, each its panels (gemm.cpp). Output, h_n and every gradient against the
+    # float64 reference.
+    monkeypatch.setenv("RNNEXT_CPU_PATH", path)
+    monkeypatch.setenv("RNNEXT_CPU_GEMM", "own")
+    set_threads(threads)
+    for k, (T, B) in enumerate([(3, 5), (10, 30)]):  # 15 rows: one block; 300 rows: three
+        args = _op_case(False, k == 1, k == 1, True, True, dtype, T, B, 520, 530, seed=40 + k)
+        tol = TOL[torch.float64] if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+        _matches_reference(args, k == 1, k == 1, tol)
+
+
 @pytest.mark.parametrize("H", [75, 130, 421, 450])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("reverse", [False, True])

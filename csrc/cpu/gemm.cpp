@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -16,6 +17,12 @@ namespace {
 constexpr int64_t kSerialWork = int64_t{1} << 18;
 // own_gemm_rows: rows of C per task (512 was slower: W re-read from L3; NOTES.md section 25).
 constexpr int64_t kRowBlock = 128;
+// own_gemm_rows: with fewer row blocks than this many a thread, and not as many for each (a call of
+// few rows: T = 20, B = 4 is one block, which one thread took while the other waited), every
+// block's panels are split between the threads too. 2 threads, AVX-512, Zen 4, T = 20, I = H = 2048,
+// the forward (its steps included; NOTES.md section 97): float32 B = 4 14.5 -> 10.8 ms, B = 16
+// (3 blocks) 34.3 -> 30.8; float64 33.0 -> 29.0 and 76.8 -> 66.4.
+constexpr int64_t kUnevenBlocks = 8;
 // own_gemm_tn: a task's rows start at a multiple of this (a 64-byte line of column-major A).
 constexpr int64_t kRowAlign = 16;
 // own_gemm_tn: k slices of at least this many rows (two chunks), and at most this many bytes of
@@ -43,15 +50,34 @@ void own_gemm_rows(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, 
   // them, make a quarter of those trips (NOTES.md section 85).
   const int64_t chunk_rows = long_chunk_rows();
   const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
+  const int64_t panels = (n + ldp - 1) / ldp;
+  const int64_t threads = at::get_num_threads();
+  const int64_t parts =
+      blocks % threads != 0 && blocks < kUnevenBlocks * threads && rows * n * k >= kSerialWork
+          ? std::min(panels, threads)
+          : 1;
+  at::parallel_for(0, blocks * parts, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / parts, part = t % parts;
       const int64_t r0 = b * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
-      StepArgs<T> st =
-          StepArgs<T>::one(r1 - r0, n, ldp, {a + r0 * lda, lda, p, k, k}, c + r0 * ldc, ldc, ep);
+      const int64_t j0 = panels * part / parts * ldp;
+      const int64_t j1 = std::min(n, panels * (part + 1) / parts * ldp);
+      StepArgs<T> st = StepArgs<T>::one(r1 - r0, j1 - j0, ldp, {a + r0 * lda, lda, p + j0 * k, k, k},
+                                        c + r0 * ldc + j0, ldc, ep);
       st.chunk_rows = chunk_rows;
-      st.init = start;
+      st.init = start != nullptr ? start + j0 : nullptr;
       kernel(st);
     }
+  });
+}
+
+template <typename T>
+void pack_weight_shared(const T* w, int64_t ldw, int64_t n, int64_t k, bool transpose, T* p) {
+  const int64_t pc = packed_width<T>(n);
+  const int64_t panels = (n + pc - 1) / pc;
+  if (n * k < kSerialWork || panels < 2) return pack_weight<T>(w, ldw, n, k, transpose, p);
+  at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
+    pack_weight<T>(w, ldw, n, k, transpose, p, p0 * pc, p1 * pc);
   });
 }
 
@@ -195,6 +221,8 @@ void own_gemm_tn(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const
   }
 }
 
+template void pack_weight_shared<float>(const float*, int64_t, int64_t, int64_t, bool, float*);
+template void pack_weight_shared<double>(const double*, int64_t, int64_t, int64_t, bool, double*);
 template void own_gemm_rows<float>(int64_t, int64_t, int64_t, const float*, int64_t, const float*,
                                    float*, int64_t, Epilogue, const float*);
 template void own_gemm_rows<double>(int64_t, int64_t, int64_t, const double*, int64_t,

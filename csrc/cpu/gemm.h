@@ -11,10 +11,17 @@
 namespace rnnext {
 namespace cpu {
 
+// pack_weight (kernels.h) of a whole weight that every thread will read (the projection's W_ih^T,
+// grad_input's W_ih), its panels split between the threads: the calling thread alone packed 32 MB
+// while the others waited (float64 T = 20, B = 4, I = H = 2048, 2 threads: 29.0 -> 24.5 ms a
+// forward; NOTES.md section 97).
+template <typename T>
+void pack_weight_shared(const T* w, int64_t ldw, int64_t n, int64_t k, bool transpose, T* p);
+
 // C[rows, n] = epilogue(S + A P): A row-major [rows, k] (row stride lda), P packed (pack_weight:
 // n columns, k rows), C row stride ldc; S is every row's start where start is set (n entries: a
 // bias; C is then not read), else zero with Epilogue::kZero, else C. Blocks of rows split between
-// threads.
+// threads, and their panels too where the blocks are few and not as many for each thread.
 template <typename T>
 void own_gemm_rows(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* p, T* c,
                    int64_t ldc, Epilogue ep, const T* start = nullptr);

@@ -4,6 +4,11 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <new>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace rnnext {
 namespace cpu {
@@ -137,6 +142,28 @@ int64_t long_chunk_rows() {
     return kChunkRows;
   }();
   return rows;
+}
+
+// Half of glibc's largest dynamic mmap threshold (DEFAULT_MMAP_THRESHOLD_MAX, 32 MB on 64-bit): a
+// block from about 32 MB is mapped at every allocation and unmapped at every free, unless the
+// process sets its own threshold; below it, a block freed is reused by the next call's. The margin
+// takes in a 32 MB weight whose alignment padding puts it over.
+constexpr size_t kHugeBufferBytes = size_t{16} << 20;
+constexpr std::align_val_t kBufferAlign{64}, kHugeAlign{size_t{2} << 20};
+
+void* aligned_buffer(size_t bytes) {
+  if (bytes < kHugeBufferBytes) return ::operator new(bytes, kBufferAlign);
+  void* p = ::operator new(bytes, kHugeAlign);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  // A hint: where THP is "never", or the kernel refuses, the pages stay 4 KB.
+  const size_t whole = bytes / (size_t{2} << 20) * (size_t{2} << 20);
+  if (whole > 0) madvise(p, whole, MADV_HUGEPAGE);
+#endif
+  return p;
+}
+
+void free_aligned_buffer(void* p, size_t bytes) {
+  ::operator delete(p, bytes < kHugeBufferBytes ? kBufferAlign : kHugeAlign);
 }
 
 const char* step_kernel_isa() {

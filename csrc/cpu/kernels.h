@@ -65,20 +65,26 @@ inline bool poison_memory() {
 // what it reads (the packing writes whole panels, padding included; a ring's rows are made before
 // the next step reads them): zero-filling the buffers a call packs into cost 1-7% of short calls
 // (section 74).
+// From kHugeBufferBytes (16 MB, kernels.cpp) on a 2 MB boundary, and asking Linux for transparent
+// huge pages (madvise): glibc maps a block of 32 MB or more afresh at every call, and its first
+// touch faulted in 8192 pages of 4 KB for 32 MB where THP is "madvise" (NOTES.md section 97).
+void* aligned_buffer(size_t bytes);
+void free_aligned_buffer(void* p, size_t bytes);
+
 template <typename T>
 class AlignedBuffer {
  public:
   explicit AlignedBuffer(int64_t n)
-      : data_(static_cast<T*>(::operator new(static_cast<size_t>(n) * sizeof(T), kAlign))) {
+      : bytes_(static_cast<size_t>(n) * sizeof(T)), data_(static_cast<T*>(aligned_buffer(bytes_))) {
     if (poison_memory()) std::fill(data_, data_ + n, std::numeric_limits<T>::quiet_NaN());
   }
-  ~AlignedBuffer() { ::operator delete(data_, kAlign); }
+  ~AlignedBuffer() { free_aligned_buffer(data_, bytes_); }
   AlignedBuffer(const AlignedBuffer&) = delete;
   AlignedBuffer& operator=(const AlignedBuffer&) = delete;
   T* data() const { return data_; }
 
  private:
-  static constexpr std::align_val_t kAlign{64};
+  size_t bytes_;
   T* data_;
 };
 

@@ -389,10 +389,10 @@ void forward_into(const Geometry& g, const Tensor& input, const optional<Tensor>
     if (plan.own_gemm) {
       // Each row block starts from the bias row itself: no pass writing it into every row first,
       // which the GEMM then read back from L3 or memory (NOTES.md section 95).
-      Tensor wp = empty({packed_entries(g.H, g.I, dtype)}, dtype);
-      cpu::pack_weight<T>(wc.data_ptr<T>(), wc.stride(0), g.H, g.I, /*transpose=*/true,
-                          wp.data_ptr<T>());
-      cpu::own_gemm_rows<T>(g.N, g.H, g.I, xc.data_ptr<T>(), ldx, wp.data_ptr<T>(), o, ld_out,
+      cpu::AlignedBuffer<T> wp(cpu::packed_size<T>(g.H, g.I));
+      cpu::pack_weight_shared<T>(wc.data_ptr<T>(), wc.stride(0), g.H, g.I, /*transpose=*/true,
+                                 wp.data());
+      cpu::own_gemm_rows<T>(g.N, g.H, g.I, xc.data_ptr<T>(), ldx, wp.data(), o, ld_out,
                             cpu::Epilogue::kNone, bias.data());
       return;
     }
@@ -551,12 +551,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
     if (want_input && plan.own_gemm && g.N > 0) {
       grad_input = empty(input.sizes(), dtype);
       Tensor wi = blas_ready(w_ih);
-      Tensor wp = empty({packed_entries(g.I, g.H, dtype)}, dtype);
       AT_DISPATCH_FLOATING_TYPES(dtype, "rnnext_grad_input_cpu", [&] {
-        cpu::pack_weight<scalar_t>(wi.data_ptr<scalar_t>(), wi.stride(0), g.I, g.H,
-                                   /*transpose=*/false, wp.data_ptr<scalar_t>());
+        cpu::AlignedBuffer<scalar_t> wp(cpu::packed_size<scalar_t>(g.I, g.H));
+        cpu::pack_weight_shared<scalar_t>(wi.data_ptr<scalar_t>(), wi.stride(0), g.I, g.H,
+                                          /*transpose=*/false, wp.data());
         cpu::own_gemm_rows<scalar_t>(g.N, g.I, g.H, dpre.data_ptr<scalar_t>(), g.H,
-                                   wp.data_ptr<scalar_t>(), grad_input.data_ptr<scalar_t>(), g.I,
+                                   wp.data(), grad_input.data_ptr<scalar_t>(), g.I,
                                    cpu::Epilogue::kZero);
       });
     } else {
