@@ -648,6 +648,30 @@ def test_cpu_plan_names_a_path_and_a_reason(monkeypatch):
         rnnext._C._cpu_plan(3, 2, 4, 5, "float32", False, False)
 
 
+def test_cpu_plan_says_where_the_gemms_run():
+    # _cpu_plan names where the GEMMs over all rows run, and why. Beside the AVX2 kernels, float64
+    # with H x max(I, H) over 24 MB puts them in MKL wherever torch carries it (plan.cpp,
+    # kAvx2BlasGemmMinWeightBytes; on an Intel CPU MKL takes them anyway); float32 and a float64
+    # 1024 x 1024 keep the reason of every other shape. In a process of its own: the kernels'
+    # instruction set is chosen once a process.
+    if "avx2" not in rnnext._C._cpu_isas():
+        pytest.skip("this CPU cannot run the avx2 kernels")
+    env = {k: v for k, v in os.environ.items() if k not in ("RNNEXT_CPU_GEMM", "RNNEXT_CPU_PATH")}
+    code = ("import torch, rnnext; torch.set_num_threads(2); print('|'.join("
+            "rnnext._C._cpu_plan(20, 64, H, H, dt, False, b) for H, dt in ((2048, torch.float64), "
+            "(2048, torch.float32), (1024, torch.float64)) for b in (False, True)))")
+    run = subprocess.run([sys.executable, "-c", code], env={**env, "RNNEXT_CPU_ISA": "avx2"},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    texts = run.stdout.strip().split("|")
+    assert len(texts) == 6 and all("; the GEMMs over all rows in " in t for t in texts), texts
+    mkl = torch.backends.mkl.is_available()
+    for t in texts[:2]:
+        assert ("; the GEMMs over all rows in the BLAS" in t) == mkl, t
+    for t in texts[2:]:
+        assert "24 MB" not in t, t
+
+
 def test_float64_forward_past_24mb_of_w_hh(monkeypatch, set_threads):
     # A float64 W_hh over 24 MB takes whole BLAS steps on all threads where MKL runs on an Intel CPU
     # (plan.cpp, kWholeBlasStepMinWeightBytes), the column split elsewhere: either way, on 2

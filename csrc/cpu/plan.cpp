@@ -95,6 +95,16 @@ constexpr int64_t kOwnWeightGemmMinWork = int64_t{1} << 19;
 // and for float32 at any size measured: H=2048 (16 MB) 82-84 vs 76-81, H=2560 (26 MB) 126-129 vs
 // 118. Measured with MKL on an Intel CPU only (trust_blas).
 constexpr int64_t kWholeBlasStepMinWeightBytes = int64_t{24} << 20;
+// The GEMMs over all rows (projection, grad_input, weight gradients) in MKL beside the AVX2
+// micro-kernel (a CPU without AVX-512 whose BLAS is MKL but not trusted, i.e. not an Intel: MKL runs
+// its AVX2 path there, as wide as the kernel) for float64 where the weights' C, H x max(I, H), is
+// over this many bytes. AVX2 kernels on an AMD EPYC Zen 4 (RNNEXT_CPU_ISA=avx2; its two 256-bit FMA
+// units give AVX2 code the AVX-512 peak), 2 threads, rnnext's / MKL's GEMMs toggled in one process,
+// GFLOP/s (NOTES.md section 97): T = 20, I = H = 2048 (32 MB) training B = 64 80.5 / 86.8, B = 16
+// 61.1 / 76.3 (torch.nn.RNN 62 and 29), inference level (81.0 / 78.7); I = H = 1024 (8 MB) level
+// (inference 78.6 / 76.3, training 81.0 / 78.2), I = 2048, H = 512 and I = H = 768 level, I = H =
+// 512 rnnext's ahead (inference 80 / 75, training 81 / 72); float32 level at H = 1024 and 2048.
+constexpr int64_t kAvx2BlasGemmMinWeightBytes = int64_t{24} << 20;
 
 Plan automatic(const Shape& s, bool vector_kernel) {
   Plan p;
@@ -148,14 +158,18 @@ Plan automatic(const Shape& s, bool vector_kernel) {
 // The BLAS is trusted for the large GEMMs when it is MKL on an Intel CPU (its AVX-512 path: on this
 // session's Sapphire Rapids MKL beat the micro-kernel on the input projection by 6-16%, NOTES.md
 // section 25); elsewhere (MKL's AVX2 path on AMD, or an unknown BLAS) the micro-kernel runs them.
+bool mkl_present() {
+  static const bool mkl = dlsym(RTLD_DEFAULT, "MKL_Set_Num_Threads_Local") != nullptr;
+  return mkl;
+}
+
 bool trust_blas() {
   static const bool trusted = [] {
-    const bool mkl = dlsym(RTLD_DEFAULT, "MKL_Set_Num_Threads_Local") != nullptr;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
-    return mkl && __builtin_cpu_is("intel");
+    return mkl_present() && __builtin_cpu_is("intel");
 #else
-    return mkl;
+    return mkl_present();
 #endif
   }();
   return trusted;
@@ -219,18 +233,30 @@ Plan make_plan(const Shape& s, bool vector_kernel) {
     p.reason = "float64 W_hh over 24 MB: each step's product one BLAS call on every thread "
                "(streams W_hh from L3 faster than the column split)";
   }
-  p.own_gemm = vector_kernel && !trust_blas();
   const int64_t c_entries = s.H * std::max(s.I, s.H);
   const bool avx512 = std::strcmp(step_kernel_isa(), "avx512") == 0;  // as wide as MKL's path
+  const bool avx2_blas_gemm = !avx512 && mkl_present() && s.elem_size == 8 &&
+                              c_entries * s.elem_size > kAvx2BlasGemmMinWeightBytes;
+  // rnnext's kernels for what a trusted BLAS would run; the GEMMs over all rows also leave them
+  // for MKL's AVX2 path at float64's largest weights (the matrix-vector steps do not).
+  bool own = vector_kernel && !trust_blas();
+  p.own_gemm = own && !avx2_blas_gemm;
   p.own_weight_gemm = p.own_gemm || (avx512 && c_entries <= kOwnWeightGemmMaxEntries &&
                                      s.N * c_entries >= kOwnWeightGemmMinWork);
+  p.gemm_reason = !vector_kernel   ? "no vector kernels on this CPU"
+                  : trust_blas()   ? "the BLAS is MKL on an Intel CPU"
+                  : avx2_blas_gemm ? "float64 weights over 24 MB beside the AVX2 kernels: MKL's AVX2 "
+                                     "path leads there"
+                                   : "the BLAS is not known to be fast on this CPU";
   if (const char* gemm = std::getenv("RNNEXT_CPU_GEMM"); gemm != nullptr && *gemm != '\0') {
     TORCH_CHECK(std::strcmp(gemm, "own") == 0 || std::strcmp(gemm, "blas") == 0,
                 "rnnext: RNNEXT_CPU_GEMM=", gemm, " is not a choice; expected own or blas");
-    p.own_gemm = std::strcmp(gemm, "own") == 0;
-    p.own_weight_gemm = p.own_gemm;
+    own = std::strcmp(gemm, "own") == 0;
+    p.own_gemm = own;
+    p.own_weight_gemm = own;
+    p.gemm_reason = "forced by RNNEXT_CPU_GEMM";
   }
-  p.own_matvec = p.path == Path::kBlas && p.own_gemm && !s.backward && s.B < kOwnGemvMaxRows;
+  p.own_matvec = p.path == Path::kBlas && own && !s.backward && s.B < kOwnGemvMaxRows;
   if (matvec) {
     p.reason = p.own_matvec ? "matrix-vector steps (one row, W_hh over 512 KB) in rnnext's kernel "
                               "on W_hh as it lies: no packing (threads split the hidden columns)"

@@ -61,14 +61,18 @@ struct Plan {
   // The GEMMs over all rows (the input product when not per step, and the weight gradients) in
   // the micro-kernel instead of the BLAS: where the BLAS is not known to be good on this CPU (MKL
   // on a non-Intel CPU runs its AVX2 path: 35-42% of the FMA peak on the Zen 5 of NOTES.md section
-  // 30, against 76-90% for the micro-kernel). RNNEXT_CPU_GEMM=own|blas overrides.
+  // 30, against 76-90% for the micro-kernel), except beside the AVX2 micro-kernel at float64 with
+  // weights over 24 MB, where MKL's AVX2 path leads (kAvx2BlasGemmMinWeightBytes, plan.cpp).
+  // RNNEXT_CPU_GEMM=own|blas overrides.
   bool own_gemm = false;
   // The weight gradients' GEMMs (C = dpre^T x and dpre^T h_prev, C [H, I] and [H, H]) in the
   // micro-kernel: wherever own_gemm is, and also beside a trusted BLAS where every C is small
   // and the micro-kernel is the AVX-512 one (kOwnWeightGemmMaxEntries, plan.cpp).
   // RNNEXT_CPU_GEMM=own|blas overrides this one too.
   bool own_weight_gemm = false;
-  // kBlas forward with own_gemm and one row (under kOwnGemvMaxRows, plan.cpp): each step's
+  // Why own_gemm and own_weight_gemm are what they are.
+  const char* gemm_reason = "";
+  // kBlas forward with rnnext's kernels (not a trusted BLAS, RNNEXT_CPU_GEMM not blas) and one row (under kOwnGemvMaxRows, plan.cpp): each step's
   // recurrent product in the matrix-vector kernel on W_hh as it lies (no BLAS, no packing); with
   // two or more threads, the hidden columns split between them (Split::kColumns).
   bool own_matvec = false;

@@ -24,7 +24,7 @@ namespace rnnext {
 namespace cpu {
 namespace {
 
-// _cpu_plan(T, B, I, H, dtype, packed, backward) -> "name: reason"
+// _cpu_plan(T, B, I, H, dtype, packed, backward) -> "name: reason; the GEMMs over all rows in ..."
 PyObject* cpu_plan(PyObject*, PyObject* args) {
   HANDLE_TH_ERRORS
   long long T = 0, B = 0, I = 0, H = 0;
@@ -50,7 +50,13 @@ PyObject* cpu_plan(PyObject*, PyObject* args) {
   s.threads = at::get_num_threads();
   const bool vec = std::string(step_kernel_isa()) != "base";
   const Plan p = make_plan(s, vec);
-  const std::string text = std::string(path_name(p.path)) + ": " + p.reason;
+  const auto whose = [](bool own) { return own ? "rnnext's kernel" : "the BLAS"; };
+  std::string text = std::string(path_name(p.path)) + ": " + p.reason +
+                     "; the GEMMs over all rows in " + whose(p.own_gemm);
+  if (p.own_weight_gemm != p.own_gemm) {
+    text += std::string(", the weight gradients' in ") + whose(p.own_weight_gemm);
+  }
+  text += std::string(" (") + p.gemm_reason + ")";
   return PyUnicode_FromString(text.c_str());
   END_HANDLE_TH_ERRORS
 }
@@ -102,9 +108,10 @@ PyObject* cpu_directions_at_once(PyObject*, PyObject* args) {
 
 PyMethodDef methods[] = {
     {"_cpu_plan", cpu_plan, METH_VARARGS,
-     "_cpu_plan(T, B, I, H, dtype, packed, backward) -> 'path: reason': the CPU path that "
-     "rnn_forward (backward=False) or rnn_backward (backward=True) takes for that shape at the "
-     "current torch.get_num_threads() (RNNEXT_CPU_PATH included; N = T * B rows)."},
+     "_cpu_plan(T, B, I, H, dtype, packed, backward) -> 'path: reason; the GEMMs over all rows in "
+     "...': the CPU path that rnn_forward (backward=False) or rnn_backward (backward=True) takes "
+     "for that shape at the current torch.get_num_threads() (RNNEXT_CPU_PATH included; N = T * B "
+     "rows), and where it runs the GEMMs over all rows, and why (RNNEXT_CPU_GEMM included)."},
     {"_cpu_directions_at_once", cpu_directions_at_once, METH_VARARGS,
      "_cpu_directions_at_once(rows, I, H) -> bool: whether a bidirectional layer of `rows` rows "
      "(T * B, or the packed rows), I inputs and H hidden features runs its two directions at once, "
