@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -49,6 +48,7 @@ void own_gemm_rows(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, 
   // A task's rows of C come back from L2 at every chunk of k: long chunks, where the CPU takes
   // them, make a quarter of those trips (NOTES.md section 85).
   const int64_t chunk_rows = long_chunk_rows();
+  if (rows <= 0 || n <= 0) return;  // (and packed_width is 0 at n = 0)
   const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
   const int64_t panels = (n + ldp - 1) / ldp;
   const int64_t threads = at::get_num_threads();
@@ -62,8 +62,8 @@ void own_gemm_rows(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, 
       const int64_t r0 = b * kRowBlock, r1 = std::min(rows, r0 + kRowBlock);
       const int64_t j0 = panels * part / parts * ldp;
       const int64_t j1 = std::min(n, panels * (part + 1) / parts * ldp);
-      StepArgs<T> st = StepArgs<T>::one(r1 - r0, j1 - j0, ldp, {a + r0 * lda, lda, p + j0 * k, k, k},
-                                        c + r0 * ldc + j0, ldc, ep);
+      const Product<T> prod{a + r0 * lda, lda, p + j0 * k, k, k};  // panels from j0's on
+      StepArgs<T> st = StepArgs<T>::one(r1 - r0, j1 - j0, ldp, prod, c + r0 * ldc + j0, ldc, ep);
       st.chunk_rows = chunk_rows;
       st.init = start != nullptr ? start + j0 : nullptr;
       kernel(st);
@@ -74,8 +74,8 @@ void own_gemm_rows(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, 
 template <typename T>
 void pack_weight_shared(const T* w, int64_t ldw, int64_t n, int64_t k, bool transpose, T* p) {
   const int64_t pc = packed_width<T>(n);
+  if (n * k < kSerialWork) return pack_weight<T>(w, ldw, n, k, transpose, p);
   const int64_t panels = (n + pc - 1) / pc;
-  if (n * k < kSerialWork || panels < 2) return pack_weight<T>(w, ldw, n, k, transpose, p);
   at::parallel_for(0, panels, 1, [&](int64_t p0, int64_t p1) {
     pack_weight<T>(w, ldw, n, k, transpose, p, p0 * pc, p1 * pc);
   });

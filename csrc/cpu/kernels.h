@@ -59,18 +59,19 @@ inline bool poison_memory() {
   return on;
 }
 
+// Memory for AlignedBuffer: on a 64-byte boundary; from kHugeBufferBytes (16 MB, kernels.cpp) on a
+// 2 MB boundary, asking Linux for transparent huge pages (madvise): glibc maps a block of 32 MB or
+// more afresh at every call, and its first touch faulted in 8192 pages of 4 KB for 32 MB where THP
+// is "madvise" (NOTES.md section 97).
+void* aligned_buffer(size_t bytes);
+void free_aligned_buffer(void* p, size_t bytes);
+
 // An uninitialised array on a 64-byte boundary, for packed weights and scratch rows the kernels
 // load whole vectors from: malloc aligns to 16 bytes (large blocks sit 16 bytes past a page), and
 // a 64-byte load that straddles two cache lines costs two (NOTES.md section 38). Every user writes
 // what it reads (the packing writes whole panels, padding included; a ring's rows are made before
 // the next step reads them): zero-filling the buffers a call packs into cost 1-7% of short calls
 // (section 74).
-// From kHugeBufferBytes (16 MB, kernels.cpp) on a 2 MB boundary, and asking Linux for transparent
-// huge pages (madvise): glibc maps a block of 32 MB or more afresh at every call, and its first
-// touch faulted in 8192 pages of 4 KB for 32 MB where THP is "madvise" (NOTES.md section 97).
-void* aligned_buffer(size_t bytes);
-void free_aligned_buffer(void* p, size_t bytes);
-
 template <typename T>
 class AlignedBuffer {
  public:

@@ -72,8 +72,8 @@ struct Plan {
   bool own_weight_gemm = false;
   // Why own_gemm and own_weight_gemm are what they are.
   const char* gemm_reason = "";
-  // kBlas forward with rnnext's kernels (not a trusted BLAS, RNNEXT_CPU_GEMM not blas) and one row (under kOwnGemvMaxRows, plan.cpp): each step's
-  // recurrent product in the matrix-vector kernel on W_hh as it lies (no BLAS, no packing); with
+  // kBlas forward with rnnext's kernels (not a trusted BLAS, RNNEXT_CPU_GEMM not blas) and one
+  // row (under kOwnGemvMaxRows, plan.cpp): each step's recurrent product in the matrix-vector kernel on W_hh as it lies (no BLAS, no packing); with
   // two or more threads, the hidden columns split between them (Split::kColumns).
   bool own_matvec = false;
 
