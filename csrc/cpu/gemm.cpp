@@ -43,12 +43,12 @@ constexpr int64_t kLongChunkC = int64_t{1} << 20;
 template <typename T>
 void own_gemm_rows(int64_t rows, int64_t n, int64_t k, const T* a, int64_t lda, const T* p, T* c,
                    int64_t ldc, Epilogue ep, const T* start) {
+  if (rows <= 0 || n <= 0) return;  // (and packed_width is 0 at n = 0)
   const auto kernel = step_kernel<T>();
   const int64_t ldp = packed_width<T>(n);
   // A task's rows of C come back from L2 at every chunk of k: long chunks, where the CPU takes
   // them, make a quarter of those trips (NOTES.md section 85).
   const int64_t chunk_rows = long_chunk_rows();
-  if (rows <= 0 || n <= 0) return;  // (and packed_width is 0 at n = 0)
   const int64_t blocks = (rows + kRowBlock - 1) / kRowBlock;
   const int64_t panels = (n + ldp - 1) / ldp;
   const int64_t threads = at::get_num_threads();

@@ -149,14 +149,15 @@ int64_t long_chunk_rows() {
 // process sets its own threshold; below it, a block freed is reused by the next call's. The margin
 // takes in a 32 MB weight whose alignment padding puts it over.
 constexpr size_t kHugeBufferBytes = size_t{16} << 20;
-constexpr std::align_val_t kBufferAlign{64}, kHugeAlign{size_t{2} << 20};
+constexpr size_t kHugePage = size_t{2} << 20;
+constexpr std::align_val_t kBufferAlign{64}, kHugeAlign{kHugePage};
 
 void* aligned_buffer(size_t bytes) {
   if (bytes < kHugeBufferBytes) return ::operator new(bytes, kBufferAlign);
   void* p = ::operator new(bytes, kHugeAlign);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   // A hint: where THP is "never", or the kernel refuses, the pages stay 4 KB.
-  const size_t whole = bytes / (size_t{2} << 20) * (size_t{2} << 20);
+  const size_t whole = bytes / kHugePage * kHugePage;
   if (whole > 0) madvise(p, whole, MADV_HUGEPAGE);
 #endif
   return p;

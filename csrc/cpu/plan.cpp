@@ -235,7 +235,7 @@ Plan make_plan(const Shape& s, bool vector_kernel) {
   }
   const int64_t c_entries = s.H * std::max(s.I, s.H);
   const bool avx512 = std::strcmp(step_kernel_isa(), "avx512") == 0;  // as wide as MKL's path
-  const bool avx2_blas_gemm = !avx512 && mkl_present() && s.elem_size == 8 &&
+  const bool avx2_blas_gemm = vector_kernel && !avx512 && mkl_present() && s.elem_size == 8 &&
                               c_entries * s.elem_size > kAvx2BlasGemmMinWeightBytes;
   // rnnext's kernels for what a trusted BLAS would run; the GEMMs over all rows also leave them
   // for MKL's AVX2 path at float64's largest weights (the matrix-vector steps do not).
